@@ -1,0 +1,304 @@
+"""`Engine`: the facade over the hot store, timelines, membership and sync.
+
+Every public method is one LMDB transaction, begun and finished inside the call. Writes go
+through `apply_batch` (one transaction, one fsync for any number of operations: group commit);
+reads open a snapshot. The engine is synchronous and takes the clock as an argument.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from engine.errors import HeraldError, Invalid, NotFound, Unauthenticated
+from engine.hotstore import DEFAULT_MAP_SIZE_BYTES, HotStore
+from engine.limits import Limits
+from engine.membership import MemberList, Membership
+from engine.ops import (
+    AddMembers,
+    Append,
+    CreateGroup,
+    CreateTenant,
+    CreateUser,
+    Join,
+    Leave,
+    MarkDelivered,
+    MarkRead,
+    OpenDirect,
+    Operation,
+    RemoveMember,
+    Result,
+    SetRole,
+    CursorMoved,
+)
+from engine.passwords import verify_password
+from engine.records import (
+    ConversationKind,
+    PlainSealer,
+    RecordSealer,
+    Role,
+    TenantRecord,
+    UserRecord,
+    pack_cursor,
+)
+from engine.keys import pack_ids
+from engine.sync import SyncResult, sync
+from engine.timeline import Page, Timeline
+
+__all__ = ["ConversationSummary", "Engine"]
+
+# Verified against when the login does not exist, so that a wrong login costs as much as a wrong
+# password and timing does not reveal which logins exist.
+_DECOY_HASH = (
+    "$argon2id$v=19$m=19456,t=2,p=1$aGVyYWxkLWRlY295LXNhbA$"
+    "dtDRWReqSUImSSd3cQ4IkRAKACA/c1kHPx04M1fKras"
+)
+
+
+class ConversationSummary(msgspec.Struct, frozen=True):
+    """A conversation as one of its members sees it."""
+
+    conv: int
+    kind: ConversationKind
+    title: str
+    role: Role
+    head: int
+    last_ts: int
+    read: int
+    unread: int
+    member_version: int
+    member_count: int
+    open: bool
+
+
+class Engine:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE_BYTES,
+        limits: Limits | None = None,
+        sealer: RecordSealer | None = None,
+    ) -> None:
+        """Open the store in directory `path` (created if missing).
+
+        Raises `CorruptData` for a store of an unknown format, `Invalid` when the directory
+        cannot hold an LMDB environment.
+        """
+        self.limits = limits or Limits()
+        self._store = HotStore(path, map_size=map_size)
+        sealer = sealer or PlainSealer()
+        self._timeline = Timeline(self._store, sealer, self.limits)
+        self._membership = Membership(self._store, sealer, self.limits, self._timeline)
+        m = self._membership
+        self._handlers: dict[type, Callable[[Any, Any, int], Result]] = {
+            CreateTenant: m.create_tenant,
+            CreateUser: m.create_user,
+            CreateGroup: m.create_group,
+            OpenDirect: m.open_direct,
+            AddMembers: m.add_members,
+            RemoveMember: m.remove_member,
+            Leave: m.leave,
+            Join: m.join,
+            SetRole: m.set_role,
+            Append: self._timeline.append,
+            MarkRead: self._mark_read,
+            MarkDelivered: self._mark_delivered,
+        }
+
+    @property
+    def path(self) -> str:
+        return str(self._store.path)
+
+    def close(self) -> None:
+        """Close the store; later calls raise `EngineClosed`."""
+        self._store.close()
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def apply_batch(self, ops: Sequence[Operation], now_ms: int) -> list[Result | HeraldError]:
+        """Apply `ops` in order in ONE durable write transaction.
+
+        Returns one entry per op: its result, or the `HeraldError` that refused it. A refused op
+        changes nothing (every handler checks before it writes) and does not affect the others.
+        Raises (and commits nothing) only when the transaction itself fails: `CapacityExceeded`
+        when the store is full, `EngineClosed` after `close`.
+        """
+        handlers = self._handlers
+        results: list[Result | HeraldError] = []
+        with self._store.write() as txn:
+            for op in ops:
+                handler = handlers.get(type(op))
+                if handler is None:
+                    raise TypeError(f"not an engine operation: {op!r}")
+                try:
+                    results.append(handler(txn, op, now_ms))
+                except HeraldError as refusal:
+                    results.append(refusal)
+        return results
+
+    def apply(self, op: Operation, now_ms: int) -> Result:
+        """Apply one op in its own transaction; raises its refusal instead of returning it."""
+        (result,) = self.apply_batch([op], now_ms)
+        if isinstance(result, HeraldError):
+            raise result
+        return result
+
+    def _move_cursor(self, txn: Any, op: MarkRead | MarkDelivered, read: bool) -> CursorMoved:
+        self._timeline.member(txn, op.tenant, op.conv, op.user)
+        head, _ = self._timeline.head(txn, op.tenant, op.conv)
+        if op.seq < 0:
+            raise Invalid("a cursor cannot be negative")
+        delivered, read_seq = self._timeline.cursor(txn, op.tenant, op.user, op.conv)
+        seq = min(op.seq, head)  # a cursor never passes the head, and never moves backwards
+        delivered = max(delivered, seq)
+        if read:
+            read_seq = max(read_seq, seq)
+            delivered = max(delivered, read_seq)
+        txn.put(
+            pack_ids(op.tenant, op.user, op.conv), pack_cursor(delivered, read_seq),
+            db=self._store.dbs.user_convs,
+        )
+        return CursorMoved(op.conv, delivered, read_seq)
+
+    def _mark_read(self, txn: Any, op: MarkRead, now_ms: int) -> CursorMoved:
+        return self._move_cursor(txn, op, read=True)
+
+    def _mark_delivered(self, txn: Any, op: MarkDelivered, now_ms: int) -> CursorMoved:
+        return self._move_cursor(txn, op, read=False)
+
+    def prune_dedupe(self, tenant: int, now_ms: int) -> int:
+        """Forget send-retry records older than the dedupe window; returns how many."""
+        with self._store.write() as txn:
+            return self._timeline.prune_dedupe(txn, tenant, now_ms)
+
+    # -- tenants and users --------------------------------------------------------------------
+
+    def tenant(self, tenant: int) -> TenantRecord:
+        with self._store.read() as txn:
+            return self._membership.tenant(txn, tenant)
+
+    def find_tenant(self, name: str) -> int:
+        with self._store.read() as txn:
+            return self._membership.find_tenant(txn, name)
+
+    def tenants(self) -> list[tuple[int, TenantRecord]]:
+        with self._store.read() as txn:
+            return self._membership.tenants(txn)
+
+    def user(self, tenant: int, user: int) -> UserRecord:
+        with self._store.read() as txn:
+            return self._membership.user(txn, tenant, user)
+
+    def find_user(self, tenant: int, login: str) -> int:
+        with self._store.read() as txn:
+            return self._membership.find_user(txn, tenant, login)
+
+    def users(self, tenant: int) -> list[tuple[int, UserRecord]]:
+        with self._store.read() as txn:
+            return self._membership.users(txn, tenant)
+
+    def authenticate(self, tenant: int, login: str, password: str) -> int:
+        """The user id for `login` and `password` in `tenant`. Slow by design (Argon2id).
+
+        Raises `Unauthenticated` for an unknown login, a wrong password or a disabled account,
+        with one message for all three.
+        """
+        with self._store.read() as txn:
+            try:
+                user = self._membership.find_user(txn, tenant, login)
+                record: UserRecord | None = self._membership.user(txn, tenant, user)
+            except NotFound:
+                user, record = 0, None
+        phc = record.password_hash if record is not None else _DECOY_HASH
+        matches = verify_password(phc, password)
+        if record is None or not matches or record.disabled:
+            raise Unauthenticated("wrong login or password")
+        return user
+
+    # -- conversations ------------------------------------------------------------------------
+
+    def conversations(self, tenant: int, user: int) -> list[ConversationSummary]:
+        """Every conversation of `user`, most recent activity first."""
+        with self._store.read() as txn:
+            result = sync(self._store, self._timeline, txn, tenant, user, None, 0, 0, True)
+            return [self._summary(txn, tenant, user, c.conv) for c in result.conversations]
+
+    def conversation(self, tenant: int, user: int, conv: int) -> ConversationSummary:
+        """One conversation of `user`; `NotFound` or `NotMember` otherwise."""
+        with self._store.read() as txn:
+            return self._summary(txn, tenant, user, conv)
+
+    def _summary(self, txn: Any, tenant: int, user: int, conv: int) -> ConversationSummary:
+        member = self._timeline.member(txn, tenant, conv, user)
+        record = self._membership.conversation(txn, tenant, conv)
+        head, last_ts = self._timeline.head(txn, tenant, conv)
+        _, read = self._timeline.cursor(txn, tenant, user, conv)
+        return ConversationSummary(
+            conv, record.kind, record.title, member.role, head, last_ts, read, head - read,
+            record.member_version, record.member_count, record.open,
+        )
+
+    def members(self, tenant: int, user: int, conv: int, since: int = 0) -> MemberList:
+        """The member list of `conv` as `user` may see it: whole, or the delta since a version."""
+        with self._store.read() as txn:
+            self._timeline.member(txn, tenant, conv, user)
+            return self._membership.members_since(txn, tenant, conv, since)
+
+    def member_ids(self, tenant: int, conv: int) -> list[int]:
+        """Every member of `conv`, for fanout. No authorization: the caller is the server."""
+        with self._store.read() as txn:
+            listing = self._membership.members_since(txn, tenant, conv, 0)
+            return [user for user, _ in listing.changed]
+
+    # -- reading timelines --------------------------------------------------------------------
+
+    def _check_limit(self, limit: int) -> None:
+        if not 1 <= limit <= self.limits.max_page_messages:
+            raise Invalid(f"limit must be 1 to {self.limits.max_page_messages}")
+
+    def page_after(self, tenant: int, user: int, conv: int, after: int, limit: int) -> Page:
+        """Up to `limit` messages with seq > `after`, ascending; `more` if newer ones exist."""
+        self._check_limit(limit)
+        with self._store.read() as txn:
+            self._timeline.member(txn, tenant, conv, user)
+            return self._timeline.page_after(txn, tenant, conv, max(0, after), limit)
+
+    def page_before(
+        self, tenant: int, user: int, conv: int, before: int | None, limit: int
+    ) -> Page:
+        """Up to `limit` messages with seq < `before` (None: the latest), ascending;
+        `more` if older ones exist."""
+        self._check_limit(limit)
+        with self._store.read() as txn:
+            self._timeline.member(txn, tenant, conv, user)
+            end = (2**63) if before is None else before
+            return self._timeline.page_before(txn, tenant, conv, end, limit)
+
+    def sync(
+        self,
+        tenant: int,
+        user: int,
+        known: Mapping[int, int] | None = None,
+        *,
+        limit_per_conv: int = 50,
+        max_messages: int = 1000,
+        everything: bool = False,
+    ) -> SyncResult:
+        """What `user` is missing, per conversation, newest activity first (see engine.sync)."""
+        self._check_limit(limit_per_conv)
+        if max_messages < 0:
+            raise Invalid("max_messages cannot be negative")
+        with self._store.read() as txn:
+            self._membership.user(txn, tenant, user)
+            return sync(
+                self._store, self._timeline, txn, tenant, user, known, limit_per_conv,
+                max_messages, everything,
+            )
+
+    def stats(self) -> dict[str, int]:
+        """Entry counts per table and bytes used: for `herald serve`'s banner and metrics."""
+        return self._store.stat()

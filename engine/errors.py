@@ -1,0 +1,98 @@
+"""The engine's error tree: one class per situation, each with a stable wire code.
+
+Every later layer (gateway, admin API, console) maps these codes to the client unchanged, so a
+code, once published, never changes meaning. Add a class; never reuse a code.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CapacityExceeded",
+    "Conflict",
+    "CorruptData",
+    "EngineClosed",
+    "Forbidden",
+    "HeraldError",
+    "Invalid",
+    "KeyUnavailable",
+    "NotFound",
+    "NotMember",
+    "Unauthenticated",
+]
+
+
+class HeraldError(Exception):
+    """Base of every refusal the engine makes. `code` is the stable wire code."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __eq__(self, other: object) -> bool:
+        # Batch results are compared in tests; two refusals are equal when they say the same.
+        return type(self) is type(other) and self.message == other.message  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.message))
+
+
+class NotFound(HeraldError):
+    """The tenant, user or conversation does not exist (in the caller's tenant)."""
+
+    code = "not_found"
+
+
+class NotMember(HeraldError):
+    """The user is not a member of the conversation it tried to use."""
+
+    code = "not_member"
+
+
+class Forbidden(HeraldError):
+    """The user is a member but its role does not allow the operation."""
+
+    code = "forbidden"
+
+
+class Conflict(HeraldError):
+    """The operation clashes with what exists (a taken name, a reused client_msg_id)."""
+
+    code = "conflict"
+
+
+class Invalid(HeraldError):
+    """The arguments are malformed or out of range."""
+
+    code = "invalid"
+
+
+class Unauthenticated(HeraldError):
+    """Wrong login or password, or a disabled account. Deliberately says no more than that."""
+
+    code = "unauthenticated"
+
+
+class CapacityExceeded(HeraldError):
+    """The store is full (LMDB map size) or a configured limit was reached."""
+
+    code = "capacity_exceeded"
+
+
+class CorruptData(HeraldError):
+    """A stored record failed to decode or to authenticate."""
+
+    code = "corrupt_data"
+
+
+class KeyUnavailable(HeraldError):
+    """The data key needed to open a record is not available (escrow down or revoked)."""
+
+    code = "key_unavailable"
+
+
+class EngineClosed(HeraldError):
+    """The engine was closed; no further calls are accepted."""
+
+    code = "engine_closed"

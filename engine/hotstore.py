@@ -1,0 +1,165 @@
+"""The LMDB environment: its named databases, the format-version record, id counters, and the
+one place where `lmdb.*` errors become engine errors.
+
+Nothing here knows what a message is. `HotStore` hands short-lived transactions to the engine's
+own modules through context managers; no transaction or cursor ever leaves the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from engine.errors import CapacityExceeded, CorruptData, EngineClosed, HeraldError, Invalid
+from engine.keys import pack_id, unpack_id
+from engine.records import FORMAT_VERSION
+
+__all__ = ["DEFAULT_MAP_SIZE_BYTES", "Databases", "HotStore"]
+
+# LMDB reserves address space, not disk: a large map costs nothing until it is used.
+DEFAULT_MAP_SIZE_BYTES = 64 * 2**30
+MAX_READERS = 512
+
+_FORMAT_KEY = b"format_version"
+_COUNTER_PREFIX = b"next_id:"
+
+
+@dataclass(frozen=True, slots=True)
+class Databases:
+    """Handles of the named sub-databases. Key layouts are in docs/storage.md."""
+
+    meta: Any  # b"format_version", b"next_id:<kind>"
+    tenants: Any  # tenant -> TenantRecord
+    tenant_names: Any  # name(utf-8) -> tenant
+    users: Any  # tenant|user -> UserRecord
+    user_logins: Any  # tenant|login(utf-8) -> user
+    convs: Any  # tenant|conv -> ConversationRecord
+    heads: Any  # tenant|conv -> head seq, ts
+    directs: Any  # tenant|low user|high user -> conv
+    members: Any  # tenant|conv|user -> MemberRecord
+    member_log: Any  # tenant|conv|version|user -> MemberLogEntry
+    user_convs: Any  # tenant|user|conv -> cursor (delivered, read)
+    messages: Any  # tenant|conv|seq -> Message
+    dedupe: Any  # tenant|window|sender|client_msg_id -> conv, seq, ts
+
+
+_DB_NAMES = tuple(Databases.__dataclass_fields__)
+
+
+class HotStore:
+    """One LMDB environment per data directory (py-lmdb: one Environment per process)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE_BYTES):
+        """Open (creating if needed) the store in directory `path`.
+
+        Raises `CorruptData` when the directory holds a store of an unknown format version,
+        `Invalid` when it cannot be opened as an LMDB environment.
+        """
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            # sync and metasync stay on: metasync=False can lose the last acknowledged commit on
+            # an OS crash (PERFORMANCE.md), and a Herald ack is a promise of durability.
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=len(_DB_NAMES) + 2,
+                max_readers=MAX_READERS,
+                sync=True,
+                metasync=True,
+                readahead=False,
+                meminit=False,
+            )
+        except lmdb.Error as exc:
+            raise Invalid(f"cannot open the store at {self.path}: {exc}") from exc
+        self.dbs = Databases(*(self._env.open_db(name.encode()) for name in _DB_NAMES))
+        self._closed = False
+        self._check_format()
+
+    def _check_format(self) -> None:
+        with self.write() as txn:
+            stored = txn.get(_FORMAT_KEY, db=self.dbs.meta)
+            if stored is None:
+                txn.put(_FORMAT_KEY, pack_id(FORMAT_VERSION), db=self.dbs.meta)
+                return
+        version = unpack_id(stored)
+        if version != FORMAT_VERSION:
+            raise CorruptData(
+                f"the store at {self.path} has format version {version}; this Herald reads "
+                f"version {FORMAT_VERSION}. Run the matching Herald release, or migrate it."
+            )
+
+    @property
+    def format_version(self) -> int:
+        with self.read() as txn:
+            stored = txn.get(_FORMAT_KEY, db=self.dbs.meta)
+        return unpack_id(stored) if stored is not None else 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Any]:
+        """A read-only snapshot transaction."""
+        self._ensure_open()
+        try:
+            with self._env.begin(buffers=False) as txn:
+                yield txn
+        except lmdb.Error as exc:
+            raise _translate(exc) from exc
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Any]:
+        """A write transaction, committed (and fsynced) when the block exits without error.
+
+        Herald's own refusals raised inside the block abort the transaction like any error.
+        """
+        self._ensure_open()
+        try:
+            with self._env.begin(write=True) as txn:
+                yield txn
+        except HeraldError:
+            raise
+        except lmdb.Error as exc:
+            raise _translate(exc) from exc
+
+    def next_id(self, txn: Any, kind: bytes) -> int:
+        """Allocate the next id of `kind` (ids are global, never reused, start at 1)."""
+        key = _COUNTER_PREFIX + kind
+        stored = txn.get(key, db=self.dbs.meta)
+        value = unpack_id(stored) if stored is not None else 1
+        txn.put(key, pack_id(value + 1), db=self.dbs.meta)
+        return value
+
+    def stat(self) -> dict[str, int]:
+        """Entries per named database, plus the file's size in bytes."""
+        self._ensure_open()
+        counts: dict[str, int] = {}
+        with self._env.begin() as txn:
+            for name in _DB_NAMES:
+                counts[name] = int(txn.stat(getattr(self.dbs, name))["entries"])
+        info = self._env.info()
+        counts["map_used_bytes"] = int(info["last_pgno"] + 1) * int(self._env.stat()["psize"])
+        return counts
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._env.close()
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise EngineClosed("the store is closed")
+
+
+def _translate(exc: lmdb.Error) -> HeraldError:
+    if isinstance(exc, lmdb.MapFullError):
+        return CapacityExceeded(
+            "the message store is full (LMDB map size reached); raise storage.map_size_bytes"
+        )
+    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
+        return CorruptData(f"the store is damaged: {exc}")
+    return CapacityExceeded(f"the store refused the operation: {exc}")

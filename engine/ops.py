@@ -1,0 +1,180 @@
+"""Write operations and their results: the vocabulary of `Engine.apply_batch`.
+
+An operation is plain data. The writer thread of the appliance gathers whatever operations are
+pending, hands them to `apply_batch` as one list, and gets back one result (or one refusal) per
+operation, in order, after a single durable commit.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine.records import MessageKind, Role
+
+__all__ = [
+    "AddMembers",
+    "Append",
+    "Appended",
+    "ConversationOpened",
+    "CreateGroup",
+    "CreateTenant",
+    "CreateUser",
+    "CursorMoved",
+    "Join",
+    "Leave",
+    "MarkDelivered",
+    "MarkRead",
+    "MembershipChanged",
+    "OpenDirect",
+    "Operation",
+    "RemoveMember",
+    "Result",
+    "SetRole",
+    "TenantCreated",
+    "UserCreated",
+]
+
+
+class _Op(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class CreateTenant(_Op):
+    name: str
+
+
+class CreateUser(_Op):
+    tenant: int
+    login: str
+    display_name: str
+    password_hash: str  # from engine.passwords.hash_password, computed outside the writer
+
+
+class CreateGroup(_Op):
+    tenant: int
+    creator: int
+    title: str
+    members: tuple[int, ...] = ()  # besides the creator, who becomes the owner
+    open: bool = False
+
+
+class OpenDirect(_Op):
+    """Open the direct conversation of two users; the existing one if they already have it."""
+
+    tenant: int
+    user: int
+    peer: int
+
+
+class AddMembers(_Op):
+    tenant: int
+    actor: int
+    conv: int
+    users: tuple[int, ...]
+    role: Role = Role.MEMBER
+
+
+class RemoveMember(_Op):
+    tenant: int
+    actor: int
+    conv: int
+    user: int
+
+
+class Leave(_Op):
+    tenant: int
+    user: int
+    conv: int
+
+
+class Join(_Op):
+    """Join an open group without being added."""
+
+    tenant: int
+    user: int
+    conv: int
+
+
+class SetRole(_Op):
+    tenant: int
+    actor: int
+    conv: int
+    user: int
+    role: Role
+
+
+class Append(_Op):
+    tenant: int
+    conv: int
+    sender: int
+    client_msg_id: str
+    body: str
+    kind: MessageKind = MessageKind.TEXT
+    mentions: tuple[int, ...] = ()
+    ref: int = 0  # the seq a recall hides
+
+
+class MarkRead(_Op):
+    tenant: int
+    user: int
+    conv: int
+    seq: int
+
+
+class MarkDelivered(_Op):
+    tenant: int
+    user: int
+    conv: int
+    seq: int
+
+
+Operation = (
+    CreateTenant
+    | CreateUser
+    | CreateGroup
+    | OpenDirect
+    | AddMembers
+    | RemoveMember
+    | Leave
+    | Join
+    | SetRole
+    | Append
+    | MarkRead
+    | MarkDelivered
+)
+
+
+class TenantCreated(msgspec.Struct, frozen=True):
+    tenant: int
+
+
+class UserCreated(msgspec.Struct, frozen=True):
+    user: int
+
+
+class ConversationOpened(msgspec.Struct, frozen=True):
+    conv: int
+    created: bool  # False when OpenDirect found the existing conversation
+
+
+class MembershipChanged(msgspec.Struct, frozen=True):
+    conv: int
+    member_version: int
+    seq: int  # the system message that records the change in the timeline
+    users: tuple[int, ...]  # who joined or left; fanout tells them
+
+
+class Appended(msgspec.Struct, frozen=True):
+    conv: int
+    seq: int
+    ts: int
+    duplicate: bool = False  # a retry of an earlier (sender, client_msg_id): nothing was stored
+
+
+class CursorMoved(msgspec.Struct, frozen=True):
+    conv: int
+    delivered: int
+    read: int
+
+
+Result = TenantCreated | UserCreated | ConversationOpened | MembershipChanged | Appended | CursorMoved

@@ -1,0 +1,229 @@
+"""Conversation timelines: gapless appends (idempotent per sender and client_msg_id), pages.
+
+Read diffusion: a message is written once, under `tenant|conv|seq`, whatever the size of the
+conversation. Each append also rewrites the conversation's 16-byte head, one dedupe entry and
+the sender's cursor; nothing is written per recipient.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+
+from engine.errors import Conflict, Forbidden, Invalid, NotFound, NotMember
+from engine.hotstore import HotStore
+from engine.keys import pack_ids
+from engine.limits import Limits
+from engine.ops import Append, Appended
+from engine.records import (
+    MemberRecord,
+    Message,
+    MessageKind,
+    RecordSealer,
+    Role,
+    pack_cursor,
+    pack_head,
+    unpack_cursor,
+    unpack_head,
+)
+
+__all__ = ["Page", "Timeline"]
+
+_DEDUPE = struct.Struct(">QQQ")  # conv, seq, ts
+_USER_KINDS = frozenset({MessageKind.TEXT, MessageKind.BOT, MessageKind.RECALL})
+
+
+class Page(msgspec.Struct, frozen=True):
+    """Consecutive messages of one conversation in ascending seq order.
+
+    `more` says whether messages exist beyond the page in the direction it was read.
+    """
+
+    conv: int
+    head: int
+    messages: list[Message]
+    more: bool
+
+
+class Timeline:
+    def __init__(self, store: HotStore, sealer: RecordSealer, limits: Limits) -> None:
+        self._store = store
+        self._dbs = store.dbs
+        self._sealer = sealer
+        self._limits = limits
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode_message = msgspec.msgpack.Decoder(Message).decode
+        self._decode_member = msgspec.msgpack.Decoder(MemberRecord).decode
+
+    # -- writes (inside the caller's write transaction) ---------------------------------------
+
+    def append(self, txn: Any, op: Append, now_ms: int) -> Appended:
+        """Append a user message. Checks everything before writing anything.
+
+        Raises `Invalid` (sizes, kind, client_msg_id), `NotFound` (no such conversation),
+        `NotMember`, `Forbidden` (recalling another's message without being an admin),
+        `Conflict` (client_msg_id already used for another conversation).
+        """
+        limits = self._limits
+        cmid = op.client_msg_id.encode()
+        if not cmid or len(cmid) > limits.max_client_msg_id_bytes:
+            raise Invalid(f"client_msg_id must be 1 to {limits.max_client_msg_id_bytes} bytes")
+        if op.kind not in _USER_KINDS:
+            raise Invalid(f"a client may not send messages of kind {op.kind!r}")
+        if len(op.body.encode()) > limits.max_body_bytes:
+            raise Invalid(f"message body is longer than {limits.max_body_bytes} bytes")
+        if len(op.mentions) > limits.max_mentions:
+            raise Invalid(f"a message may mention at most {limits.max_mentions} users")
+
+        duplicate = self._find_duplicate(txn, op.tenant, op.sender, cmid, now_ms)
+        if duplicate is not None:
+            conv, seq, ts = duplicate
+            if conv != op.conv:
+                raise Conflict("client_msg_id was already used for another conversation")
+            return Appended(conv=conv, seq=seq, ts=ts, duplicate=True)
+
+        member = self.member(txn, op.tenant, op.conv, op.sender)
+        head_seq, head_ts = self.head(txn, op.tenant, op.conv)
+        if op.kind is MessageKind.RECALL:
+            self._check_recall(txn, op, member, head_seq)
+        elif op.ref:
+            raise Invalid("only a recall refers to another message")
+
+        seq, ts = self._write(txn, op, head_seq, head_ts, now_ms)
+        dedupe_key = self._dedupe_key(op.tenant, now_ms, op.sender, cmid)
+        txn.put(dedupe_key, _DEDUPE.pack(op.conv, seq, ts), db=self._dbs.dedupe)
+        # The sender has read its own message: its unread count must not grow by it.
+        txn.put(pack_ids(op.tenant, op.sender, op.conv), pack_cursor(seq, seq), db=self._dbs.user_convs)
+        return Appended(conv=op.conv, seq=seq, ts=ts)
+
+    def append_system(
+        self, txn: Any, tenant: int, conv: int, actor: int, event: str, users: tuple[int, ...],
+        now_ms: int,
+    ) -> int:
+        """Record a membership event in the timeline, so that every member's sync sees it."""
+        head_seq, head_ts = self.head(txn, tenant, conv)
+        op = Append(
+            tenant=tenant, conv=conv, sender=actor, client_msg_id="", body=event,
+            kind=MessageKind.SYSTEM, mentions=users,
+        )
+        seq, _ = self._write(txn, op, head_seq, head_ts, now_ms)
+        return seq
+
+    def _write(
+        self, txn: Any, op: Append, head_seq: int, head_ts: int, now_ms: int
+    ) -> tuple[int, int]:
+        seq = head_seq + 1
+        ts = max(now_ms, head_ts)  # timestamps never go backwards within a conversation
+        message = Message(
+            seq=seq, sender=op.sender, ts=ts, client_msg_id=op.client_msg_id, kind=op.kind,
+            body=op.body, mentions=op.mentions, ref=op.ref,
+        )
+        key = pack_ids(op.tenant, op.conv, seq)
+        txn.put(key, self._sealer.seal(key, self._encode(message)), db=self._dbs.messages)
+        txn.put(pack_ids(op.tenant, op.conv), pack_head(seq, ts), db=self._dbs.heads)
+        return seq, ts
+
+    def _check_recall(self, txn: Any, op: Append, member: MemberRecord, head_seq: int) -> None:
+        if not 1 <= op.ref <= head_seq:
+            raise Invalid(f"recall refers to seq {op.ref}, which does not exist")
+        target = self._get_message(txn, op.tenant, op.conv, op.ref)
+        if target.kind is MessageKind.SYSTEM or target.kind is MessageKind.RECALL:
+            raise Invalid("system messages and recalls cannot be recalled")
+        if target.sender != op.sender and member.role is Role.MEMBER:
+            raise Forbidden("only the sender, an admin or the owner may recall a message")
+
+    def _dedupe_key(self, tenant: int, now_ms: int, sender: int, cmid: bytes) -> bytes:
+        window = now_ms // self._limits.dedupe_window_ms
+        return pack_ids(tenant, window, sender) + cmid
+
+    def _find_duplicate(
+        self, txn: Any, tenant: int, sender: int, cmid: bytes, now_ms: int
+    ) -> tuple[int, int, int] | None:
+        window = now_ms // self._limits.dedupe_window_ms
+        for w in (window, window - 1):
+            found = txn.get(pack_ids(tenant, w, sender) + cmid, db=self._dbs.dedupe)
+            if found is not None:
+                conv, seq, ts = _DEDUPE.unpack(found)
+                return int(conv), int(seq), int(ts)
+        return None
+
+    def prune_dedupe(self, txn: Any, tenant: int, now_ms: int) -> int:
+        """Forget retry records older than the previous window; returns how many went."""
+        oldest_kept = now_ms // self._limits.dedupe_window_ms - 1
+        if oldest_kept <= 0:
+            return 0
+        prefix = pack_ids(tenant)
+        stop = pack_ids(tenant, oldest_kept)
+        removed = 0
+        with txn.cursor(db=self._dbs.dedupe) as cur:
+            if not cur.set_range(prefix):
+                return 0
+            while cur.key()[:8] == prefix and cur.key() < stop:
+                cur.delete()
+                removed += 1
+                if not cur.key():
+                    break
+        return removed
+
+    # -- reads (inside any transaction) -------------------------------------------------------
+
+    def member(self, txn: Any, tenant: int, conv: int, user: int) -> MemberRecord:
+        """The membership of `user` in `conv`; `NotFound` or `NotMember` otherwise."""
+        found = txn.get(pack_ids(tenant, conv, user), db=self._dbs.members)
+        if found is None:
+            if txn.get(pack_ids(tenant, conv), db=self._dbs.heads) is None:
+                raise NotFound(f"conversation {conv} does not exist")
+            raise NotMember(f"user {user} is not a member of conversation {conv}")
+        return self._decode_member(self._sealer.open(pack_ids(tenant, conv, user), found))
+
+    def head(self, txn: Any, tenant: int, conv: int) -> tuple[int, int]:
+        """(seq, ts) of the conversation's last message; (0, 0) before the first."""
+        found = txn.get(pack_ids(tenant, conv), db=self._dbs.heads)
+        if found is None:
+            raise NotFound(f"conversation {conv} does not exist")
+        return unpack_head(found)
+
+    def cursor(self, txn: Any, tenant: int, user: int, conv: int) -> tuple[int, int]:
+        found = txn.get(pack_ids(tenant, user, conv), db=self._dbs.user_convs)
+        if found is None:
+            raise NotMember(f"user {user} is not a member of conversation {conv}")
+        return unpack_cursor(found)
+
+    def _get_message(self, txn: Any, tenant: int, conv: int, seq: int) -> Message:
+        key = pack_ids(tenant, conv, seq)
+        found = txn.get(key, db=self._dbs.messages)
+        if found is None:
+            raise NotFound(f"message {seq} of conversation {conv} is not stored")
+        return self._decode_message(self._sealer.open(key, found))
+
+    def scan(self, txn: Any, tenant: int, conv: int, first: int, last: int) -> list[Message]:
+        """Messages first..last inclusive, ascending; fewer where the range is not stored."""
+        if last < first:
+            return []
+        start = pack_ids(tenant, conv, first)
+        stop = pack_ids(tenant, conv, last)
+        sealer_open = self._sealer.open
+        decode = self._decode_message
+        out: list[Message] = []
+        with txn.cursor(db=self._dbs.messages) as cur:
+            if not cur.set_range(start):
+                return out
+            for key, value in cur:
+                if key > stop:
+                    break
+                out.append(decode(sealer_open(key, value)))
+        return out
+
+    def page_after(self, txn: Any, tenant: int, conv: int, after: int, limit: int) -> Page:
+        head, _ = self.head(txn, tenant, conv)
+        last = min(head, after + limit)
+        return Page(conv, head, self.scan(txn, tenant, conv, after + 1, last), last < head)
+
+    def page_before(self, txn: Any, tenant: int, conv: int, before: int, limit: int) -> Page:
+        # Seqs are gapless from 1, so the page's range is arithmetic, not a backwards search.
+        head, _ = self.head(txn, tenant, conv)
+        last = min(head, before - 1)
+        first = max(1, last - limit + 1)
+        return Page(conv, head, self.scan(txn, tenant, conv, first, last), first > 1)
