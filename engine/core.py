@@ -15,6 +15,7 @@ import msgspec
 
 from engine.errors import HeraldError, Invalid, NotFound, Unauthenticated
 from engine.hotstore import DEFAULT_MAP_SIZE_BYTES, HotStore
+from engine.keys import pack_ids
 from engine.limits import Limits
 from engine.membership import MemberList, Membership
 from engine.ops import (
@@ -23,6 +24,7 @@ from engine.ops import (
     CreateGroup,
     CreateTenant,
     CreateUser,
+    CursorMoved,
     Join,
     Leave,
     MarkDelivered,
@@ -32,11 +34,11 @@ from engine.ops import (
     RemoveMember,
     Result,
     SetRole,
-    CursorMoved,
 )
 from engine.passwords import verify_password
 from engine.records import (
     ConversationKind,
+    Message,
     PlainSealer,
     RecordSealer,
     Role,
@@ -44,7 +46,6 @@ from engine.records import (
     UserRecord,
     pack_cursor,
 )
-from engine.keys import pack_ids
 from engine.sync import SyncResult, sync
 from engine.timeline import Page, Timeline
 
@@ -260,23 +261,38 @@ class Engine:
         if not 1 <= limit <= self.limits.max_page_messages:
             raise Invalid(f"limit must be 1 to {self.limits.max_page_messages}")
 
-    def page_after(self, tenant: int, user: int, conv: int, after: int, limit: int) -> Page:
-        """Up to `limit` messages with seq > `after`, ascending; `more` if newer ones exist."""
+    def page_after(
+        self, tenant: int, user: int, conv: int, after: int, limit: int,
+        max_bytes: int | None = None,
+    ) -> Page:
+        """Up to `limit` messages with seq > `after`, ascending; `more` if newer ones exist.
+        `max_bytes` also bounds their stored size (at least one message is returned)."""
         self._check_limit(limit)
         with self._store.read() as txn:
             self._timeline.member(txn, tenant, conv, user)
-            return self._timeline.page_after(txn, tenant, conv, max(0, after), limit)
+            return self._timeline.page_after(txn, tenant, conv, max(0, after), limit, max_bytes)
 
     def page_before(
-        self, tenant: int, user: int, conv: int, before: int | None, limit: int
+        self, tenant: int, user: int, conv: int, before: int | None, limit: int,
+        max_bytes: int | None = None,
     ) -> Page:
         """Up to `limit` messages with seq < `before` (None: the latest), ascending;
-        `more` if older ones exist."""
+        `more` if older ones exist. `max_bytes` as in `page_after`, keeping the newest."""
         self._check_limit(limit)
         with self._store.read() as txn:
             self._timeline.member(txn, tenant, conv, user)
             end = (2**63) if before is None else before
-            return self._timeline.page_before(txn, tenant, conv, end, limit)
+            return self._timeline.page_before(txn, tenant, conv, end, limit, max_bytes)
+
+    def messages(self, tenant: int, conv: int, first: int, last: int) -> list[Message]:
+        """Messages first..last of `conv`, for the server's own fanout. No authorization."""
+        with self._store.read() as txn:
+            return self._timeline.scan(txn, tenant, conv, first, last)
+
+    def conversation_version(self, tenant: int, conv: int) -> int:
+        """The member-list version of `conv`, for the server's member cache. No authorization."""
+        with self._store.read() as txn:
+            return self._membership.conversation(txn, tenant, conv).member_version
 
     def sync(
         self,
@@ -287,6 +303,7 @@ class Engine:
         limit_per_conv: int = 50,
         max_messages: int = 1000,
         everything: bool = False,
+        max_bytes: int | None = None,
     ) -> SyncResult:
         """What `user` is missing, per conversation, newest activity first (see engine.sync)."""
         self._check_limit(limit_per_conv)
@@ -296,7 +313,7 @@ class Engine:
             self._membership.user(txn, tenant, user)
             return sync(
                 self._store, self._timeline, txn, tenant, user, known, limit_per_conv,
-                max_messages, everything,
+                max_messages, everything, max_bytes,
             )
 
     def stats(self) -> dict[str, int]:

@@ -32,7 +32,7 @@ class HeraldError(Exception):
 
     def __eq__(self, other: object) -> bool:
         # Batch results are compared in tests; two refusals are equal when they say the same.
-        return type(self) is type(other) and self.message == other.message  # type: ignore[attr-defined]
+        return type(self) is type(other) and self.message == other.message
 
     def __hash__(self) -> int:
         return hash((type(self), self.message))

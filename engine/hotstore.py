@@ -80,7 +80,13 @@ class HotStore:
             raise Invalid(f"cannot open the store at {self.path}: {exc}") from exc
         self.dbs = Databases(*(self._env.open_db(name.encode()) for name in _DB_NAMES))
         self._closed = False
-        self._check_format()
+        try:
+            self._check_format()
+        except HeraldError:
+            # Let go of the environment: py-lmdb refuses a second one on the same path in this
+            # process, so a leaked one would block opening the store again after a migration.
+            self.close()
+            raise
 
     def _check_format(self) -> None:
         with self.write() as txn:

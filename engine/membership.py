@@ -9,6 +9,7 @@ system message in the timeline.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -46,7 +47,7 @@ from engine.records import (
 )
 from engine.timeline import Timeline
 
-__all__ = ["Membership", "MemberList"]
+__all__ = ["MemberList", "Membership"]
 
 T = TypeVar("T")
 
@@ -94,7 +95,7 @@ class Membership:
         return decoder.decode(self._sealer.open(key, found))  # type: ignore[no-any-return]
 
     def _check_name(self, what: str, value: str) -> None:
-        if not 1 <= len(value) <= self._limits.max_name_chars or not _NAME_RE.match(value):
+        if not 1 <= len(value) <= self._limits.max_name_chars or not _NAME_RE.fullmatch(value):
             raise Invalid(
                 f"{what} must be 1 to {self._limits.max_name_chars} characters of a-z, 0-9, "
                 f"'.', '_' or '-', starting with a letter or digit"
@@ -193,7 +194,9 @@ class Membership:
         )
         txn.put(pack_ids(op.tenant, conv), pack_head(0, now_ms), db=self._dbs.heads)
         changes = [(op.creator, Role.OWNER)] + [(u, Role.MEMBER) for u in others]
-        self._apply_changes(txn, op.tenant, conv, record, op.creator, "group_created", changes, now_ms)
+        self._apply_changes(
+            txn, op.tenant, conv, record, op.creator, "group_created", changes, now_ms
+        )
         return ConversationOpened(conv, created=True)
 
     def open_direct(self, txn: Any, op: OpenDirect, now_ms: int) -> ConversationOpened:
@@ -212,7 +215,9 @@ class Membership:
         )
         txn.put(pack_ids(op.tenant, conv), pack_head(0, now_ms), db=self._dbs.heads)
         changes = [(op.user, Role.MEMBER), (op.peer, Role.MEMBER)]
-        self._apply_changes(txn, op.tenant, conv, record, op.user, "direct_opened", changes, now_ms)
+        self._apply_changes(
+            txn, op.tenant, conv, record, op.user, "direct_opened", changes, now_ms
+        )
         return ConversationOpened(conv, created=True)
 
     # -- member changes -----------------------------------------------------------------------
@@ -247,7 +252,9 @@ class Membership:
         if not new:
             raise Conflict("every user named is a member already")
         changes = [(u, op.role) for u in new]
-        return self._apply_changes(txn, op.tenant, op.conv, record, op.actor, "members_added", changes, now_ms)
+        return self._apply_changes(
+            txn, op.tenant, op.conv, record, op.actor, "members_added", changes, now_ms
+        )
 
     def join(self, txn: Any, op: Join, now_ms: int) -> MembershipChanged:
         record = self._group(txn, op.tenant, op.conv)
@@ -259,7 +266,9 @@ class Membership:
         if record.member_count + 1 > self._limits.max_group_members:
             raise Invalid(f"a group may have at most {self._limits.max_group_members} members")
         changes = [(op.user, Role.MEMBER)]
-        return self._apply_changes(txn, op.tenant, op.conv, record, op.user, "member_joined", changes, now_ms)
+        return self._apply_changes(
+            txn, op.tenant, op.conv, record, op.user, "member_joined", changes, now_ms
+        )
 
     def remove_member(self, txn: Any, op: RemoveMember, now_ms: int) -> MembershipChanged:
         record = self._group(txn, op.tenant, op.conv)
@@ -271,10 +280,14 @@ class Membership:
             raise NotMember(f"user {op.user} is not a member of conversation {op.conv}")
         if op.user == op.actor:
             raise Invalid("to remove yourself, leave the conversation")
-        if actor_role is Role.MEMBER or (actor_role is Role.ADMIN and target_role is not Role.MEMBER):
+        if actor_role is Role.MEMBER or (
+            actor_role is Role.ADMIN and target_role is not Role.MEMBER
+        ):
             raise Forbidden("admins may remove members; only the owner may remove an admin")
         changes: list[tuple[int, Role | None]] = [(op.user, None)]
-        return self._apply_changes(txn, op.tenant, op.conv, record, op.actor, "member_removed", changes, now_ms)
+        return self._apply_changes(
+            txn, op.tenant, op.conv, record, op.actor, "member_removed", changes, now_ms
+        )
 
     def leave(self, txn: Any, op: Leave, now_ms: int) -> MembershipChanged:
         record = self._group(txn, op.tenant, op.conv)
@@ -286,11 +299,16 @@ class Membership:
             heir = self._heir(txn, op.tenant, op.conv, op.user)
             if heir is not None:
                 changes.append((heir, Role.OWNER))
-        return self._apply_changes(txn, op.tenant, op.conv, record, op.user, "member_left", changes, now_ms)
+        return self._apply_changes(
+            txn, op.tenant, op.conv, record, op.user, "member_left", changes, now_ms
+        )
 
     def set_role(self, txn: Any, op: SetRole, now_ms: int) -> MembershipChanged:
         record = self._group(txn, op.tenant, op.conv)
-        if self._role(txn, op.tenant, op.conv, op.actor) is not Role.OWNER:
+        actor_role = self._role(txn, op.tenant, op.conv, op.actor)
+        if actor_role is None:
+            raise NotMember(f"user {op.actor} is not a member of conversation {op.conv}")
+        if actor_role is not Role.OWNER:
             raise Forbidden("only the owner may change roles")
         target_role = self._role(txn, op.tenant, op.conv, op.user)
         if target_role is None:
@@ -302,7 +320,9 @@ class Membership:
         changes: list[tuple[int, Role | None]] = [(op.user, op.role)]
         if op.role is Role.OWNER:
             changes.append((op.actor, Role.ADMIN))  # one owner: the old one steps down to admin
-        return self._apply_changes(txn, op.tenant, op.conv, record, op.actor, "role_changed", changes, now_ms)
+        return self._apply_changes(
+            txn, op.tenant, op.conv, record, op.actor, "role_changed", changes, now_ms
+        )
 
     def _heir(self, txn: Any, tenant: int, conv: int, leaving: int) -> int | None:
         """Who inherits ownership: the longest-standing admin, else the longest-standing member."""
@@ -320,7 +340,7 @@ class Membership:
 
     def _apply_changes(
         self, txn: Any, tenant: int, conv: int, record: ConversationRecord, actor: int,
-        event: str, changes: list[tuple[int, Role]] | list[tuple[int, Role | None]], now_ms: int,
+        event: str, changes: Sequence[tuple[int, Role | None]], now_ms: int,
     ) -> MembershipChanged:
         """Write validated member changes: member records, user index, log, version, event."""
         dbs = self._dbs
@@ -347,6 +367,10 @@ class Membership:
             self._put(txn, dbs.member_log, log_key, MemberLogEntry(user, role))
         users = tuple(user for user, _ in changes)
         seq = self._timeline.append_system(txn, tenant, conv, actor, event, users, now_ms)
+        actor_key = pack_ids(tenant, actor, conv)
+        if txn.get(actor_key, db=dbs.user_convs) is not None:
+            # Like a sender's own message, the actor's own change is not unread for it.
+            txn.put(actor_key, pack_cursor(seq, seq), db=dbs.user_convs)
         updated = msgspec.structs.replace(record, member_version=version, member_count=count)
         self._put(txn, dbs.convs, pack_ids(tenant, conv), updated)
         return MembershipChanged(conv, version, seq, users)

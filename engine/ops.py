@@ -39,18 +39,18 @@ class _Op(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
 
-class CreateTenant(_Op):
+class CreateTenant(_Op, frozen=True, kw_only=True):
     name: str
 
 
-class CreateUser(_Op):
+class CreateUser(_Op, frozen=True, kw_only=True):
     tenant: int
     login: str
     display_name: str
     password_hash: str  # from engine.passwords.hash_password, computed outside the writer
 
 
-class CreateGroup(_Op):
+class CreateGroup(_Op, frozen=True, kw_only=True):
     tenant: int
     creator: int
     title: str
@@ -58,7 +58,7 @@ class CreateGroup(_Op):
     open: bool = False
 
 
-class OpenDirect(_Op):
+class OpenDirect(_Op, frozen=True, kw_only=True):
     """Open the direct conversation of two users; the existing one if they already have it."""
 
     tenant: int
@@ -66,7 +66,7 @@ class OpenDirect(_Op):
     peer: int
 
 
-class AddMembers(_Op):
+class AddMembers(_Op, frozen=True, kw_only=True):
     tenant: int
     actor: int
     conv: int
@@ -74,20 +74,20 @@ class AddMembers(_Op):
     role: Role = Role.MEMBER
 
 
-class RemoveMember(_Op):
+class RemoveMember(_Op, frozen=True, kw_only=True):
     tenant: int
     actor: int
     conv: int
     user: int
 
 
-class Leave(_Op):
+class Leave(_Op, frozen=True, kw_only=True):
     tenant: int
     user: int
     conv: int
 
 
-class Join(_Op):
+class Join(_Op, frozen=True, kw_only=True):
     """Join an open group without being added."""
 
     tenant: int
@@ -95,7 +95,7 @@ class Join(_Op):
     conv: int
 
 
-class SetRole(_Op):
+class SetRole(_Op, frozen=True, kw_only=True):
     tenant: int
     actor: int
     conv: int
@@ -103,7 +103,7 @@ class SetRole(_Op):
     role: Role
 
 
-class Append(_Op):
+class Append(_Op, frozen=True, kw_only=True):
     tenant: int
     conv: int
     sender: int
@@ -114,14 +114,14 @@ class Append(_Op):
     ref: int = 0  # the seq a recall hides
 
 
-class MarkRead(_Op):
+class MarkRead(_Op, frozen=True, kw_only=True):
     tenant: int
     user: int
     conv: int
     seq: int
 
 
-class MarkDelivered(_Op):
+class MarkDelivered(_Op, frozen=True, kw_only=True):
     tenant: int
     user: int
     conv: int
@@ -177,4 +177,6 @@ class CursorMoved(msgspec.Struct, frozen=True):
     read: int
 
 
-Result = TenantCreated | UserCreated | ConversationOpened | MembershipChanged | Appended | CursorMoved
+Result = (
+    TenantCreated | UserCreated | ConversationOpened | MembershipChanged | Appended | CursorMoved
+)

@@ -32,6 +32,10 @@ from engine.records import (
 __all__ = ["Page", "Timeline"]
 
 _DEDUPE = struct.Struct(">QQQ")  # conv, seq, ts
+# `pack_ids` of two and of three ids (the same bytes), without its dispatch on the count: an
+# append packs six keys, and the dispatch was a tenth of its CPU (docs/benchmarks.md).
+_pack_ids2 = struct.Struct(">QQ").pack
+_pack_ids3 = struct.Struct(">QQQ").pack
 _USER_KINDS = frozenset({MessageKind.TEXT, MessageKind.BOT, MessageKind.RECALL})
 
 
@@ -62,7 +66,8 @@ class Timeline:
     def append(self, txn: Any, op: Append, now_ms: int) -> Appended:
         """Append a user message. Checks everything before writing anything.
 
-        Raises `Invalid` (sizes, kind, client_msg_id), `NotFound` (no such conversation),
+        Raises `Invalid` (sizes, kind, client_msg_id, a mention of a non-member), `NotFound`
+        (no such conversation),
         `NotMember`, `Forbidden` (recalling another's message without being an admin),
         `Conflict` (client_msg_id already used for another conversation).
         """
@@ -77,7 +82,8 @@ class Timeline:
         if len(op.mentions) > limits.max_mentions:
             raise Invalid(f"a message may mention at most {limits.max_mentions} users")
 
-        duplicate = self._find_duplicate(txn, op.tenant, op.sender, cmid, now_ms)
+        dedupe_key = self._dedupe_key(op.tenant, now_ms, op.sender, cmid)
+        duplicate = self._find_duplicate(txn, dedupe_key, op.tenant, op.sender, cmid, now_ms)
         if duplicate is not None:
             conv, seq, ts = duplicate
             if conv != op.conv:
@@ -85,6 +91,11 @@ class Timeline:
             return Appended(conv=conv, seq=seq, ts=ts, duplicate=True)
 
         member = self.member(txn, op.tenant, op.conv, op.sender)
+        members_db = self._dbs.members
+        for mentioned in op.mentions:
+            if txn.get(_pack_ids3(op.tenant, op.conv, mentioned), db=members_db) is None:
+                raise Invalid(f"user {mentioned} is mentioned but is not a member of this "
+                              f"conversation")
         head_seq, head_ts = self.head(txn, op.tenant, op.conv)
         if op.kind is MessageKind.RECALL:
             self._check_recall(txn, op, member, head_seq)
@@ -92,10 +103,12 @@ class Timeline:
             raise Invalid("only a recall refers to another message")
 
         seq, ts = self._write(txn, op, head_seq, head_ts, now_ms)
-        dedupe_key = self._dedupe_key(op.tenant, now_ms, op.sender, cmid)
         txn.put(dedupe_key, _DEDUPE.pack(op.conv, seq, ts), db=self._dbs.dedupe)
         # The sender has read its own message: its unread count must not grow by it.
-        txn.put(pack_ids(op.tenant, op.sender, op.conv), pack_cursor(seq, seq), db=self._dbs.user_convs)
+        txn.put(
+            _pack_ids3(op.tenant, op.sender, op.conv), pack_cursor(seq, seq),
+            db=self._dbs.user_convs,
+        )
         return Appended(conv=op.conv, seq=seq, ts=ts)
 
     def append_system(
@@ -120,9 +133,9 @@ class Timeline:
             seq=seq, sender=op.sender, ts=ts, client_msg_id=op.client_msg_id, kind=op.kind,
             body=op.body, mentions=op.mentions, ref=op.ref,
         )
-        key = pack_ids(op.tenant, op.conv, seq)
+        key = _pack_ids3(op.tenant, op.conv, seq)
         txn.put(key, self._sealer.seal(key, self._encode(message)), db=self._dbs.messages)
-        txn.put(pack_ids(op.tenant, op.conv), pack_head(seq, ts), db=self._dbs.heads)
+        txn.put(_pack_ids2(op.tenant, op.conv), pack_head(seq, ts), db=self._dbs.heads)
         return seq, ts
 
     def _check_recall(self, txn: Any, op: Append, member: MemberRecord, head_seq: int) -> None:
@@ -136,18 +149,24 @@ class Timeline:
 
     def _dedupe_key(self, tenant: int, now_ms: int, sender: int, cmid: bytes) -> bytes:
         window = now_ms // self._limits.dedupe_window_ms
-        return pack_ids(tenant, window, sender) + cmid
+        return _pack_ids3(tenant, window, sender) + cmid
 
     def _find_duplicate(
-        self, txn: Any, tenant: int, sender: int, cmid: bytes, now_ms: int
+        self, txn: Any, key: bytes, tenant: int, sender: int, cmid: bytes, now_ms: int
     ) -> tuple[int, int, int] | None:
-        window = now_ms // self._limits.dedupe_window_ms
-        for w in (window, window - 1):
-            found = txn.get(pack_ids(tenant, w, sender) + cmid, db=self._dbs.dedupe)
-            if found is not None:
-                conv, seq, ts = _DEDUPE.unpack(found)
-                return int(conv), int(seq), int(ts)
-        return None
+        """The earlier append of this retry: `key` is its dedupe key in the current window,
+        and the previous window is looked up too."""
+        dedupe_db = self._dbs.dedupe
+        found = txn.get(key, db=dedupe_db)
+        if found is None:
+            previous = now_ms // self._limits.dedupe_window_ms - 1
+            if previous < 0:  # the first window has none before it (and -1 cannot be packed)
+                return None
+            found = txn.get(_pack_ids3(tenant, previous, sender) + cmid, db=dedupe_db)
+            if found is None:
+                return None
+        conv, seq, ts = _DEDUPE.unpack(found)
+        return int(conv), int(seq), int(ts)
 
     def prune_dedupe(self, txn: Any, tenant: int, now_ms: int) -> int:
         """Forget retry records older than the previous window; returns how many went."""
@@ -171,59 +190,109 @@ class Timeline:
 
     def member(self, txn: Any, tenant: int, conv: int, user: int) -> MemberRecord:
         """The membership of `user` in `conv`; `NotFound` or `NotMember` otherwise."""
-        found = txn.get(pack_ids(tenant, conv, user), db=self._dbs.members)
+        key = _pack_ids3(tenant, conv, user)
+        found = txn.get(key, db=self._dbs.members)
         if found is None:
-            if txn.get(pack_ids(tenant, conv), db=self._dbs.heads) is None:
+            if txn.get(_pack_ids2(tenant, conv), db=self._dbs.heads) is None:
                 raise NotFound(f"conversation {conv} does not exist")
             raise NotMember(f"user {user} is not a member of conversation {conv}")
-        return self._decode_member(self._sealer.open(pack_ids(tenant, conv, user), found))
+        return self._decode_member(self._sealer.open(key, found))
 
     def head(self, txn: Any, tenant: int, conv: int) -> tuple[int, int]:
         """(seq, ts) of the conversation's last message; (0, 0) before the first."""
-        found = txn.get(pack_ids(tenant, conv), db=self._dbs.heads)
+        found = txn.get(_pack_ids2(tenant, conv), db=self._dbs.heads)
         if found is None:
             raise NotFound(f"conversation {conv} does not exist")
         return unpack_head(found)
 
     def cursor(self, txn: Any, tenant: int, user: int, conv: int) -> tuple[int, int]:
-        found = txn.get(pack_ids(tenant, user, conv), db=self._dbs.user_convs)
+        found = txn.get(_pack_ids3(tenant, user, conv), db=self._dbs.user_convs)
         if found is None:
             raise NotMember(f"user {user} is not a member of conversation {conv}")
         return unpack_cursor(found)
 
     def _get_message(self, txn: Any, tenant: int, conv: int, seq: int) -> Message:
-        key = pack_ids(tenant, conv, seq)
+        key = _pack_ids3(tenant, conv, seq)
         found = txn.get(key, db=self._dbs.messages)
         if found is None:
             raise NotFound(f"message {seq} of conversation {conv} is not stored")
         return self._decode_message(self._sealer.open(key, found))
 
-    def scan(self, txn: Any, tenant: int, conv: int, first: int, last: int) -> list[Message]:
-        """Messages first..last inclusive, ascending; fewer where the range is not stored."""
+    def scan(
+        self, txn: Any, tenant: int, conv: int, first: int, last: int,
+        max_bytes: int | None = None, *, newest_first: bool = False,
+    ) -> list[Message]:
+        """Messages first..last inclusive, ascending; fewer where the range is not stored.
+
+        With `max_bytes`, the run stops before the stored records would pass that many bytes
+        (always at least one message, so that a reader makes progress): from `first` up, or
+        with `newest_first` from `last` down. Replies are bounded so that one answer never
+        outgrows a connection's outgoing queue.
+        """
+        return self.scan_sized(txn, tenant, conv, first, last, max_bytes,
+                               newest_first=newest_first)[0]
+
+    def scan_sized(
+        self, txn: Any, tenant: int, conv: int, first: int, last: int,
+        max_bytes: int | None = None, *, newest_first: bool = False, at_least_one: bool = True,
+    ) -> tuple[list[Message], int]:
+        """`scan`, and the bytes of the records it returned. Without `at_least_one`, the
+        bound is strict: nothing is returned when the first message would pass it."""
         if last < first:
-            return []
-        start = pack_ids(tenant, conv, first)
-        stop = pack_ids(tenant, conv, last)
+            return [], 0
+        limit = (2**63) if max_bytes is None else max_bytes
+        used = 0
+        strict = not at_least_one
+        start = _pack_ids3(tenant, conv, first)
+        stop = _pack_ids3(tenant, conv, last)
         sealer_open = self._sealer.open
         decode = self._decode_message
         out: list[Message] = []
         with txn.cursor(db=self._dbs.messages) as cur:
+            if newest_first:
+                if not cur.set_range(stop):
+                    if not cur.last():
+                        return out, used
+                elif cur.key() > stop and not cur.prev():
+                    return out, used
+                for key, value in cur.iterprev():
+                    if key < start:
+                        break
+                    record = sealer_open(key, value)
+                    if used + len(record) > limit and (out or strict):
+                        break
+                    used += len(record)
+                    out.append(decode(record))
+                out.reverse()
+                return out, used
             if not cur.set_range(start):
-                return out
+                return out, used
             for key, value in cur:
                 if key > stop:
                     break
-                out.append(decode(sealer_open(key, value)))
-        return out
+                record = sealer_open(key, value)
+                if used + len(record) > limit and (out or strict):
+                    break
+                used += len(record)
+                out.append(decode(record))
+        return out, used
 
-    def page_after(self, txn: Any, tenant: int, conv: int, after: int, limit: int) -> Page:
+    def page_after(
+        self, txn: Any, tenant: int, conv: int, after: int, limit: int,
+        max_bytes: int | None = None,
+    ) -> Page:
         head, _ = self.head(txn, tenant, conv)
         last = min(head, after + limit)
-        return Page(conv, head, self.scan(txn, tenant, conv, after + 1, last), last < head)
+        messages = self.scan(txn, tenant, conv, after + 1, last, max_bytes)
+        return Page(conv, head, messages, (messages[-1].seq if messages else last) < head)
 
-    def page_before(self, txn: Any, tenant: int, conv: int, before: int, limit: int) -> Page:
+    def page_before(
+        self, txn: Any, tenant: int, conv: int, before: int, limit: int,
+        max_bytes: int | None = None,
+    ) -> Page:
         # Seqs are gapless from 1, so the page's range is arithmetic, not a backwards search.
         head, _ = self.head(txn, tenant, conv)
         last = min(head, before - 1)
         first = max(1, last - limit + 1)
-        return Page(conv, head, self.scan(txn, tenant, conv, first, last), first > 1)
+        messages = self.scan(txn, tenant, conv, first, last, max_bytes, newest_first=True)
+        return Page(conv, head, messages, (messages[0].seq if messages else first) > 1)

@@ -1,0 +1,303 @@
+"""Tenant isolation: no call reaches another tenant's users, conversations or messages.
+
+Two tenants are set up alike (same logins, same client_msg_ids). Every read and every write is
+then made by "mine" with ids of "theirs" (or with their tenant id and my user), and must be
+refused with NotFound or NotMember, return none of their data, and change nothing of either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from conftest import NOW_MS, PASSWORD, Org, assert_refusal, create_org, refused, snapshot
+
+from engine import (
+    AddMembers,
+    Append,
+    Appended,
+    CreateGroup,
+    CreateUser,
+    Engine,
+    HeraldError,
+    Join,
+    Leave,
+    MarkDelivered,
+    MarkRead,
+    NotFound,
+    NotMember,
+    OpenDirect,
+    Operation,
+    RemoveMember,
+    Role,
+    SetRole,
+    Unauthenticated,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One tenant: an open group (alice owner, bob admin, carol member) and alice-bob direct."""
+
+    org: Org
+    group: int
+    direct: int
+
+    @property
+    def t(self) -> int:
+        return self.org.tenant
+
+
+def build_side(engine: Engine, name: str, password_hash: str) -> Side:
+    org = create_org(engine, name)
+    t = org.tenant
+    group = engine.apply(
+        CreateGroup(tenant=t, creator=org.alice, title=f"{name} team",
+                    members=(org.bob, org.carol), open=True),
+        NOW_MS,
+    ).conv
+    promote = SetRole(tenant=t, actor=org.alice, conv=group, user=org.bob, role=Role.ADMIN)
+    engine.apply(promote, NOW_MS)
+    direct = engine.apply(OpenDirect(tenant=t, user=org.alice, peer=org.bob), NOW_MS).conv
+    for conv, sender in ((group, org.alice), (direct, org.bob)):
+        send = Append(tenant=t, conv=conv, sender=sender, client_msg_id="c-1",
+                      body=f"secret of {name}")
+        engine.apply(send, NOW_MS)
+    only = CreateUser(
+        tenant=t, login=f"{name}-only", display_name="Only", password_hash=password_hash
+    )
+    engine.apply(only, NOW_MS)
+    return Side(org, group, direct)
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    mine: Side  # the caller's tenant
+    theirs: Side  # the tenant it must never reach
+
+    def snapshots(self, engine: Engine) -> tuple[dict[str, Any], dict[str, Any]]:
+        return snapshot(engine, self.mine.t), snapshot(engine, self.theirs.t)
+
+
+@pytest.fixture
+def world(engine: Engine, password_hash: str) -> World:
+    mine = build_side(engine, "acme", password_hash)
+    return World(mine, build_side(engine, "globex", password_hash))
+
+
+Probe = Callable[[Engine, Side, Side], object]
+
+READS: list[Any] = [
+    pytest.param(lambda e, m, t: e.user(m.t, t.org.alice), NotFound, id="user"),
+    pytest.param(lambda e, m, t: e.find_user(m.t, "globex-only"), NotFound, id="find_user"),
+    pytest.param(
+        lambda e, m, t: e.conversation(m.t, m.org.alice, t.group), NotFound,
+        id="conversation_of_theirs",
+    ),
+    pytest.param(
+        lambda e, m, t: e.conversation(m.t, t.org.alice, m.group), NotMember,
+        id="conversation_as_their_user",
+    ),
+    pytest.param(
+        lambda e, m, t: e.conversation(t.t, m.org.alice, t.group), NotMember,
+        id="conversation_in_their_tenant_as_my_user",
+    ),
+    pytest.param(
+        lambda e, m, t: e.members(m.t, m.org.alice, t.group), NotFound, id="members_of_theirs"
+    ),
+    pytest.param(
+        lambda e, m, t: e.members(m.t, t.org.alice, m.group), NotMember,
+        id="members_as_their_user",
+    ),
+    pytest.param(lambda e, m, t: e.member_ids(m.t, t.group), NotFound, id="member_ids"),
+    pytest.param(
+        lambda e, m, t: e.conversation_version(m.t, t.group), NotFound, id="conversation_version"
+    ),
+    pytest.param(
+        lambda e, m, t: e.page_after(m.t, m.org.alice, t.group, 0, 10), NotFound,
+        id="page_after_of_theirs",
+    ),
+    pytest.param(
+        lambda e, m, t: e.page_after(m.t, t.org.alice, m.group, 0, 10), NotMember,
+        id="page_after_as_their_user",
+    ),
+    pytest.param(
+        lambda e, m, t: e.page_before(m.t, m.org.bob, t.direct, None, 10), NotFound,
+        id="page_before_of_theirs",
+    ),
+    pytest.param(
+        lambda e, m, t: e.page_before(t.t, m.org.bob, t.direct, None, 10), NotMember,
+        id="page_before_in_their_tenant_as_my_user",
+    ),
+    pytest.param(lambda e, m, t: e.sync(m.t, t.org.alice), NotFound, id="sync"),
+    pytest.param(
+        lambda e, m, t: e.authenticate(m.t, "globex-only", PASSWORD), Unauthenticated,
+        id="authenticate",
+    ),
+]
+
+
+@pytest.mark.parametrize(("probe", "error"), READS)
+def test_reads_with_another_tenants_ids_are_refused(
+    engine: Engine, world: World, probe: Probe, error: type[HeraldError]
+) -> None:
+    before = world.snapshots(engine)
+
+    with pytest.raises(error) as refusal:
+        probe(engine, world.mine, world.theirs)
+
+    assert_refusal(refusal.value, error)
+    assert world.snapshots(engine) == before
+
+
+def test_unchecked_reads_with_another_tenants_ids_find_nothing(
+    engine: Engine, world: World
+) -> None:
+    # Unlike sync, conversations() does not check that the user exists, and the server's own
+    # messages() read does no authorization: both must still find nothing of another tenant.
+    mine, theirs = world.mine, world.theirs
+    before = world.snapshots(engine)
+
+    assert engine.conversations(mine.t, theirs.org.alice) == []
+    assert engine.messages(mine.t, theirs.group, 1, 10) == []  # fanout reads find nothing
+    theirs_listed = engine.conversations(theirs.t, theirs.org.alice)
+    assert sorted(s.conv for s in theirs_listed) == sorted([theirs.direct, theirs.group])
+    assert world.snapshots(engine) == before
+
+
+def _op(make: Callable[[Side, Side], Operation], error: type[HeraldError], name: str) -> Any:
+    return pytest.param(make, error, id=name)
+
+
+WRITES: list[Any] = [
+    _op(lambda m, t: CreateGroup(tenant=m.t, creator=t.org.alice, title="x"), NotFound,
+        "create_group_by_their_user"),
+    _op(lambda m, t: CreateGroup(tenant=m.t, creator=m.org.alice, title="x",
+                                 members=(t.org.bob,)), NotFound,
+        "create_group_with_their_user"),
+    _op(lambda m, t: OpenDirect(tenant=m.t, user=m.org.alice, peer=t.org.bob), NotFound,
+        "open_direct_with_their_user"),
+    _op(lambda m, t: OpenDirect(tenant=m.t, user=t.org.alice, peer=m.org.bob), NotFound,
+        "open_direct_as_their_user"),
+    _op(lambda m, t: AddMembers(tenant=m.t, actor=m.org.alice, conv=m.group,
+                                users=(t.org.dave,)), NotFound,
+        "add_their_user"),
+    _op(lambda m, t: AddMembers(tenant=m.t, actor=m.org.alice, conv=t.group,
+                                users=(m.org.dave,)), NotFound,
+        "add_to_their_group"),
+    _op(lambda m, t: AddMembers(tenant=t.t, actor=m.org.alice, conv=t.group,
+                                users=(m.org.dave,)), NotMember,
+        "add_in_their_tenant_as_my_user"),
+    _op(lambda m, t: RemoveMember(tenant=m.t, actor=m.org.alice, conv=m.group,
+                                  user=t.org.carol), NotMember,
+        "remove_their_user"),
+    _op(lambda m, t: RemoveMember(tenant=m.t, actor=m.org.alice, conv=t.group,
+                                  user=t.org.carol), NotFound,
+        "remove_from_their_group"),
+    _op(lambda m, t: RemoveMember(tenant=t.t, actor=m.org.alice, conv=t.group,
+                                  user=t.org.carol), NotMember,
+        "remove_in_their_tenant_as_my_user"),
+    _op(lambda m, t: Leave(tenant=m.t, user=t.org.carol, conv=m.group), NotMember,
+        "leave_as_their_user"),
+    _op(lambda m, t: Leave(tenant=m.t, user=m.org.carol, conv=t.group), NotFound,
+        "leave_their_group"),
+    _op(lambda m, t: Join(tenant=m.t, user=t.org.dave, conv=m.group), NotFound,
+        "join_as_their_user"),
+    _op(lambda m, t: Join(tenant=m.t, user=m.org.dave, conv=t.group), NotFound,
+        "join_their_open_group"),
+    _op(lambda m, t: Join(tenant=t.t, user=m.org.dave, conv=t.group), NotFound,
+        "join_in_their_tenant_as_my_user"),
+    _op(lambda m, t: SetRole(tenant=m.t, actor=t.org.alice, conv=m.group, user=m.org.carol,
+                             role=Role.ADMIN), NotMember,
+        "set_role_as_their_user"),
+    _op(lambda m, t: SetRole(tenant=m.t, actor=m.org.alice, conv=m.group, user=t.org.carol,
+                             role=Role.ADMIN), NotMember,
+        "set_role_of_their_user"),
+    _op(lambda m, t: SetRole(tenant=m.t, actor=m.org.alice, conv=t.group, user=t.org.carol,
+                             role=Role.ADMIN), NotFound,
+        "set_role_in_their_group"),
+    _op(lambda m, t: SetRole(tenant=t.t, actor=m.org.alice, conv=t.group, user=t.org.carol,
+                             role=Role.OWNER), NotMember,
+        "set_role_in_their_tenant_as_my_user"),
+    _op(lambda m, t: Append(tenant=m.t, conv=t.group, sender=m.org.alice, client_msg_id="x",
+                            body="x"), NotFound,
+        "append_to_their_group"),
+    _op(lambda m, t: Append(tenant=m.t, conv=m.group, sender=t.org.alice, client_msg_id="x",
+                            body="x"), NotMember,
+        "append_as_their_user"),
+    _op(lambda m, t: Append(tenant=t.t, conv=t.group, sender=m.org.alice, client_msg_id="x",
+                            body="x"), NotMember,
+        "append_in_their_tenant_as_my_user"),
+    _op(lambda m, t: MarkRead(tenant=m.t, user=m.org.alice, conv=t.group, seq=1), NotFound,
+        "mark_read_in_their_group"),
+    _op(lambda m, t: MarkRead(tenant=m.t, user=t.org.alice, conv=m.group, seq=1), NotMember,
+        "mark_read_as_their_user"),
+    _op(lambda m, t: MarkDelivered(tenant=m.t, user=m.org.bob, conv=t.direct, seq=1), NotFound,
+        "mark_delivered_in_their_direct"),
+    _op(lambda m, t: MarkDelivered(tenant=t.t, user=m.org.bob, conv=t.direct, seq=1), NotMember,
+        "mark_delivered_in_their_tenant_as_my_user"),
+]
+
+
+@pytest.mark.parametrize(("make", "error"), WRITES)
+def test_writes_with_another_tenants_ids_are_refused_and_change_nothing(
+    engine: Engine, world: World, make: Callable[[Side, Side], Operation],
+    error: type[HeraldError],
+) -> None:
+    before = world.snapshots(engine)
+
+    refusal = refused(engine, make(world.mine, world.theirs), NOW_MS + 1)
+
+    assert_refusal(refusal, error)
+    assert world.snapshots(engine) == before
+
+
+def test_everything_a_tenant_can_read_is_its_own(engine: Engine, world: World) -> None:
+    mine, theirs = world.mine, world.theirs
+    my_users = {user for user, _ in engine.users(mine.t)}
+
+    state = snapshot(engine, mine.t)
+
+    only = engine.find_user(mine.t, "acme-only")
+    assert my_users == {mine.org.alice, mine.org.bob, mine.org.carol, mine.org.dave, only}
+    assert my_users.isdisjoint(user for user, _ in engine.users(theirs.t))
+    listed = {s.conv for user in my_users for s in engine.conversations(mine.t, user)}
+    assert listed == {mine.group, mine.direct}
+    pages = [value[1] for key, value in state.items() if key.startswith("conv ")]
+    assert {m.sender for page in pages for m in page.messages} <= my_users
+    assert all("globex" not in m.body for page in pages for m in page.messages)
+
+
+def test_sync_with_their_conversations_in_known_echoes_only_their_ids(
+    engine: Engine, world: World
+) -> None:
+    mine, theirs = world.mine, world.theirs
+    known = {mine.group: 3, mine.direct: 2, theirs.group: 0, theirs.direct: 0}
+
+    result = engine.sync(mine.t, mine.org.alice, known, everything=True)
+
+    assert sorted(c.conv for c in result.conversations) == sorted([mine.group, mine.direct])
+    assert all(m.body == "secret of acme" for c in result.conversations for m in c.messages)
+    assert result.removed == sorted([theirs.group, theirs.direct])
+
+
+def test_same_client_msg_id_in_both_tenants_are_separate_messages(
+    engine: Engine, world: World
+) -> None:
+    # build_side sent "c-1" in both tenants; a retry in each finds its own message only.
+    for side in (world.mine, world.theirs):
+        retry = Append(tenant=side.t, conv=side.group, sender=side.org.alice,
+                       client_msg_id="c-1", body="again")
+        assert engine.apply(retry, NOW_MS + 1) == Appended(side.group, 3, NOW_MS, duplicate=True)
+
+
+def test_prune_dedupe_forgets_only_the_given_tenants_retry_records(
+    engine: Engine, world: World
+) -> None:
+    later = NOW_MS + 3 * engine.limits.dedupe_window_ms
+
+    assert engine.prune_dedupe(world.mine.t, later) == 2
+    assert engine.prune_dedupe(world.mine.t, later) == 0
+    assert engine.prune_dedupe(world.theirs.t, later) == 2  # theirs were all still there
