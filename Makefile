@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/herald serve
+	$(BIN)/herald serve --demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

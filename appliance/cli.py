@@ -8,7 +8,7 @@ from pathlib import Path
 
 from appliance.config import ConfigError, load_config
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -16,33 +16,101 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, help="where Herald keeps its data (default: ./var)"
     )
-    parser.add_argument("--listen", help="HOST:PORT to listen on (default: 127.0.0.1:8470)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="herald",
-        description="Herald: an on-premise enterprise instant-messaging appliance.",
+        prog="herald", description="Herald: an on-premise enterprise instant-messaging appliance.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    serve = commands.add_parser(
-        "serve", help="run the appliance", description="Open the store and serve clients."
-    )
+
+    serve = commands.add_parser("serve", help="run the appliance",
+                                description="Open the store and serve WebSocket clients.")
     _add_config_flags(serve)
+    serve.add_argument("--listen", help="HOST:PORT to listen on (default: 127.0.0.1:8470)")
+    serve.add_argument("--demo", action="store_true",
+                       help="on an empty store, create a demo tenant with two users and print "
+                            "their passwords")
+
+    tenant = commands.add_parser("tenant", help="manage tenants (organisations)",
+                                 description="Manage tenants (organisations).")
+    tenant_cmds = tenant.add_subparsers(dest="action", metavar="ACTION", required=True)
+    tenant_add = tenant_cmds.add_parser(
+        "add", help="create a tenant", description="Create a tenant."
+    )
+    _add_config_flags(tenant_add)
+    tenant_add.add_argument("name", help="short name: a-z, 0-9, '.', '_', '-'")
+    tenant_list = tenant_cmds.add_parser("list", help="list tenants", description="List tenants.")
+    _add_config_flags(tenant_list)
+
+    user = commands.add_parser("user", help="manage users", description="Manage users.")
+    user_cmds = user.add_subparsers(dest="action", metavar="ACTION", required=True)
+    user_add = user_cmds.add_parser("add", help="create a user (asks for a password)",
+                                    description="Create a user; the password is asked for twice.")
+    _add_config_flags(user_add)
+    user_add.add_argument("--tenant", required=True, help="tenant name")
+    user_add.add_argument("login", help="login name: a-z, 0-9, '.', '_', '-'")
+    user_add.add_argument("--display-name", default="", help="name shown to others")
+    user_add.add_argument("--password-stdin", action="store_true",
+                          help="read the password from one line of standard input")
+    user_list = user_cmds.add_parser("list", help="list a tenant's users",
+                                     description="List a tenant's users.")
+    _add_config_flags(user_list)
+    user_list.add_argument("--tenant", required=True, help="tenant name")
+
+    group = commands.add_parser("group", help="manage groups", description="Manage groups.")
+    group_cmds = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    group_add = group_cmds.add_parser("add", help="create a group", description="Create a group.")
+    _add_config_flags(group_add)
+    group_add.add_argument("--tenant", required=True, help="tenant name")
+    group_add.add_argument("--owner", required=True, help="login of the group's owner")
+    group_add.add_argument("--members", default="", help="comma-separated logins to add")
+    group_add.add_argument("--open", action="store_true",
+                           help="anyone in the tenant may join without being added")
+    group_add.add_argument("title", help="the group's title")
+
+    chat = commands.add_parser("chat", help="chat from the terminal (a client for trying Herald)",
+                               description="Log in to a running Herald and chat: list "
+                                           "conversations, open one, send lines. /help inside.")
+    chat.add_argument("--url", default="ws://127.0.0.1:8470/ws",
+                      help="the server's WebSocket URL (default: ws://127.0.0.1:8470/ws)")
+    chat.add_argument("--tenant", required=True, help="tenant name")
+    chat.add_argument("--login", required=True, help="your login name")
+    chat.add_argument("--password-stdin", action="store_true",
+                      help="read the password from the first line of standard input")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "chat":
+        from appliance.chat import run
+
+        return run(args.url, args.tenant, args.login, password_stdin=args.password_stdin)
     try:
-        config = load_config(args.config, data_dir=args.data_dir, listen=args.listen)
+        listen = getattr(args, "listen", None)
+        config = load_config(args.config, data_dir=args.data_dir, listen=listen)
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
         from appliance.serve import serve
 
-        return serve(config)
+        return serve(config, demo=args.demo)
+    from appliance import accounts
+
+    if args.command == "tenant":
+        if args.action == "add":
+            return accounts.add_tenant(config, args.name)
+        return accounts.list_tenants(config)
+    if args.command == "user":
+        if args.action == "add":
+            password = accounts.read_password(args.password_stdin)
+            return accounts.add_user(config, args.tenant, args.login, args.display_name, password)
+        return accounts.list_users(config, args.tenant)
+    if args.command == "group":
+        members = [m.strip() for m in args.members.split(",") if m.strip()]
+        return accounts.add_group(config, args.tenant, args.title, args.owner, members, args.open)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine import Limits
 
-__all__ = ["DEFAULT_PORT", "Config", "ConfigError", "load_config"]
+__all__ = ["DEFAULT_PORT", "Config", "ConfigError", "GatewayConfig", "load_config"]
 
 DEFAULT_PORT = 8470
 
@@ -22,12 +22,37 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The `[gateway]` table: limits and timers of client connections."""
+
+    max_frame_bytes: int = 64 * 1024
+    outbox_cap_bytes: int = 4 * 2**20  # past it a client is too slow: closed 1013, syncs later
+    max_connections: int = 18_000  # under the ~20,000 descriptors a process may hold here
+    sync_max_messages: int = 1000
+    # A sync or history reply stops (saying `more`) before its messages pass this size, so
+    # that one answer never fills the outbox and gets its reader closed for slowness.
+    reply_max_bytes: int = 2**20
+    login_failure_delay_s: float = 1.0
+    login_timeout_s: float = 30.0
+    ping_interval_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reply_max_bytes <= self.outbox_cap_bytes // 2:
+            raise ConfigError(
+                f"gateway.reply_max_bytes must be between 1 and half of "
+                f"gateway.outbox_cap_bytes ({self.outbox_cap_bytes // 2}); "
+                f"lower it or raise outbox_cap_bytes"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     data_dir: Path = Path("var")
     listen_host: str = "127.0.0.1"
     listen_port: int = DEFAULT_PORT
     map_size_bytes: int = 64 * 2**30
     limits: Limits = field(default_factory=Limits)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     @property
     def store_dir(self) -> Path:
@@ -70,7 +95,7 @@ def load_config(
 
 
 def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
-    known = {"data_dir", "listen", "storage", "limits"}
+    known = {"data_dir", "listen", "storage", "limits", "gateway"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known are {sorted(known)}")
@@ -83,17 +108,34 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
     if "map_size_bytes" in storage:
         size = _typed(storage["map_size_bytes"], int, "storage.map_size_bytes", path)
         config = replace(config, map_size_bytes=size)
-    limits = _typed(raw.get("limits", {}), dict, "limits", path)
-    names = {f.name for f in fields(Limits)}
-    unknown = set(limits) - names
+    limits = _table(raw, "limits", config.limits, path)
+    gateway = _table(raw, "gateway", config.gateway, path)
+    return replace(config, limits=limits, gateway=gateway)
+
+
+def _table(raw: dict[str, Any], name: str, defaults: Any, path: Path) -> Any:
+    """A TOML table overriding the fields of the dataclass `defaults`, type-checked."""
+    table = _typed(raw.get(name, {}), dict, name, path)
+    types = {f.name: type(getattr(defaults, f.name)) for f in fields(defaults)}
+    unknown = set(table) - set(types)
     if unknown:
-        raise ConfigError(f"{path}: unknown limits {sorted(unknown)}; known are {sorted(names)}")
-    for name, value in limits.items():
-        _typed(value, int, f"limits.{name}", path)
-    return replace(config, limits=replace(config.limits, **limits))
+        raise ConfigError(f"{path}: unknown [{name}] settings {sorted(unknown)}; "
+                          f"known are {sorted(types)}")
+    for key, value in table.items():
+        if types[key] is float and isinstance(value, int) and not isinstance(value, bool):
+            table[key] = float(value)
+        _typed(table[key], types[key], f"{name}.{key}", path)
+    try:
+        return replace(defaults, **table)
+    except ConfigError as exc:  # a check across settings, made by the dataclass itself
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", dict: "a table",
+               bool: "true or false"}
 
 
 def _typed(value: Any, kind: type, name: str, path: Path) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{path}: {name} must be a {kind.__name__}, not {value!r}")
+        raise ConfigError(f"{path}: {name} must be {_KIND_NAMES[kind]}, not {value!r}")
     return value

@@ -1,0 +1,48 @@
+"""The demo tenant `make run` creates on first start, so a new user can chat at once."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from engine import (
+    CreateGroup,
+    CreateTenant,
+    CreateUser,
+    Engine,
+    OpenDirect,
+    hash_password,
+)
+
+__all__ = ["DEMO_TENANT", "ensure_demo"]
+
+DEMO_TENANT = "demo"
+_USERS = (("alice", "Alice Chen"), ("bob", "Bob Li"))
+
+
+def ensure_demo(engine: Engine, data_dir: Path, now_ms: int) -> str | None:
+    """Create the demo tenant, two users, a direct conversation and a group, if the store has
+    no tenant yet. Returns the text to print (credentials), or None when nothing was created."""
+    credentials_file = data_dir / "demo-credentials.txt"
+    if engine.tenants():
+        if credentials_file.exists():
+            return f"Demo logins are in {credentials_file}."
+        return None
+    tenant = engine.apply(CreateTenant(name=DEMO_TENANT), now_ms).tenant  # type: ignore[union-attr]
+    lines = [f"Demo tenant {DEMO_TENANT!r} created. Log in with:"]
+    users = []
+    for login, name in _USERS:
+        password = secrets.token_urlsafe(9)
+        op = CreateUser(tenant=tenant, login=login, display_name=name,
+                        password_hash=hash_password(password))
+        users.append(engine.apply(op, now_ms).user)  # type: ignore[union-attr]
+        lines.append(f"  tenant {DEMO_TENANT}  login {login:<6} password {password}")
+    engine.apply(OpenDirect(tenant=tenant, user=users[0], peer=users[1]), now_ms)
+    engine.apply(CreateGroup(tenant=tenant, creator=users[0], title="Welcome", members=(users[1],)),
+                 now_ms)
+    text = "\n".join(lines)
+    fd = os.open(credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text + "\n")
+    return text + f"\n(also saved in {credentials_file})"

@@ -1,0 +1,138 @@
+"""Per-connection outboxes: frames are written to the socket without an `await` per delivery.
+
+Fanout encodes a frame once and pushes the same bytes to every recipient's outbox. `flush()`
+hands everything queued for a connection to the kernel in one `writev`; only when the kernel's
+buffer is full does the rest wait for the connection's drain task, which awaits writability.
+An outbox never holds more than its cap: `push` refuses, and the owner closes the connection
+(the client catches up by sync when it returns). PERFORMANCE.md has the figures behind this.
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+__all__ = ["Flusher", "Outbox"]
+
+_IOV_MAX = 1024
+
+
+class Flusher:
+    """Outboxes with unflushed frames, flushed together once a burst of pushes is done."""
+
+    def __init__(self) -> None:
+        self._dirty: set[Outbox] = set()
+
+    def mark(self, outbox: Outbox) -> None:
+        self._dirty.add(outbox)
+
+    def flush_all(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for outbox in dirty:
+            outbox.flush()
+
+
+class Outbox:
+    def __init__(self, fd: int, cap_bytes: int, flusher: Flusher) -> None:
+        self._fd = fd
+        self._cap = cap_bytes
+        self._flusher = flusher
+        self._queue: list[bytes] = []  # the first item may be the tail of a partly written frame
+        self._queued_bytes = 0
+        self._blocked = False
+        self._lot = trio.lowlevel.ParkingLot()
+        self._emptied = trio.Event()
+        self.closed = False
+        self.broken = False  # the peer went away mid-write; the owner should close
+        self._final = False  # a close (or HTTP refusal) is queued: nothing may follow it
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    def push(self, frame: bytes) -> bool:
+        """Queue `frame`; False (and nothing queued) when that would pass the cap. After the
+        final frame, frames are dropped (True): RFC 6455 allows nothing after a close."""
+        if self.closed or self._final:
+            return True
+        if self._queued_bytes + len(frame) > self._cap:
+            return False
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        self._flusher.mark(self)
+        return True
+
+    def push_final(self, frame: bytes, *, drop_queued: bool = True) -> None:
+        """Queue a last frame (a close) even past the cap; with `drop_queued`, first drop
+        every queued frame not yet begun (a slow consumer will sync instead). Only the first
+        final frame counts; later ones are dropped."""
+        if self.closed or self._final:
+            return
+        self._final = True
+        if drop_queued:
+            # Keep a partly written frame (only a blocked outbox has one): cutting it would
+            # corrupt the stream.
+            self._queue = self._queue[:1] if self._blocked else []
+        self._queue.append(frame)
+        self._queued_bytes = sum(map(len, self._queue))
+        self._flusher.mark(self)
+
+    def flush(self) -> None:
+        """Write what the kernel takes now; leave the rest to the drain task."""
+        if self._blocked or self.closed or not self._queue:
+            return
+        try:
+            written = os.writev(self._fd, self._queue[:_IOV_MAX])
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self.broken = True
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._emptied.set()
+            self._lot.unpark_all()
+            return
+        self._consume(written)
+        if self._queue:
+            self._blocked = True
+            self._lot.unpark_all()
+        elif not self._emptied.is_set():
+            self._emptied.set()
+
+    def _consume(self, written: int) -> None:
+        self._queued_bytes -= written
+        queue = self._queue
+        index = 0
+        while index < len(queue) and written >= len(queue[index]):
+            written -= len(queue[index])
+            index += 1
+        del queue[:index]
+        if written:
+            queue[0] = queue[0][written:]
+
+    async def drain_forever(self) -> None:
+        """The connection's drain task: waits for writability whenever the kernel is full."""
+        while not self.closed and not self.broken:
+            if not self._blocked:
+                await self._lot.park()
+                continue
+            await trio.lowlevel.wait_writable(self._fd)
+            self._blocked = False
+            self.flush()
+
+    async def wait_empty(self) -> None:
+        """Return once everything queued so far has been written (or the socket broke)."""
+        while self._queue and not self.broken and not self.closed:
+            self._emptied = trio.Event()
+            self.flush()
+            if self._queue:
+                await self._emptied.wait()
+
+    def close(self) -> None:
+        """Stop writing for good (before the socket itself is closed)."""
+        self.closed = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._emptied.set()
+        self._lot.unpark_all()

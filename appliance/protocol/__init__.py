@@ -1,0 +1,48 @@
+"""Herald's wire protocol, sans-IO: codecs and per-connection state machines.
+
+This package does no I/O: no sockets, no Trio, no threads, no clock. It takes bytes and
+returns events and bytes, every buffer bounded by a constructor argument. It imports nothing
+of ours outside `appliance.protocol`.
+"""
+
+from __future__ import annotations
+
+from appliance.protocol.websocket import (
+    MAX_HANDSHAKE_BYTES,
+    MAX_MESSAGE_BYTES,
+    CloseCode,
+    CloseReceived,
+    ConnectionEnded,
+    HandshakeRequested,
+    LocalProtocolError,
+    PingReceived,
+    PongReceived,
+    RemoteProtocolError,
+    TextReceived,
+    WebSocketEvent,
+    WebSocketServer,
+    WebSocketState,
+    encode_close_frame,
+    encode_ping_frame,
+    encode_text_frame,
+)
+
+__all__ = [
+    "MAX_HANDSHAKE_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "CloseCode",
+    "CloseReceived",
+    "ConnectionEnded",
+    "HandshakeRequested",
+    "LocalProtocolError",
+    "PingReceived",
+    "PongReceived",
+    "RemoteProtocolError",
+    "TextReceived",
+    "WebSocketEvent",
+    "WebSocketServer",
+    "WebSocketState",
+    "encode_close_frame",
+    "encode_ping_frame",
+    "encode_text_frame",
+]

@@ -1,0 +1,308 @@
+"""Requests to engine calls: authorization context, reads inline, writes through the writer.
+
+Every request except login, resume and ping needs a logged-in connection; the engine then checks
+membership and roles on every call with the connection's own tenant and user, never with ids
+the client claims for itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from appliance.protocol.frames import (
+    AddRequest,
+    ChangeData,
+    ClientFrame,
+    ConvData,
+    ConvsRequest,
+    CreateGroupRequest,
+    ErrorFrame,
+    HistoryRequest,
+    JoinRequest,
+    KickRequest,
+    LeaveRequest,
+    LoginData,
+    LoginRequest,
+    LogoutRequest,
+    LookupRequest,
+    MembersRequest,
+    OkData,
+    OpenDirectRequest,
+    PingRequest,
+    ReadData,
+    ReadRequest,
+    Reply,
+    ResumeRequest,
+    SendData,
+    SendRequest,
+    SyncRequest,
+    UserData,
+    encode_frame,
+)
+from appliance.wire import convs_data, error_frame, history_data, members_data, sync_data
+from engine import (
+    AddMembers,
+    Append,
+    Appended,
+    CapacityExceeded,
+    ConversationOpened,
+    CreateGroup,
+    CursorMoved,
+    EngineClosed,
+    HeraldError,
+    Invalid,
+    Join,
+    Leave,
+    MarkRead,
+    MembershipChanged,
+    MessageKind,
+    NotFound,
+    OpenDirect,
+    Operation,
+    RemoveMember,
+    Result,
+    Role,
+    Unauthenticated,
+)
+
+if TYPE_CHECKING:
+    from appliance.connection import Connection
+    from appliance.server import Services
+
+__all__ = ["Router"]
+
+log = logging.getLogger("herald.router")
+
+_OPEN_OPS = (LoginRequest, ResumeRequest, PingRequest)
+BUSY_RETRY_AFTER_S = 0.5
+MAX_ID = 2**64 - 1  # ids are packed as unsigned 64-bit integers into LMDB keys
+_ID_FIELDS = ("conv", "peer", "user")
+_ID_LIST_FIELDS = ("users", "members", "mentions")
+
+Handler = Callable[["Connection", Any], Awaitable[Any] | Any]
+
+
+def _check_ids(request: ClientFrame) -> None:
+    """Raise `Invalid` for a conversation or user id that no store key can hold (JSON carries
+    any integer; packing a negative or a 65-bit one into a key is not a refusal but a crash)."""
+    ids = [getattr(request, name) for name in _ID_FIELDS if hasattr(request, name)]
+    for name in _ID_LIST_FIELDS:
+        ids.extend(getattr(request, name, ()))
+    for value in ids:
+        if not 0 <= value <= MAX_ID:
+            raise Invalid(f"{value} is not an id: ids are integers from 0 to {MAX_ID}")
+
+
+def _change(result: Result) -> ChangeData:
+    assert isinstance(result, MembershipChanged)
+    return ChangeData(result.conv, result.member_version, result.seq)
+
+
+def _conv(result: Result) -> ConvData:
+    assert isinstance(result, ConversationOpened)
+    return ConvData(result.conv, result.created)
+
+
+def _sent(result: Result) -> SendData:
+    assert isinstance(result, Appended)
+    return SendData(result.conv, result.seq, result.ts, result.duplicate)
+
+
+def _read(result: Result) -> ReadData:
+    assert isinstance(result, CursorMoved)
+    return ReadData(result.conv, result.delivered, result.read)
+
+
+class Router:
+    def __init__(self, services: Services) -> None:
+        self._s = services
+        self._auth_limiter = trio.CapacityLimiter(2)  # Argon2id is CPU and memory heavy
+        self._handlers: dict[type, Handler] = {
+            LoginRequest: self._login,
+            ResumeRequest: self._resume,
+            LogoutRequest: self._logout,
+            PingRequest: lambda conn, req: OkData(),
+            SendRequest: self._send,
+            SyncRequest: self._sync,
+            HistoryRequest: self._history,
+            ReadRequest: self._read,
+            MembersRequest: self._members,
+            ConvsRequest: self._convs,
+            LookupRequest: self._lookup,
+            CreateGroupRequest: self._create_group,
+            OpenDirectRequest: self._open_direct,
+            AddRequest: self._add,
+            KickRequest: self._kick,
+            LeaveRequest: self._leave,
+            JoinRequest: self._join,
+        }
+
+    async def handle(self, conn: Connection, request: ClientFrame) -> None:
+        """Answer `request` on `conn`: a reply now, a reply after the commit, or an error frame."""
+        if not conn.authenticated and not isinstance(request, _OPEN_OPS):
+            conn.send_frame(encode_frame(ErrorFrame(
+                request.id, "unauthenticated", "log in first (op 'login' or 'resume')"
+            )))
+            return
+        try:
+            _check_ids(request)
+            data = self._handlers[type(request)](conn, request)
+            if isinstance(data, Awaitable):
+                data = await data
+        except HeraldError as refusal:
+            conn.send_frame(encode_frame(error_frame(request.id, refusal)))
+            return
+        if data is not None:
+            conn.send_frame(encode_frame(Reply(request.id, data)))
+
+    # -- writes: answered by the writer after the commit ---------------------------------------
+
+    def _submit(
+        self, conn: Connection, request_id: int, op: Operation, to_data: Callable[[Result], Any]
+    ) -> None:
+        def done(outcome: Result | HeraldError) -> None:
+            conn.write_finished()
+            if isinstance(outcome, HeraldError):
+                conn.send_frame(encode_frame(error_frame(request_id, outcome)))
+            else:
+                conn.send_frame(encode_frame(Reply(request_id, to_data(outcome))))
+
+        try:
+            self._s.writer.submit(op, done, origin=conn)
+        except CapacityExceeded as busy:
+            conn.send_frame(encode_frame(ErrorFrame(
+                request_id, "throttled", busy.message, retry_after=BUSY_RETRY_AFTER_S
+            )))
+            return
+        except EngineClosed as closing:
+            conn.send_frame(encode_frame(error_frame(request_id, closing)))
+            return
+        conn.write_started()
+
+    def _send(self, conn: Connection, req: SendRequest) -> None:
+        kind = MessageKind.RECALL if req.kind == "recall" else MessageKind.TEXT
+        op = Append(
+            tenant=conn.tenant, conv=req.conv, sender=conn.user, client_msg_id=req.cmid,
+            body=req.body, kind=kind, mentions=tuple(req.mentions), ref=req.ref,
+        )
+        self._submit(conn, req.id, op, _sent)
+
+    def _read(self, conn: Connection, req: ReadRequest) -> None:
+        op = MarkRead(tenant=conn.tenant, user=conn.user, conv=req.conv, seq=req.seq)
+        self._submit(conn, req.id, op, _read)
+
+    def _create_group(self, conn: Connection, req: CreateGroupRequest) -> None:
+        op = CreateGroup(
+            tenant=conn.tenant, creator=conn.user, title=req.title, members=tuple(req.members),
+            open=req.open,
+        )
+        self._submit(conn, req.id, op, _conv)
+
+    def _open_direct(self, conn: Connection, req: OpenDirectRequest) -> None:
+        op = OpenDirect(tenant=conn.tenant, user=conn.user, peer=req.peer)
+        self._submit(conn, req.id, op, _conv)
+
+    def _add(self, conn: Connection, req: AddRequest) -> None:
+        op = AddMembers(
+            tenant=conn.tenant, actor=conn.user, conv=req.conv, users=tuple(req.users),
+            role=Role(req.role),
+        )
+        self._submit(conn, req.id, op, _change)
+
+    def _kick(self, conn: Connection, req: KickRequest) -> None:
+        op = RemoveMember(tenant=conn.tenant, actor=conn.user, conv=req.conv, user=req.user)
+        self._submit(conn, req.id, op, _change)
+
+    def _leave(self, conn: Connection, req: LeaveRequest) -> None:
+        op = Leave(tenant=conn.tenant, user=conn.user, conv=req.conv)
+        self._submit(conn, req.id, op, _change)
+
+    def _join(self, conn: Connection, req: JoinRequest) -> None:
+        self._submit(conn, req.id, Join(tenant=conn.tenant, user=conn.user, conv=req.conv), _change)
+
+    # -- reads: answered inline (LMDB reads take microseconds) ---------------------------------
+
+    def _sync(self, conn: Connection, req: SyncRequest) -> Any:
+        result = self._s.engine.sync(
+            conn.tenant, conn.user, req.cursors, limit_per_conv=req.limit,
+            max_messages=self._s.config.gateway.sync_max_messages, everything=req.everything,
+            max_bytes=self._s.config.gateway.reply_max_bytes,
+        )
+        return sync_data(result)
+
+    def _history(self, conn: Connection, req: HistoryRequest) -> Any:
+        engine = self._s.engine
+        max_bytes = self._s.config.gateway.reply_max_bytes
+        if req.after is not None and req.before is not None:
+            raise Invalid("give 'before' or 'after', not both")
+        if req.after is not None:
+            page = engine.page_after(
+                conn.tenant, conn.user, req.conv, req.after, req.limit, max_bytes
+            )
+        else:
+            page = engine.page_before(
+                conn.tenant, conn.user, req.conv, req.before, req.limit, max_bytes
+            )
+        return history_data(page)
+
+    def _members(self, conn: Connection, req: MembersRequest) -> Any:
+        return members_data(self._s.engine.members(conn.tenant, conn.user, req.conv, req.since))
+
+    def _convs(self, conn: Connection, req: ConvsRequest) -> Any:
+        return convs_data(self._s.engine.conversations(conn.tenant, conn.user))
+
+    def _lookup(self, conn: Connection, req: LookupRequest) -> Any:
+        engine = self._s.engine
+        user = engine.find_user(conn.tenant, req.login)
+        record = engine.user(conn.tenant, user)
+        return UserData(user, record.login, record.display_name)
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    async def _login(self, conn: Connection, req: LoginRequest) -> LoginData:
+        if conn.authenticated:
+            raise Invalid("this connection is logged in already")
+        engine = self._s.engine
+        try:
+            tenant = engine.find_tenant(req.tenant)
+        except NotFound:
+            tenant = 0  # still costs a full password check: no hint which tenants exist
+        try:
+            user = await trio.to_thread.run_sync(
+                engine.authenticate, tenant, req.login, req.password, limiter=self._auth_limiter
+            )
+        except Unauthenticated:
+            log.info("login failed login=%r address=%s", req.login, conn.address)
+            await trio.sleep(self._s.config.gateway.login_failure_delay_s)
+            raise
+        return self._start_session(conn, tenant, user, req.device)
+
+    async def _resume(self, conn: Connection, req: ResumeRequest) -> LoginData:
+        if conn.authenticated:
+            raise Invalid("this connection is logged in already")
+        try:
+            tenant, user = self._s.tokens.verify(req.token, self._s.clock_ms())
+            record = self._s.engine.user(tenant, user)
+        except (Unauthenticated, NotFound):
+            await trio.sleep(self._s.config.gateway.login_failure_delay_s)
+            raise Unauthenticated("the session token is not valid; log in again") from None
+        if record.disabled:
+            raise Unauthenticated("the session token is not valid; log in again")
+        return self._start_session(conn, tenant, user, "")
+
+    def _start_session(self, conn: Connection, tenant: int, user: int, device: str) -> LoginData:
+        token, expires = self._s.tokens.issue(tenant, user, self._s.clock_ms())
+        conn.tenant, conn.user, conn.device = tenant, user, device[:64]
+        self._s.hub.register(conn)
+        record = self._s.engine.user(tenant, user)
+        log.info("session started tenant=%s user=%s address=%s", tenant, user, conn.address)
+        return LoginData(token, tenant, user, record.display_name, expires)
+
+    def _logout(self, conn: Connection, req: LogoutRequest) -> None:
+        conn.send_frame(encode_frame(Reply(req.id, OkData())))
+        conn.close(1000)
+

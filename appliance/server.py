@@ -1,0 +1,166 @@
+"""The Trio server: listeners, connections, the writer, keepalive, and orderly shutdown.
+
+Shutdown runs in the order the design asks: stop accepting, commit (and ack) every write in
+flight, close every connection with 1001, and only then let the caller close the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from appliance.config import Config
+from appliance.connection import CLOSE_GOING_AWAY, CLOSE_POLICY, Connection
+from appliance.hub import Hub
+from appliance.outbox import Flusher
+from appliance.protocol.frames import Bye
+from appliance.router import Router
+from appliance.tokens import TokenIssuer, load_or_create_secret
+from appliance.writer import Writer, wall_clock_ms
+from engine import Engine
+
+__all__ = ["Server", "Services"]
+
+log = logging.getLogger("herald.server")
+
+SHUTDOWN_GRACE_S = 5.0
+
+
+@dataclass
+class Services:
+    """What every connection shares. Built once per server; there is no module-level state."""
+
+    config: Config
+    engine: Engine
+    writer: Writer
+    hub: Hub
+    flusher: Flusher
+    tokens: TokenIssuer
+    router: Router
+    clock_ms: Callable[[], int]
+
+
+class Server:
+    def __init__(
+        self, config: Config, engine: Engine, *, clock_ms: Callable[[], int] = wall_clock_ms
+    ) -> None:
+        flusher = Flusher()
+        hub = Hub(engine, flusher)
+        writer = Writer(engine, on_committed=hub.on_committed, clock_ms=clock_ms)
+        secret = load_or_create_secret(config.data_dir / "session.key")
+        self.services = Services(
+            config, engine, writer, hub, flusher, TokenIssuer(secret), None, clock_ms  # type: ignore[arg-type]
+        )
+        self.services.router = Router(self.services)
+        self._connections: set[Connection] = set()
+        self._stop = trio.Event()
+        self.port = 0
+
+    @property
+    def connections(self) -> set[Connection]:
+        return self._connections
+
+    def request_stop(self) -> None:
+        """Begin an orderly shutdown; `run` returns when it is complete."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until `request_stop`. Reports the bound port through `task_status`."""
+        config = self.services.config
+        listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+        self.port = listeners[0].socket.getsockname()[1]
+        try:
+            await self._serve(listeners, task_status)
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    async def _serve(
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[int]
+    ) -> None:
+        writer_done = trio.Event()
+        async with trio.open_nursery() as outer:
+
+            async def run_writer() -> None:
+                try:
+                    await self.services.writer.run()
+                finally:
+                    writer_done.set()
+
+            outer.start_soon(run_writer)
+            async with trio.open_nursery() as connections:
+                accepting = trio.CancelScope()
+
+                async def accept_all() -> None:
+                    with accepting:
+                        async with trio.open_nursery() as acceptors:
+                            for listener in listeners:
+                                acceptors.start_soon(self._accept, listener, connections)
+
+                connections.start_soon(accept_all)
+                connections.start_soon(self._keepalive)
+                task_status.started(self.port)
+                await self._stop.wait()
+                log.info("shutting down: no new connections")
+                accepting.cancel()
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+                self.services.writer.close()
+                await writer_done.wait()
+                log.info("shutting down: writes committed; closing %d connections",
+                         len(self._connections))
+                bye = Bye("shutdown", "the server is shutting down; reconnect shortly")
+                for conn in list(self._connections):
+                    conn.close(CLOSE_GOING_AWAY, bye)
+                with trio.move_on_after(SHUTDOWN_GRACE_S):
+                    while self._connections:
+                        await trio.sleep(0.01)
+                connections.cancel_scope.cancel()
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        limit = self.services.config.gateway.max_connections
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # EMFILE and friends: back off rather than spin
+                log.warning("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            if len(self._connections) >= limit:
+                log.warning("connection refused: %d connections is the limit", limit)
+                await stream.aclose()
+                continue
+            nursery.start_soon(self._serve_connection, stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            address = f"{host}:{port}"
+        except OSError:
+            address = "?"
+        conn = Connection(self.services, stream, address)
+        self._connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+
+    async def _keepalive(self) -> None:
+        """One task for all connections: ping the quiet, close the dead and the anonymous."""
+        gateway = self.services.config.gateway
+        interval = gateway.ping_interval_s
+        while True:
+            await trio.sleep(min(interval, gateway.login_timeout_s) / 2)
+            now = trio.current_time()
+            for conn in list(self._connections):
+                quiet = now - conn.last_seen
+                if not conn.authenticated and now - conn.opened_at > gateway.login_timeout_s:
+                    conn.close(CLOSE_POLICY, Bye("login_timeout", "log in sooner after connecting"))
+                elif quiet > 2 * interval:
+                    conn.abort()
+                elif quiet >= interval:
+                    conn.ping()
+            self.services.flusher.flush_all()

@@ -1,0 +1,75 @@
+"""The `herald` command line, run as real subprocesses on a real data directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import Engine
+
+HERALD = [sys.executable, "-m", "appliance.cli"]
+COMMANDS = [
+    [], ["serve"], ["tenant"], ["tenant", "add"], ["tenant", "list"], ["user"], ["user", "add"],
+    ["user", "list"], ["group"], ["group", "add"],
+]
+
+
+def herald(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*HERALD, *args], input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "herald")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = herald(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: herald")
+
+
+def test_accounts_created_from_the_command_line_can_be_read_back(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    assert herald("tenant", "add", "--data-dir", data, "acme").returncode == 0
+    for login in ("alice", "bob"):
+        result = herald("user", "add", "--data-dir", data, "--tenant", "acme", login,
+                        "--display-name", login.title(), "--password-stdin",
+                        stdin="a long enough password\n")
+        assert result.returncode == 0, result.stderr
+        assert f"user {login!r} created" in result.stdout
+    result = herald("group", "add", "--data-dir", data, "--tenant", "acme", "--owner", "alice",
+                    "--members", "bob", "Project X")
+    assert result.returncode == 0, result.stderr
+    listing = herald("user", "list", "--data-dir", data, "--tenant", "acme")
+    assert "alice" in listing.stdout and "Bob" in listing.stdout
+
+    engine = Engine(tmp_path / "data" / "hot")
+    try:
+        tenant = engine.find_tenant("acme")
+        alice = engine.authenticate(tenant, "alice", "a long enough password")
+        (group,) = engine.conversations(tenant, alice)
+        assert (group.title, group.role, group.member_count) == ("Project X", "owner", 2)
+    finally:
+        engine.close()
+
+
+def test_refusals_exit_non_zero_and_say_what_went_wrong(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    assert herald("tenant", "add", "--data-dir", data, "acme").returncode == 0
+    again = herald("tenant", "add", "--data-dir", data, "acme")
+    assert again.returncode == 1 and "exists already" in again.stderr
+    short = herald("user", "add", "--data-dir", data, "--tenant", "acme", "carol",
+                   "--password-stdin", stdin="short\n")
+    assert short.returncode == 1 and "at least 8 characters" in short.stderr
+    nowhere = herald("user", "list", "--data-dir", data, "--tenant", "nope")
+    assert nowhere.returncode == 1 and "no tenant is named 'nope'" in nowhere.stderr
+
+
+def test_a_bad_configuration_file_is_refused_with_the_reason(tmp_path: Path) -> None:
+    config = tmp_path / "herald.toml"
+    config.write_text('listen = "nowhere"\n')
+    result = herald("tenant", "list", "--config", str(config))
+    assert result.returncode == 2
+    assert "must look like HOST:PORT" in result.stderr

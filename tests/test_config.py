@@ -1,0 +1,61 @@
+"""Configuration: embedded defaults, then the TOML file, then flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.config import Config, ConfigError, load_config
+
+
+def test_with_no_file_the_embedded_defaults_apply() -> None:
+    config = load_config()
+    assert config == Config()
+    assert config.url == "ws://127.0.0.1:8470/ws"
+    assert config.store_dir == Path("var/hot")
+
+
+def test_the_file_overrides_defaults_and_flags_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "herald.toml"
+    path.write_text(
+        'data_dir = "/srv/herald"\nlisten = "0.0.0.0:9000"\n'
+        "[limits]\nmax_body_bytes = 4096\n"
+        "[gateway]\nping_interval_s = 10\noutbox_cap_bytes = 8388608\n"
+    )
+    config = load_config(path)
+    assert (config.data_dir, config.listen_host, config.listen_port) == (
+        Path("/srv/herald"), "0.0.0.0", 9000)
+    assert config.limits.max_body_bytes == 4096
+    assert config.gateway.ping_interval_s == 10.0
+    assert config.gateway.outbox_cap_bytes == 8388608
+    flagged = load_config(path, data_dir=tmp_path, listen="[::1]:7000")
+    assert (flagged.data_dir, flagged.listen_host, flagged.listen_port) == (tmp_path, "::1", 7000)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("colour = 1\n", "unknown settings ['colour']"),
+        ("[limits]\nmax_body = 1\n", "unknown [limits] settings ['max_body']"),
+        ('[gateway]\nping_interval_s = "soon"\n', "gateway.ping_interval_s must be a number"),
+        ("[limits]\nmax_body_bytes = true\n", "limits.max_body_bytes must be an integer"),
+        ('listen = "host:99999"\n', "must look like HOST:PORT"),
+        ("[gateway]\noutbox_cap_bytes = 1048576\n",
+         "gateway.reply_max_bytes must be between 1 and half of gateway.outbox_cap_bytes"),
+        ("listen = [\n", "is not valid TOML"),
+    ],
+)
+def test_mistakes_in_the_file_are_refused_with_the_setting_named(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    path = tmp_path / "herald.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert says in str(refused.value)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        load_config(tmp_path / "absent.toml")
