@@ -1,0 +1,173 @@
+"""`herald chat` as a user runs it: real processes, a real server process, piped stdin."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from appliance.chat import Command, format_message, parse_command
+from appliance.client import Message
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Process:
+    """A child process whose output is collected as it comes; `expect` waits for a text."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.out = bytearray()
+        self.err = bytearray()
+        self._grew = trio.Event()
+
+    async def collect(self, stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+        async with stream:
+            async for chunk in stream:
+                into += chunk
+                self._grew.set()
+                self._grew = trio.Event()
+
+    async def expect(self, pattern: str) -> re.Match[str]:
+        """Wait until stdout matches the regular expression `pattern`."""
+        while True:
+            grew = self._grew
+            found = re.search(pattern, self.out.decode(errors="replace"), re.MULTILINE)
+            if found:
+                return found
+            if self.process.returncode is not None:
+                raise AssertionError(f"exited {self.process.returncode} before {pattern!r}:\n"
+                                     f"{self.out.decode()}\n{self.err.decode()}")
+            await grew.wait()
+
+    async def type(self, *lines: str) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all("".join(f"{line}\n" for line in lines).encode())
+
+    async def end_input(self) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.aclose()
+
+
+@asynccontextmanager
+async def herald(nursery: trio.Nursery, *args: str) -> AsyncIterator[Process]:
+    """`herald ARGS...` as a child process with piped stdin, stdout and stderr."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "appliance.cli", *args], cwd=ROOT, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    running = Process(process)
+    assert process.stdout is not None and process.stderr is not None
+    nursery.start_soon(running.collect, process.stdout, running.out)
+    nursery.start_soon(running.collect, process.stderr, running.err)
+    try:
+        yield running
+    finally:
+        with trio.move_on_after(10) as waiting:
+            await process.wait()
+        if waiting.cancelled_caught:
+            process.kill()
+            await process.wait()
+        if process.stdin is not None:
+            await process.stdin.aclose()
+
+
+async def test_two_people_chat_through_herald_chat_processes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            async with herald(nursery, "serve", "--demo", "--data-dir", str(data),
+                              "--listen", "127.0.0.1:0") as server:
+                url = (await server.expect(r"listening at (ws://\S+)")).group(1)
+                passwords = dict(re.findall(r"login (\w+)\s+password (\S+)",
+                                            (data / "demo-credentials.txt").read_text()))
+                chat = ("chat", "--url", url, "--tenant", "demo", "--password-stdin", "--login")
+
+                async with herald(nursery, *chat, "alice") as alice:
+                    await alice.type(passwords["alice"])
+                    await alice.expect(r"Logged in to demo as Alice Chen \(alice\)")
+                    await alice.type("/dm bob", "before bob came")
+                    await alice.expect(r"--- Bob Li ---")
+                    await alice.expect(r"\d\d:\d\d Alice Chen: before bob came$")
+
+                    async with herald(nursery, *chat, "bob") as bob:
+                        await bob.type(passwords["bob"])
+                        await bob.expect(r"Logged in to demo as Bob Li \(bob\)")
+                        # the direct conversation has the latest activity: listed first
+                        await bob.expect(r"^  1\. .+ \(direct\) - 1 unread$")
+                        await bob.expect(r"^  2\. Welcome \(group, 2 members\)$")
+                        await bob.type("/dm alice")
+                        await bob.expect(r"--- Alice Chen ---\n.*\* Alice Chen opened the "
+                                         r"conversation\n\d\d:\d\d Alice Chen: before bob came$")
+
+                        await alice.type("hello bob")
+                        await bob.expect(r"\d\d:\d\d Alice Chen: hello bob$")
+                        await bob.type("hi alice", "/convs")
+                        await alice.expect(r"\d\d:\d\d Bob Li: hi alice$")
+                        await bob.expect(r"^  1\. Alice Chen \(direct\) \(open\)$")  # all read
+                        await bob.type("/nonsense", "/quit")
+                        await bob.expect(r"! unknown command /nonsense")
+                    assert bob.process.returncode == 0, bob.err.decode()
+
+                    await alice.type("/convs")
+                    await alice.expect(r"^  1\. Bob Li \(direct\) \(open\)$")
+                    await alice.end_input()  # the end of input quits, like /quit
+                assert alice.process.returncode == 0, alice.err.decode()
+                assert alice.out.decode().count("Bob Li: hi alice") == 1  # delivered once
+                assert b"Traceback" not in alice.err + bob.err
+
+                server.process.send_signal(signal.SIGINT)
+                await server.expect(r"Herald stopped\.")
+            assert server.process.returncode == 0, server.err.decode()
+
+
+async def test_herald_chat_says_when_the_login_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, herald(
+            nursery, "serve", "--demo", "--data-dir", str(data), "--listen", "127.0.0.1:0"
+        ) as server:
+            url = (await server.expect(r"listening at (ws://\S+)")).group(1)
+            async with herald(nursery, "chat", "--url", url, "--tenant", "demo", "--login",
+                              "alice", "--password-stdin") as alice:
+                await alice.type("not the password")
+                await alice.end_input()
+            assert alice.process.returncode == 1
+            assert "login refused: wrong login or password" in alice.err.decode()
+            server.process.send_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize(("line", "command"), [
+    ("hello", Command("", "hello")),
+    ("/open 2", Command("open", "2")),
+    ("/DM  bob ", Command("dm", "bob")),
+    ("/quit", Command("quit")),
+    ("//not a command", Command("", "/not a command")),
+])
+def test_input_lines_are_text_or_commands(line: str, command: Command) -> None:
+    assert parse_command(line) == command
+
+
+def test_messages_are_shown_with_names_and_events_in_words() -> None:
+    names = {1: "Alice Chen", 2: "Bob Li"}.get
+
+    def show(message: Message, label: str = "") -> str:
+        return format_message(message, lambda u: names(u) or f"user {u}", label,
+                              local_time=time.gmtime)
+
+    assert show(Message(7, 3, 1, 3_600_000, "text", "hi")) == "01:00 Alice Chen: hi"
+    assert show(Message(7, 3, 9, 0, "text", "hi"), "Team") == "[Team] 00:00 user 9: hi"
+    added = Message(7, 4, 1, 0, "system", "members_added", mentions=(2, 9))
+    assert show(added) == "00:00 * Alice Chen added Bob Li, user 9"
+    created = Message(7, 1, 1, 0, "system", "group_created", mentions=(1, 2))
+    assert show(created) == "00:00 * Alice Chen created the group"
