@@ -7,9 +7,8 @@ same on a terminal and with piped input; the end of input quits, after what was 
 
 Formatting and command parsing are plain functions; the Trio part is the two loops of `Chat`.
 
-The protocol has no way to learn a user's display name from a user id (`members` gives ids and
-roles; `lookup` goes from a login to a name). The chat therefore names the people it has looked
-up (`/dm LOGIN`) and the user itself, and shows others as "user N".
+Messages carry user ids; the chat learns the display names behind them with the `users`
+request, once per user, before it prints a message that names someone new.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from __future__ import annotations
 import getpass
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -115,6 +114,23 @@ class Chat:
     def name_of(self, user: int) -> str:
         return self._names.get(user, f"user {user}")
 
+    async def learn_names(self, users: Iterable[int]) -> None:
+        """Ask the server for the names of the users not known yet (best effort: a user it
+        does not name stays "user N")."""
+        unknown = [user for user in dict.fromkeys(users) if user not in self._names]
+        if not unknown:
+            return
+        try:
+            for found in await self._client.users(unknown[:500]):
+                self._names[found.user] = found.display_name
+        except ClientError:
+            pass
+
+    async def _learn_message_names(self, messages: Iterable[Message]) -> None:
+        await self.learn_names(
+            user for message in messages for user in (message.sender, *message.mentions)
+        )
+
     # -- incoming -----------------------------------------------------------------------------
 
     async def print_incoming(self, done: trio.CancelScope) -> None:
@@ -123,6 +139,7 @@ class Chat:
             async for message in self._client.messages:
                 is_open = message.conv == self._open
                 label = "" if is_open else await self._label(message.conv)
+                await self._learn_message_names([message])
                 self.say(format_message(message, self.name_of, label))
                 if is_open:
                     try:
@@ -148,6 +165,7 @@ class Chat:
             return summary.title or f"#{summary.conv}"
         members = await self._client.members(summary.conv)
         peers = [user for user, _ in members.members if user != self._client.user]
+        await self.learn_names(peers)
         return self.name_of(peers[0]) if peers else f"#{summary.conv}"
 
     # -- commands -----------------------------------------------------------------------------
@@ -230,7 +248,7 @@ class Chat:
         self._open = conv
         page = await self._client.history(conv, limit=PAGE_MESSAGES)
         self.say(f"--- {await self._label(conv)} ---")
-        self._print_page(conv, page.msgs)
+        await self._print_page(conv, page.msgs)
         self._oldest_shown = page.msgs[0].seq if page.msgs else None
         if page.msgs:
             await self._client.mark_read(conv, page.msgs[-1].seq)
@@ -244,13 +262,15 @@ class Chat:
             return
         page = await self._client.history(self._open, before=self._oldest_shown,
                                           limit=PAGE_MESSAGES)
-        self._print_page(self._open, page.msgs)
+        await self._print_page(self._open, page.msgs)
         if page.msgs:
             self._oldest_shown = page.msgs[0].seq
 
-    def _print_page(self, conv: int, wires: list[WireMessage]) -> None:
-        for wire in wires:
-            self.say(format_message(Message.from_wire(conv, wire), self.name_of))
+    async def _print_page(self, conv: int, wires: list[WireMessage]) -> None:
+        messages = [Message.from_wire(conv, wire) for wire in wires]
+        await self._learn_message_names(messages)
+        for message in messages:
+            self.say(format_message(message, self.name_of))
 
 
 async def _chat(url: str, tenant: str, login: str, password: str, stdin: TextIO,

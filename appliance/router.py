@@ -41,6 +41,8 @@ from appliance.protocol.frames import (
     SendRequest,
     SyncRequest,
     UserData,
+    UsersData,
+    UsersRequest,
     encode_frame,
 )
 from appliance.wire import convs_data, error_frame, history_data, members_data, sync_data
@@ -79,6 +81,7 @@ log = logging.getLogger("herald.router")
 
 _OPEN_OPS = (LoginRequest, ResumeRequest, PingRequest)
 BUSY_RETRY_AFTER_S = 0.5
+MAX_USERS_PER_REQUEST = 500
 MAX_ID = 2**64 - 1  # ids are packed as unsigned 64-bit integers into LMDB keys
 _ID_FIELDS = ("conv", "peer", "user")
 _ID_LIST_FIELDS = ("users", "members", "mentions")
@@ -133,6 +136,7 @@ class Router:
             MembersRequest: self._members,
             ConvsRequest: self._convs,
             LookupRequest: self._lookup,
+            UsersRequest: self._users,
             CreateGroupRequest: self._create_group,
             OpenDirectRequest: self._open_direct,
             AddRequest: self._add,
@@ -260,6 +264,19 @@ class Router:
         user = engine.find_user(conn.tenant, req.login)
         record = engine.user(conn.tenant, user)
         return UserData(user, record.login, record.display_name)
+
+    def _users(self, conn: Connection, req: UsersRequest) -> Any:
+        if len(req.users) > MAX_USERS_PER_REQUEST:
+            raise Invalid(f"ask for at most {MAX_USERS_PER_REQUEST} users at a time")
+        engine = self._s.engine
+        found = []
+        for user in dict.fromkeys(req.users):
+            try:
+                record = engine.user(conn.tenant, user)
+            except NotFound:
+                continue  # another tenant's user is as unknown as one that never existed
+            found.append(UserData(user, record.login, record.display_name))
+        return UsersData(found)
 
     # -- sessions -----------------------------------------------------------------------------
 

@@ -104,8 +104,12 @@ async def test_two_people_chat_through_herald_chat_processes(tmp_path: Path) -> 
                         await bob.type(passwords["bob"])
                         await bob.expect(r"Logged in to demo as Bob Li \(bob\)")
                         # the direct conversation has the latest activity: listed first
-                        await bob.expect(r"^  1\. .+ \(direct\) - 1 unread$")
+                        # names come from the server, though bob has looked nobody up
+                        await bob.expect(r"^  1\. Alice Chen \(direct\) - 1 unread$")
                         await bob.expect(r"^  2\. Welcome \(group, 2 members\)$")
+                        await bob.type("/open 2")
+                        await bob.expect(r"--- Welcome ---\n\d\d:\d\d \* Alice Chen created "
+                                         r"the group$")
                         await bob.type("/dm alice")
                         await bob.expect(r"--- Alice Chen ---\n.*\* Alice Chen opened the "
                                          r"conversation\n\d\d:\d\d Alice Chen: before bob came$")

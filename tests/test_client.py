@@ -411,6 +411,25 @@ async def test_refusals_carry_the_server_code(tmp_path: Path) -> None:
                      ssl_context=ssl.create_default_context())
 
 
+async def test_users_names_the_ids_of_the_tenant_and_leaves_out_the_rest(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with server_with_org(tmp_path) as (running, ids):
+            other = seed_org(running.engine, "globex", ["erin"])
+            async with connect(running.url, "carol") as carol:
+                found = await carol.users([ids["bob"], other["erin"], 999_999, ids["bob"],
+                                           ids["carol"]])
+                assert [(u.user, u.login, u.display_name) for u in found] == [
+                    (ids["bob"], "bob", "Bob"), (ids["carol"], "carol", "Carol"),
+                ]
+                assert await carol.users([]) == []
+                with pytest.raises(ClientError) as error:
+                    await carol.users(range(1, 502))
+                assert error.value.code == "invalid"
+                assert "at most 500" in error.value.message
+
+
 async def test_a_client_gives_up_after_the_allowed_attempts(tmp_path: Path) -> None:
     options = ClientOptions(reconnect=Reconnect(first_delay_s=0.01, max_delay_s=0.02,
                                                 max_attempts=3))

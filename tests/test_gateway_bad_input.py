@@ -450,6 +450,7 @@ def session_requests(gw: Gateway) -> dict[str, dict[str, Any]]:
         "members": {"conv": team},
         "convs": {},
         "lookup": {"login": "alice"},
+        "users": {"users": [alice]},
         "create_group": {"title": "mine", "members": [alice]},
         "open_direct": {"peer": alice},
         "add": {"conv": team, "users": [bob]},

@@ -74,6 +74,8 @@ from appliance.protocol.frames import (
     SyncData,
     SyncRequest,
     UserData,
+    UsersData,
+    UsersRequest,
     WireMessage,
 )
 
@@ -93,6 +95,7 @@ _REPLY_TYPES: dict[type, type] = {
     MembersRequest: MembersData,
     ConvsRequest: ConvsData,
     LookupRequest: UserData,
+    UsersRequest: UsersData,
     CreateGroupRequest: ConvData,
     OpenDirectRequest: ConvData,
     AddRequest: ChangeData,
@@ -104,7 +107,7 @@ _REPLY_TYPES: dict[type, type] = {
 # A send is made safe by its client message id (see `send`); membership changes are not safe.
 _SAFE_TO_REPEAT = frozenset({
     PingRequest, SyncRequest, HistoryRequest, ReadRequest, MembersRequest, ConvsRequest,
-    LookupRequest, OpenDirectRequest,
+    LookupRequest, UsersRequest, OpenDirectRequest,
 })
 # A session that ends sooner than this (e.g. the server closes every new connection at once)
 # does not reset the backoff, so a client never reconnects in a tight loop.
@@ -307,6 +310,12 @@ class HeraldClient:
         """A user of the tenant by login. Raises `ClientError` `not_found`, and as `request`."""
         reply: UserData = await self.request(LookupRequest(id=0, login=login))
         return reply
+
+    async def users(self, users: Iterable[int]) -> list[UserData]:
+        """Names of users of the tenant by id (at most 500 at a time); ids that name no user
+        of the tenant are left out. Raises as `request`."""
+        reply: UsersData = await self.request(UsersRequest(id=0, users=list(users)))
+        return reply.users
 
     async def open_direct(self, peer: int) -> int:
         """The direct conversation with user `peer` (created if needed). Raises as `request`."""

@@ -54,6 +54,8 @@ __all__ = [
     "SyncData",
     "SyncRequest",
     "UserData",
+    "UsersData",
+    "UsersRequest",
     "WireMessage",
     "decode_client_frame",
     "decode_server_frame",
@@ -133,6 +135,13 @@ class LookupRequest(_Request, tag="lookup"):
     login: str
 
 
+class UsersRequest(_Request, tag="users"):
+    """Names of users of the caller's tenant by id (to show who sent what); ids that name no
+    user of the tenant are left out of the reply."""
+
+    users: list[int]
+
+
 class CreateGroupRequest(_Request, tag="create_group"):
     title: str
     members: list[int] = []
@@ -174,6 +183,7 @@ ClientFrame = (
     | MembersRequest
     | ConvsRequest
     | LookupRequest
+    | UsersRequest
     | CreateGroupRequest
     | OpenDirectRequest
     | AddRequest
@@ -285,6 +295,10 @@ class UserData(msgspec.Struct, frozen=True):
     user: int
     login: str
     display_name: str
+
+
+class UsersData(msgspec.Struct, frozen=True):
+    users: list[UserData]
 
 
 class OkData(msgspec.Struct, frozen=True):
