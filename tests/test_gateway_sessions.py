@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -20,8 +21,10 @@ from conftest import PASSWORD
 from servers import RunningServer, running_server, seed_org
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
+from appliance.sessions import BYE_MESSAGES
 from appliance.tokens import new_token
 from appliance.writer import wall_clock_ms
+from engine import SessionEnd
 
 MAP_SIZE_BYTES = 512 * 2**20  # the test server's; the CLI is given the same
 
@@ -330,3 +333,10 @@ async def test_failed_logins_grow_the_delay_per_account_and_success_resets_it(
             assert delay("alice") > 0  # the address keeps its failures: one success buys none
             now[0] += 3 * 3600 * 1000  # failures decay
             assert delay("nobody") == 0.0 and delay("alice") == 0.0
+
+
+@pytest.mark.parametrize("reason", list(SessionEnd), ids=lambda r: r.value)
+def test_every_way_a_session_ends_is_a_documented_bye_code(reason: SessionEnd) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    assert re.search(rf"^\| `{reason.value}` \| .* \| close 1008 \|$", doc, flags=re.MULTILINE)
+    assert BYE_MESSAGES[reason]
