@@ -390,6 +390,22 @@ async def test_a_silent_connection_is_dropped_by_the_heartbeat(tmp_path: Path) -
 # -- refusals and giving up -------------------------------------------------------------------
 
 
+async def test_a_session_ended_by_an_administrator_stops_the_client_instead_of_logging_in(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with server_with_org(tmp_path) as (running, ids), \
+                connect(running.url, "alice") as alice, connect(running.url, "bob") as bob:
+            # Made on the store directly, as the `herald` CLI would from another process.
+            running.engine.apply(RevokeUserSessions(tenant=ids["tenant"], user=ids["alice"]),
+                                 NOW_MS)
+            with pytest.raises(LoginFailed) as stopped:
+                await alice.messages.receive()
+            assert stopped.value.code == "session_revoked"
+            assert alice.stats.logins == 1  # it did not log back in with its password
+            await bob.ping()
+
+
 async def test_refusals_carry_the_server_code(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with server_with_org(tmp_path) as (running, ids):
