@@ -58,12 +58,15 @@ class SessionGuard:
 
     def end(self, conns: Sequence[Connection], reason: SessionEnd) -> None:
         """Close `conns` with a `bye` saying why, then close code 1008."""
+        if not conns:
+            return
         bye = Bye(reason.value, BYE_MESSAGES[reason])
         for conn in conns:
-            log.info("closing connection user=%s address=%s: %s", conn.user, conn.address,
-                     reason.value)
             conn.close(CLOSE_POLICY, bye)
         self.closed += len(conns)
+        users = sorted({conn.user for conn in conns})
+        log.info("session ended (%s): closed %d connections of users %s%s", reason.value,
+                 len(conns), users[:10], " ..." if len(users) > 10 else "")
 
     def on_committed(self, batch: Sequence[Committed]) -> None:
         """Close at once the connections of sessions this server's own writes ended; the
