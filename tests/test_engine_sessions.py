@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 
 import pytest
 from conftest import NOW_MS, PASSWORD, Org, assert_refusal, refused
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from engine import (
     CreateSession,
+    CreateTenant,
+    CreateUser,
     Engine,
     Invalid,
     NotFound,
@@ -175,3 +183,145 @@ def test_sessions_survive_reopening_the_store(engine: Engine, org: Org) -> None:
         assert reopened.session(digest, NOW_MS).user == org.carol
     finally:
         reopened.close()
+
+
+# -- against a model ---------------------------------------------------------------------------
+
+MODEL_USERS = 3
+
+
+@dataclass
+class ModelSession:
+    user: int
+    expires_ms: int
+    ended: SessionEnd | None = None
+    pruned: bool = False
+
+
+class SessionMachine(RuleBasedStateMachine):
+    """Sessions under any mix of create, revoke, password change, disable, prune and time,
+    checked against a plain dict."""
+
+    def __init__(self, password_hash: str) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="herald-sessions-")
+        self.engine = Engine(self.dir, map_size=64 * 2**20)
+        self.now = NOW_MS
+        self.password_hash = password_hash
+        self.tenant = self.engine.apply(CreateTenant(name="acme"), NOW_MS).tenant  # type: ignore[union-attr]
+        self.users = [
+            self.engine.apply(CreateUser(tenant=self.tenant, login=f"u{i}", display_name="U",
+                                         password_hash=password_hash), NOW_MS).user  # type: ignore[union-attr]
+            for i in range(MODEL_USERS)
+        ]
+        self.disabled = dict.fromkeys(self.users, False)
+        self.model: dict[bytes, ModelSession] = {}
+        self.counter = 0
+
+    def teardown(self) -> None:
+        self.engine.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _end_user(self, user: int, reason: SessionEnd) -> set[bytes]:
+        ended = {h for h, s in self.model.items()
+                 if s.user == user and s.ended is None and not s.pruned}
+        for digest in ended:
+            self.model[digest].ended = reason
+        return ended
+
+    @rule(who=st.integers(0, MODEL_USERS - 1), lifetime_ms=st.integers(1, 5 * HOUR_MS))
+    def create(self, who: int, lifetime_ms: int) -> None:
+        self.counter += 1
+        digest = hashlib.sha256(b"%d" % self.counter).digest()
+        user = self.users[who]
+        op = CreateSession(tenant=self.tenant, user=user, token_hash=digest, device="d",
+                           expires_ms=self.now + lifetime_ms)
+        (result,) = self.engine.apply_batch([op], self.now)
+        if self.disabled[user]:
+            assert_refusal(result, Unauthenticated)
+            return
+        assert result == SessionCreated(digest, self.now + lifetime_ms)
+        self.model[digest] = ModelSession(user, self.now + lifetime_ms)
+
+    @rule(data=st.data(), reason=st.sampled_from(list(SessionEnd)))
+    def revoke_one(self, data: st.DataObject, reason: SessionEnd) -> None:
+        if not self.model:
+            return
+        digest = data.draw(st.sampled_from(sorted(self.model)))
+        session = self.model[digest]
+        (result,) = self.engine.apply_batch(
+            [RevokeSession(token_hash=digest, reason=reason)], self.now)
+        if session.pruned:
+            assert_refusal(result, NotFound)
+            return
+        ended = () if session.ended is not None else (digest,)
+        assert result == SessionsRevoked(self.tenant, session.user, ended, reason)
+        if session.ended is None:
+            session.ended = reason
+
+    @rule(who=st.integers(0, MODEL_USERS - 1))
+    def revoke_user(self, who: int) -> None:
+        user = self.users[who]
+        result = self.engine.apply(RevokeUserSessions(tenant=self.tenant, user=user), self.now)
+        assert isinstance(result, SessionsRevoked)
+        assert set(result.token_hashes) == self._end_user(user, SessionEnd.REVOKED)
+
+    @rule(who=st.integers(0, MODEL_USERS - 1))
+    def change_password(self, who: int) -> None:
+        user = self.users[who]
+        result = self.engine.apply(SetPassword(tenant=self.tenant, user=user,
+                                               password_hash=self.password_hash), self.now)
+        assert isinstance(result, SessionsRevoked)
+        assert set(result.token_hashes) == self._end_user(user, SessionEnd.PASSWORD_CHANGED)
+
+    @rule(who=st.integers(0, MODEL_USERS - 1), disabled=st.booleans())
+    def set_disabled(self, who: int, disabled: bool) -> None:
+        user = self.users[who]
+        result = self.engine.apply(SetUserDisabled(tenant=self.tenant, user=user,
+                                                   disabled=disabled), self.now)
+        assert isinstance(result, SessionsRevoked)
+        expected = self._end_user(user, SessionEnd.ACCOUNT_DISABLED) if disabled else set()
+        assert set(result.token_hashes) == expected
+        self.disabled[user] = disabled
+
+    @rule(max_count=st.integers(1, 4))
+    def prune(self, max_count: int) -> None:
+        due = sorted(h for h, s in self.model.items()
+                     if not s.pruned and s.expires_ms <= self.now)
+        result = self.engine.apply(PruneSessions(max_count=max_count), self.now)
+        assert result == SessionsPruned(min(len(due), max_count), len(due) > max_count)
+        for digest in due[:max_count]:  # LMDB walks the keys in byte order
+            self.model[digest].pruned = True
+
+    @rule(ms=st.integers(0, 2 * HOUR_MS))
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+    @invariant()
+    def reads_agree_with_the_model(self) -> None:
+        expected_ended = {}
+        for digest, session in self.model.items():
+            if session.pruned:
+                expected_ended[digest] = SessionEnd.REVOKED
+            elif session.ended is not None:
+                expected_ended[digest] = session.ended
+            elif session.expires_ms <= self.now:
+                expected_ended[digest] = SessionEnd.EXPIRED
+        assert self.engine.ended_sessions(list(self.model), self.now) == expected_ended
+        for digest, session in self.model.items():
+            if digest in expected_ended:
+                with pytest.raises(Unauthenticated):
+                    self.engine.session(digest, self.now)
+            else:
+                assert self.engine.session(digest, self.now).user == session.user
+        for user in self.users:
+            listed = {h for h, _ in self.engine.sessions(self.tenant, user)}
+            assert listed == {h for h, s in self.model.items()
+                              if s.user == user and s.ended is None and not s.pruned}
+
+
+def test_sessions_agree_with_an_in_memory_model(password_hash: str) -> None:
+    run_state_machine_as_test(
+        lambda: SessionMachine(password_hash),
+        settings=settings(max_examples=60, stateful_step_count=30, deadline=None),
+    )
