@@ -298,6 +298,7 @@ class Router:
             tenant = engine.find_tenant(req.tenant)
         except NotFound:
             tenant = 0  # still costs a full password check: no hint which tenants exist
+        checked_hash = self._password_hash(tenant, req.login)
         try:
             user = await trio.to_thread.run_sync(
                 engine.authenticate, tenant, req.login, req.password, limiter=self._auth_limiter
@@ -311,10 +312,20 @@ class Router:
         token, token_hash = tokens.new_token()
         expires_ms = self._s.clock_ms() + self._s.config.gateway.session_lifetime_s * 1000
         op = CreateSession(tenant=tenant, user=user, token_hash=token_hash,
-                           device=req.device[:MAX_DEVICE_CHARS], expires_ms=expires_ms)
+                           device=req.device[:MAX_DEVICE_CHARS], expires_ms=expires_ms,
+                           password_hash=checked_hash)
         await self._s.writer.apply(op, origin=conn)  # answered once the session is durable
         return self._start_session(conn, tenant, user, req.device, token, token_hash,
                                    expires_ms)
+
+    def _password_hash(self, tenant: int, login: str) -> str:
+        """The stored hash a login is about to be checked against, read BEFORE the check: if
+        the password changes before the session is stored, `CreateSession` refuses it."""
+        engine = self._s.engine
+        try:
+            return engine.user(tenant, engine.find_user(tenant, login)).password_hash
+        except NotFound:
+            return ""  # authenticate refuses it anyway
 
     async def _resume(self, conn: Connection, req: ResumeRequest) -> LoginData:
         if conn.authenticated:
@@ -323,7 +334,7 @@ class Router:
             token_hash = tokens.token_hash(req.token)
             session = self._s.engine.session(token_hash, self._s.clock_ms())
             if self._s.engine.user(session.tenant, session.user).disabled:
-                raise Unauthenticated("disabled")
+                raise Unauthenticated("disabled")  # replaced below: one message for all
         except (Unauthenticated, NotFound):
             await trio.sleep(self._s.config.gateway.login_failure_delay_s)
             raise Unauthenticated("the session token is not valid; log in again") from None

@@ -148,6 +148,9 @@ class CreateSession(_Op, frozen=True, kw_only=True):
     token_hash: bytes
     device: str
     expires_ms: int
+    # The password hash the login was checked against, if any: the session is refused if the
+    # password changed since (a login racing a password change must not outlive it).
+    password_hash: str = ""
 
 
 class RevokeSession(_Op, frozen=True, kw_only=True):

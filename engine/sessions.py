@@ -87,8 +87,11 @@ class Sessions:
             raise Invalid("a session must expire after it is created")
         if len(op.device) > MAX_DEVICE_CHARS:
             raise Invalid(f"a device label may be at most {MAX_DEVICE_CHARS} characters")
-        if self._membership.user(txn, op.tenant, op.user).disabled:
+        user = self._membership.user(txn, op.tenant, op.user)
+        if user.disabled:
             raise Unauthenticated("this account is disabled")
+        if op.password_hash and op.password_hash != user.password_hash:
+            raise Unauthenticated("the password was changed meanwhile; log in again")
         if txn.get(op.token_hash, db=self._dbs.sessions) is not None:
             raise Conflict("a session with this token exists already")
         record = SessionRecord(op.tenant, op.user, op.device, now_ms, op.expires_ms)

@@ -82,6 +82,21 @@ def test_creating_a_session_checks_its_arguments(engine: Engine, org: Org) -> No
     assert engine.stats()["sessions"] == 0
 
 
+def test_a_session_checked_against_a_password_since_changed_is_refused(
+    engine: Engine, org: Org, password_hash: str,
+) -> None:
+    def op(checked: str) -> CreateSession:
+        return CreateSession(tenant=org.tenant, user=org.alice, token_hash=new_hash(), device="",
+                             expires_ms=NOW_MS + HOUR_MS, password_hash=checked)
+
+    assert isinstance(engine.apply(op(password_hash), NOW_MS), SessionCreated)
+    engine.apply(SetPassword(tenant=org.tenant, user=org.alice,
+                             password_hash=hash_password("a changed password")), NOW_MS)
+    # A login that verified the old password, committing after the change, gets no session.
+    assert_refusal(refused(engine, op(password_hash)), Unauthenticated)
+    assert engine.sessions(org.tenant, org.alice) == []
+
+
 def test_revoking_one_session_leaves_the_others_and_says_why(engine: Engine, org: Org) -> None:
     first, second = create(engine, org, org.alice), create(engine, org, org.alice, device="phone")
     result = engine.apply(RevokeSession(token_hash=first, reason=SessionEnd.LOGGED_OUT), NOW_MS)
