@@ -33,7 +33,9 @@ class GatewayConfig:
     # that one answer never fills the outbox and gets its reader closed for slowness.
     reply_max_bytes: int = 2**20
     login_failure_delay_s: float = 1.0  # also the first step of the login backoff
-    login_backoff_max_s: float = 30.0
+    # The server also caps it at half of login_timeout_s: a slowed login must still be
+    # answered before the login deadline closes its connection.
+    login_backoff_max_s: float = 15.0
     login_timeout_s: float = 30.0
     ping_interval_s: float = 30.0
     # Absolute, from the login: a resume does not extend it (docs/security.md, "Sessions").

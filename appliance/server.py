@@ -59,8 +59,10 @@ class Server:
 
         writer = Writer(engine, on_committed=on_committed, clock_ms=clock_ms)
         retire_legacy_secret(config.data_dir)
+        gateway = config.gateway
         backoff = LoginBackoff(
-            base_s=config.gateway.login_failure_delay_s, max_s=config.gateway.login_backoff_max_s,
+            base_s=gateway.login_failure_delay_s,
+            max_s=min(gateway.login_backoff_max_s, gateway.login_timeout_s / 2),
             clock_s=lambda: clock_ms() / 1000,
         )
         self.services = Services(
