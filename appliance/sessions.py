@@ -105,6 +105,9 @@ class SessionGuard:
                         self._s.engine.ended_sessions, hashes, self._s.clock_ms())
                 except EngineClosed:
                     return
+                except HeraldError as exc:  # e.g. a damaged record: keep serving, say so
+                    log.warning("checking the connected sessions failed: %s", exc.message)
+                    continue
                 self.sweep(ended, conns)
                 self._s.flusher.flush_all()
             self.sweeps += 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from engine.errors import Conflict, Invalid, NotFound, Unauthenticated
+from engine.errors import Conflict, CorruptData, Invalid, NotFound, Unauthenticated
 from engine.hotstore import HotStore
 from engine.keys import pack_ids
 from engine.membership import Membership
@@ -52,7 +52,13 @@ class Sessions:
 
     def _get(self, txn: Any, token_hash: bytes) -> SessionRecord | None:
         found = txn.get(token_hash, db=self._dbs.sessions)
-        return None if found is None else self._decode(found)
+        return None if found is None else self._record(found)
+
+    def _record(self, stored: bytes) -> SessionRecord:
+        try:
+            return self._decode(stored)
+        except msgspec.DecodeError as exc:
+            raise CorruptData(f"a stored session record is damaged: {exc}") from exc
 
     def _end(self, txn: Any, token_hash: bytes, record: SessionRecord, reason: SessionEnd) -> None:
         ended = msgspec.structs.replace(record, ended=reason.value)
@@ -137,7 +143,7 @@ class Sessions:
         expired: list[tuple[bytes, SessionRecord]] = []
         with txn.cursor(db=self._dbs.sessions) as cur:
             for key, value in cur:
-                record = self._decode(value)
+                record = self._record(value)
                 if record.expires_ms <= now_ms:
                     if len(expired) == op.max_count:
                         return self._delete(txn, expired, more=True)
@@ -177,9 +183,10 @@ class Sessions:
             if found is None:
                 out[token_hash] = SessionEnd.REVOKED  # pruned, or never stored
                 continue
-            record = self._decode(found)
+            record = self._record(found)
             if record.ended:
-                out[token_hash] = SessionEnd(record.ended)
+                known = record.ended in SessionEnd._value2member_map_
+                out[token_hash] = SessionEnd(record.ended) if known else SessionEnd.REVOKED
             elif record.expires_ms <= now_ms:
                 out[token_hash] = SessionEnd.EXPIRED
         return out

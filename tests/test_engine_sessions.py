@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+import lmdb
 import pytest
 from conftest import NOW_MS, PASSWORD, Org, assert_refusal, refused
 from hypothesis import settings
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from engine import (
+    CorruptData,
     CreateSession,
     CreateTenant,
     CreateUser,
@@ -340,3 +342,21 @@ def test_sessions_agree_with_an_in_memory_model(password_hash: str) -> None:
         lambda: SessionMachine(password_hash),
         settings=settings(max_examples=60, stateful_step_count=30, deadline=None),
     )
+
+
+def test_a_damaged_session_record_is_corrupt_data_not_a_crash(engine: Engine, org: Org) -> None:
+    digest = create(engine, org, org.alice)
+    path = engine.path
+    engine.close()
+    env = lmdb.open(path, max_dbs=64)
+    with env.begin(write=True) as txn:
+        txn.put(digest, b"\xc1 not msgpack", db=env.open_db(b"sessions", txn=txn))
+    env.close()
+    reopened = Engine(path, map_size=256 * 2**20)
+    try:
+        with pytest.raises(CorruptData):
+            reopened.session(digest, NOW_MS)
+        with pytest.raises(CorruptData):
+            reopened.ended_sessions([digest], NOW_MS)
+    finally:
+        reopened.close()
