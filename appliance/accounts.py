@@ -1,9 +1,12 @@
 """`herald tenant|user|group ...`: account management on the data directory, before the admin
-console exists. LMDB allows several processes on one store, so these work while the server runs.
+console exists. LMDB allows several processes on one store, so these work while the server runs:
+a running server closes the connections of sessions ended here within its
+`session_check_interval_s` (2 s by default).
 """
 
 from __future__ import annotations
 
+import datetime
 import getpass
 import sys
 from collections.abc import Callable
@@ -16,10 +19,25 @@ from engine import (
     CreateUser,
     Engine,
     HeraldError,
+    RevokeUserSessions,
+    SessionsRevoked,
+    SetPassword,
+    SetUserDisabled,
     hash_password,
 )
 
-__all__ = ["add_group", "add_tenant", "add_user", "list_tenants", "list_users", "read_password"]
+__all__ = [
+    "add_group",
+    "add_tenant",
+    "add_user",
+    "change_password",
+    "list_sessions",
+    "list_tenants",
+    "list_users",
+    "read_password",
+    "revoke_sessions",
+    "set_disabled",
+]
 
 
 def _open(config: Config) -> Engine:
@@ -27,13 +45,13 @@ def _open(config: Config) -> Engine:
     return Engine(config.store_dir, map_size=config.map_size_bytes, limits=config.limits)
 
 
-def read_password(from_stdin: bool) -> str:
-    """The new user's password: one line of stdin, or asked twice on the terminal."""
+def read_password(from_stdin: bool, whose: str = "the new user") -> str:
+    """A password: one line of stdin, or asked twice on the terminal."""
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("Password for the new user: ")
+    first = getpass.getpass(f"Password for {whose}: ")
     if getpass.getpass("Again: ") != first:
-        raise SystemExit("herald: the passwords differ; nothing was created")
+        raise SystemExit("herald: the passwords differ; nothing was changed")
     return first
 
 
@@ -100,7 +118,75 @@ def list_tenants(config: Config) -> int:
 def list_users(config: Config, tenant_name: str) -> int:
     def action(engine: Engine) -> str:
         tenant = engine.find_tenant(tenant_name)
-        rows = [f"{user:>6}  {r.login:<20} {r.display_name}" for user, r in engine.users(tenant)]
+        rows = [f"{user:>6}  {r.login:<20} {r.display_name}"
+                f"{'  (disabled)' if r.disabled else ''}" for user, r in engine.users(tenant)]
         return "\n".join(["    id  login                display name", *rows])
+
+    return _run(config, action)
+
+
+def _ended(result: object, login: str) -> str:
+    assert isinstance(result, SessionsRevoked)
+    count = len(result.token_hashes)
+    return f"{count} session{'' if count == 1 else 's'} of {login!r} ended"
+
+
+def change_password(config: Config, tenant_name: str, login: str, password: str) -> int:
+    """Set a new password; every session of the user ends (its devices log in again)."""
+    def action(engine: Engine) -> str:
+        tenant = engine.find_tenant(tenant_name)
+        user = engine.find_user(tenant, login)
+        op = SetPassword(tenant=tenant, user=user, password_hash=hash_password(password))
+        return f"password of {login!r} changed; " + _ended(engine.apply(op, wall_clock_ms()), login)
+
+    return _run(config, action)
+
+
+def set_disabled(config: Config, tenant_name: str, login: str, disabled: bool) -> int:
+    """Disable a user (ending all of its sessions) or enable it again."""
+    def action(engine: Engine) -> str:
+        tenant = engine.find_tenant(tenant_name)
+        user = engine.find_user(tenant, login)
+        result = engine.apply(SetUserDisabled(tenant=tenant, user=user, disabled=disabled),
+                              wall_clock_ms())
+        if not disabled:
+            return f"user {login!r} enabled; it may log in again"
+        return f"user {login!r} disabled; " + _ended(result, login)
+
+    return _run(config, action)
+
+
+def revoke_sessions(config: Config, tenant_name: str, login: str) -> int:
+    """End every session of a user, on all devices."""
+    def action(engine: Engine) -> str:
+        tenant = engine.find_tenant(tenant_name)
+        user = engine.find_user(tenant, login)
+        return _ended(engine.apply(RevokeUserSessions(tenant=tenant, user=user),
+                                   wall_clock_ms()), login)
+
+    return _run(config, action)
+
+
+def _when(ms: int) -> str:
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def list_sessions(config: Config, tenant_name: str, login: str) -> int:
+    """A user's sessions: an id (the start of the token's hash: not usable to resume), the
+    device, when each began and expires."""
+    def action(engine: Engine) -> str:
+        tenant = engine.find_tenant(tenant_name)
+        user = engine.find_user(tenant, login)
+        now = wall_clock_ms()
+        rows = [
+            f"{digest[:6].hex()}  {_when(r.created_ms):<20}  {_when(r.expires_ms):<20}  "
+            f"{'(expired) ' if r.expires_ms <= now else ''}{r.device}"
+            for digest, r in sorted(engine.sessions(tenant, user), key=lambda e: e[1].created_ms)
+        ]
+        if not rows:
+            return f"{login!r} has no sessions"
+        return "\n".join(["id            started               expires               device",
+                          *rows])
 
     return _run(config, action)

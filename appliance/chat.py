@@ -293,6 +293,9 @@ async def _chat(url: str, tenant: str, login: str, password: str, stdin: TextIO,
         return 1
     except (ServerUnreachable, ClientClosed) as exc:
         failure = exc
+    if isinstance(failure, LoginFailed):  # the server ended the session (bye), not the network
+        print(f"herald chat: the session ended: {failure.message}", file=sys.stderr)
+        return 1
     if failure is not None:
         print(f"herald chat: the connection to {url} is lost: {failure}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from appliance.config import ConfigError, load_config
 
@@ -16,6 +17,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, help="where Herald keeps its data (default: ./var)"
     )
+
+
+def _add_user_action(commands: Any, name: str, help_: str, description: str) -> None:
+    action = commands.add_parser(name, help=help_, description=description)
+    _add_config_flags(action)
+    action.add_argument("--tenant", required=True, help="tenant name")
+    action.add_argument("login", help="the user's login name")
+    if name == "passwd":
+        action.add_argument("--password-stdin", action="store_true",
+                            help="read the new password from one line of standard input")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="List a tenant's users.")
     _add_config_flags(user_list)
     user_list.add_argument("--tenant", required=True, help="tenant name")
+    _add_user_action(user_cmds, "passwd", "set a user's password (ends all of its sessions)",
+                     "Set a new password; the password is asked for twice. Every session of "
+                     "the user ends: a running server closes its connections within seconds.")
+    _add_user_action(user_cmds, "disable", "disable a user (ends all of its sessions)",
+                     "Disable a user: it can no longer log in, and a running server closes "
+                     "its connections within seconds.")
+    _add_user_action(user_cmds, "enable", "enable a disabled user",
+                     "Enable a user that was disabled; it may log in again.")
+    _add_user_action(user_cmds, "sessions", "list a user's sessions",
+                     "List a user's sessions: device, start and expiry.")
+    _add_user_action(user_cmds, "revoke-sessions", "end all of a user's sessions",
+                     "End every session of a user on all devices: a running server closes "
+                     "its connections within seconds, and its devices must log in again.")
 
     group = commands.add_parser("group", help="manage groups", description="Manage groups.")
     group_cmds = group.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -107,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "add":
             password = accounts.read_password(args.password_stdin)
             return accounts.add_user(config, args.tenant, args.login, args.display_name, password)
+        if args.action == "passwd":
+            password = accounts.read_password(args.password_stdin, whose=repr(args.login))
+            return accounts.change_password(config, args.tenant, args.login, password)
+        if args.action in ("disable", "enable"):
+            return accounts.set_disabled(config, args.tenant, args.login,
+                                         args.action == "disable")
+        if args.action == "sessions":
+            return accounts.list_sessions(config, args.tenant, args.login)
+        if args.action == "revoke-sessions":
+            return accounts.revoke_sessions(config, args.tenant, args.login)
         return accounts.list_users(config, args.tenant)
     if args.command == "group":
         members = [m.strip() for m in args.members.split(",") if m.strip()]

@@ -32,11 +32,29 @@ class GatewayConfig:
     # A sync or history reply stops (saying `more`) before its messages pass this size, so
     # that one answer never fills the outbox and gets its reader closed for slowness.
     reply_max_bytes: int = 2**20
-    login_failure_delay_s: float = 1.0
+    login_failure_delay_s: float = 1.0  # also the first step of the login backoff
+    # The server also caps it at half of login_timeout_s: a slowed login must still be
+    # answered before the login deadline closes its connection.
+    login_backoff_max_s: float = 15.0
     login_timeout_s: float = 30.0
     ping_interval_s: float = 30.0
+    # Absolute, from the login: a resume does not extend it (docs/security.md, "Sessions").
+    session_lifetime_s: int = 30 * 24 * 3600
+    # How often the server re-reads the sessions of its connections, to close those revoked
+    # by another process (the `herald` CLI): well within 5 s.
+    session_check_interval_s: float = 2.0
+    # Browser origins allowed to open a WebSocket (e.g. "https://chat.example.com"); a
+    # request without an Origin header (not a browser) is always allowed.
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_origins",
+                           tuple(origin.rstrip("/").lower() for origin in self.allowed_origins))
+        if self.session_lifetime_s < 60:
+            raise ConfigError("gateway.session_lifetime_s must be at least 60 (seconds)")
+        if not 0 < self.session_check_interval_s <= 2.5:
+            raise ConfigError("gateway.session_check_interval_s must be above 0 and at most "
+                              "2.5, so that a revocation takes effect within 5 seconds")
         if not 0 < self.reply_max_bytes <= self.outbox_cap_bytes // 2:
             raise ConfigError(
                 f"gateway.reply_max_bytes must be between 1 and half of "
@@ -124,6 +142,9 @@ def _table(raw: dict[str, Any], name: str, defaults: Any, path: Path) -> Any:
     for key, value in table.items():
         if types[key] is float and isinstance(value, int) and not isinstance(value, bool):
             table[key] = float(value)
+        if types[key] is tuple:
+            items = _typed(table[key], list, f"{name}.{key}", path)
+            table[key] = tuple(_typed(item, str, f"each of {name}.{key}", path) for item in items)
         _typed(table[key], types[key], f"{name}.{key}", path)
     try:
         return replace(defaults, **table)
@@ -132,7 +153,7 @@ def _table(raw: dict[str, Any], name: str, defaults: Any, path: Path) -> Any:
 
 
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", dict: "a table",
-               bool: "true or false"}
+               bool: "true or false", list: "a list", tuple: "a list"}
 
 
 def _typed(value: Any, kind: type, name: str, path: Path) -> Any:

@@ -50,6 +50,7 @@ class Connection:
         self.tenant = 0
         self.user = 0
         self.device = ""
+        self.session = b""  # the SHA-256 of the session token, once logged in
         self.outbox = Outbox(stream.socket.fileno(), services.config.gateway.outbox_cap_bytes,
                              services.flusher)
         self.last_seen = trio.current_time()
@@ -67,6 +68,10 @@ class Connection:
     @property
     def authenticated(self) -> bool:
         return self.user != 0
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -113,6 +118,12 @@ class Connection:
             await self._on_text(event.text)
             return False
         if isinstance(event, HandshakeRequested):
+            allowed = self.services.config.gateway.allowed_origins
+            if event.origin is not None and event.origin.rstrip("/").lower() not in allowed:
+                log.info("refused origin=%r address=%s", event.origin[:200], self.address)
+                self._closing = True
+                self.outbox.push_final(self._ws.reject(403, "this origin may not connect"))
+                return True
             self.outbox.push(self._ws.accept())
             self._open = True
             return False

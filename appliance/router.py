@@ -7,12 +7,14 @@ the client claims for itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from appliance import tokens
 from appliance.protocol.frames import (
     AddRequest,
     ChangeData,
@@ -53,6 +55,7 @@ from engine import (
     CapacityExceeded,
     ConversationOpened,
     CreateGroup,
+    CreateSession,
     CursorMoved,
     EngineClosed,
     HeraldError,
@@ -67,7 +70,10 @@ from engine import (
     Operation,
     RemoveMember,
     Result,
+    RevokeSession,
+    RevokeUserSessions,
     Role,
+    SessionEnd,
     Unauthenticated,
 )
 
@@ -82,6 +88,7 @@ log = logging.getLogger("herald.router")
 _OPEN_OPS = (LoginRequest, ResumeRequest, PingRequest)
 BUSY_RETRY_AFTER_S = 0.5
 MAX_USERS_PER_REQUEST = 500
+MAX_DEVICE_CHARS = 64
 MAX_ID = 2**64 - 1  # ids are packed as unsigned 64-bit integers into LMDB keys
 _ID_FIELDS = ("conv", "peer", "user")
 _ID_LIST_FIELDS = ("users", "members", "mentions")
@@ -283,43 +290,80 @@ class Router:
     async def _login(self, conn: Connection, req: LoginRequest) -> LoginData:
         if conn.authenticated:
             raise Invalid("this connection is logged in already")
-        engine = self._s.engine
+        engine, backoff = self._s.engine, self._s.backoff
+        account = (req.tenant, req.login)  # as typed: the same whether or not it exists
+        host = conn.address.rpartition(":")[0] or conn.address
+        await trio.sleep(backoff.delay_s(account, host))
         try:
             tenant = engine.find_tenant(req.tenant)
         except NotFound:
             tenant = 0  # still costs a full password check: no hint which tenants exist
+        checked_hash = self._password_hash(tenant, req.login)
         try:
             user = await trio.to_thread.run_sync(
                 engine.authenticate, tenant, req.login, req.password, limiter=self._auth_limiter
             )
         except Unauthenticated:
             log.info("login failed login=%r address=%s", req.login, conn.address)
+            backoff.failed(account, host)
             await trio.sleep(self._s.config.gateway.login_failure_delay_s)
             raise
-        return self._start_session(conn, tenant, user, req.device)
+        backoff.succeeded(account)
+        token, token_hash = tokens.new_token()
+        expires_ms = self._s.clock_ms() + self._s.config.gateway.session_lifetime_s * 1000
+        op = CreateSession(tenant=tenant, user=user, token_hash=token_hash,
+                           device=req.device[:MAX_DEVICE_CHARS], expires_ms=expires_ms,
+                           password_hash=checked_hash)
+        await self._s.writer.apply(op, origin=conn)  # answered once the session is durable
+        return self._start_session(conn, tenant, user, req.device, token, token_hash,
+                                   expires_ms)
+
+    def _password_hash(self, tenant: int, login: str) -> str:
+        """The stored hash a login is about to be checked against, read BEFORE the check: if
+        the password changes before the session is stored, `CreateSession` refuses it."""
+        engine = self._s.engine
+        try:
+            return engine.user(tenant, engine.find_user(tenant, login)).password_hash
+        except NotFound:
+            return ""  # authenticate refuses it anyway
 
     async def _resume(self, conn: Connection, req: ResumeRequest) -> LoginData:
         if conn.authenticated:
             raise Invalid("this connection is logged in already")
         try:
-            tenant, user = self._s.tokens.verify(req.token, self._s.clock_ms())
-            record = self._s.engine.user(tenant, user)
+            token_hash = tokens.token_hash(req.token)
+            session = self._s.engine.session(token_hash, self._s.clock_ms())
+            if self._s.engine.user(session.tenant, session.user).disabled:
+                raise Unauthenticated("disabled")  # replaced below: one message for all
         except (Unauthenticated, NotFound):
             await trio.sleep(self._s.config.gateway.login_failure_delay_s)
             raise Unauthenticated("the session token is not valid; log in again") from None
-        if record.disabled:
-            raise Unauthenticated("the session token is not valid; log in again")
-        return self._start_session(conn, tenant, user, "")
+        # The same token comes back: resuming extends nothing and writes nothing, so a
+        # reconnect storm after a restart costs reads only.
+        return self._start_session(conn, session.tenant, session.user, session.device,
+                                   req.token, token_hash, session.expires_ms)
 
-    def _start_session(self, conn: Connection, tenant: int, user: int, device: str) -> LoginData:
-        token, expires = self._s.tokens.issue(tenant, user, self._s.clock_ms())
-        conn.tenant, conn.user, conn.device = tenant, user, device[:64]
+    def _start_session(
+        self, conn: Connection, tenant: int, user: int, device: str, token: str,
+        token_hash: bytes, expires_ms: int,
+    ) -> LoginData:
+        conn.tenant, conn.user, conn.device = tenant, user, device[:MAX_DEVICE_CHARS]
+        conn.session = token_hash
         self._s.hub.register(conn)
         record = self._s.engine.user(tenant, user)
         log.info("session started tenant=%s user=%s address=%s", tenant, user, conn.address)
-        return LoginData(token, tenant, user, record.display_name, expires)
+        return LoginData(token, tenant, user, record.display_name, expires_ms)
 
-    def _logout(self, conn: Connection, req: LogoutRequest) -> None:
+    async def _logout(self, conn: Connection, req: LogoutRequest) -> None:
+        """End this session (or, with `everywhere`, all of the user's sessions) durably; other
+        connections of the ended sessions are closed by the session guard with a `bye`."""
+        op: Operation
+        if req.everywhere:
+            op = RevokeUserSessions(tenant=conn.tenant, user=conn.user,
+                                    reason=SessionEnd.LOGGED_OUT)
+        else:
+            op = RevokeSession(token_hash=conn.session, reason=SessionEnd.LOGGED_OUT)
+        with contextlib.suppress(NotFound):  # pruned meanwhile: logged out all the same
+            await self._s.writer.apply(op, origin=conn)
         conn.send_frame(encode_frame(Reply(req.id, OkData())))
         conn.close(1000)
-

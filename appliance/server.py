@@ -7,19 +7,21 @@ flight, close every connection with 1001, and only then let the caller close the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
+from appliance.backoff import LoginBackoff
 from appliance.config import Config
 from appliance.connection import CLOSE_GOING_AWAY, CLOSE_POLICY, Connection
 from appliance.hub import Hub
 from appliance.outbox import Flusher
 from appliance.protocol.frames import Bye
 from appliance.router import Router
-from appliance.tokens import TokenIssuer, load_or_create_secret
-from appliance.writer import Writer, wall_clock_ms
+from appliance.sessions import SessionGuard
+from appliance.tokens import retire_legacy_secret
+from appliance.writer import Committed, Writer, wall_clock_ms
 from engine import Engine
 
 __all__ = ["Server", "Services"]
@@ -38,9 +40,10 @@ class Services:
     writer: Writer
     hub: Hub
     flusher: Flusher
-    tokens: TokenIssuer
     router: Router
     clock_ms: Callable[[], int]
+    sessions: SessionGuard
+    backoff: LoginBackoff
 
 
 class Server:
@@ -49,12 +52,24 @@ class Server:
     ) -> None:
         flusher = Flusher()
         hub = Hub(engine, flusher)
-        writer = Writer(engine, on_committed=hub.on_committed, clock_ms=clock_ms)
-        secret = load_or_create_secret(config.data_dir / "session.key")
+
+        def on_committed(batch: Sequence[Committed]) -> None:
+            hub.on_committed(batch)
+            self.services.sessions.on_committed(batch)
+
+        writer = Writer(engine, on_committed=on_committed, clock_ms=clock_ms)
+        retire_legacy_secret(config.data_dir)
+        gateway = config.gateway
+        backoff = LoginBackoff(
+            base_s=gateway.login_failure_delay_s,
+            max_s=min(gateway.login_backoff_max_s, gateway.login_timeout_s / 2),
+            clock_s=lambda: clock_ms() / 1000,
+        )
         self.services = Services(
-            config, engine, writer, hub, flusher, TokenIssuer(secret), None, clock_ms  # type: ignore[arg-type]
+            config, engine, writer, hub, flusher, None, clock_ms, None, backoff,  # type: ignore[arg-type]
         )
         self.services.router = Router(self.services)
+        self.services.sessions = SessionGuard(self.services)
         self._connections: set[Connection] = set()
         self._stop = trio.Event()
         self.port = 0
@@ -102,6 +117,7 @@ class Server:
 
                 connections.start_soon(accept_all)
                 connections.start_soon(self._keepalive)
+                connections.start_soon(self.services.sessions.run)
                 task_status.started(self.port)
                 await self._stop.wait()
                 log.info("shutting down: no new connections")

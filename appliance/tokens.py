@@ -1,8 +1,14 @@
-"""Session tokens: signed, expiring, bound to one tenant and user.
+"""Session tokens: 256 random bits, sent base64url, stored only as their SHA-256.
 
-A token is `base64url(version | tenant | user | expires_ms | nonce | HMAC-SHA256)`, signed with a
-secret kept in the data directory (mode 0600), so tokens survive a restart and a forged or
-altered token fails its MAC. Tokens travel only inside frames, never in URLs.
+A token is `base64url(32 random bytes)` without padding: 43 characters. The server keeps
+`sha256(token bytes)` in the engine's `sessions` table and nothing else, so a copy of the
+store (or a backup) cannot be turned back into a usable token. SHA-256 suffices, and a slow
+password hash would add nothing: a guess must hit one of 2^256 values, not a human's password.
+Tokens travel only inside frames (`login` replies, `resume` requests), never in URLs.
+
+Herald before these stored sessions signed stateless tokens with an HMAC key in
+`data_dir/session.key`. Such tokens are simply refused (they are not 32 bytes, and no stored
+session has their hash), the client logs in again, and `retire_legacy_secret` deletes the key.
 """
 
 from __future__ import annotations
@@ -10,69 +16,55 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
-import os
-import struct
+import logging
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 from engine import Unauthenticated
 
-__all__ = ["SESSION_LIFETIME_S", "TokenIssuer", "load_or_create_secret"]
+__all__ = [
+    "DEFAULT_SESSION_LIFETIME_S",
+    "TOKEN_BYTES",
+    "new_token",
+    "retire_legacy_secret",
+    "token_hash",
+]
 
-SESSION_LIFETIME_S = 7 * 24 * 3600
-_VERSION = 1
-_BODY = struct.Struct(">BQQQ16s")
-_MAC_BYTES = 32
-_SECRET_BYTES = 32
+log = logging.getLogger("herald.tokens")
+
+TOKEN_BYTES = 32
+DEFAULT_SESSION_LIFETIME_S = 30 * 24 * 3600
+_TOKEN_CHARS = 43  # base64 of 32 bytes, unpadded
+_REFUSED = "the session token is not valid; log in again"
 
 
-def load_or_create_secret(path: Path, rng: Callable[[int], bytes] = os.urandom) -> bytes:
-    """The signing secret at `path`, created (mode 0600) on first use."""
+def new_token(rng: Callable[[int], bytes] = secrets.token_bytes) -> tuple[str, bytes]:
+    """A fresh token for the client, and the hash to store in its place."""
+    raw = rng(TOKEN_BYTES)
+    return base64.urlsafe_b64encode(raw).decode().rstrip("="), hashlib.sha256(raw).digest()
+
+
+def token_hash(token: str) -> bytes:
+    """The stored form of `token`. Raises `Unauthenticated` for anything that is not a token
+    this server could have issued (the message never echoes the token)."""
+    if len(token) != _TOKEN_CHARS:
+        raise Unauthenticated(_REFUSED)
     try:
-        secret = path.read_bytes()
+        raw = base64.urlsafe_b64decode(token + "=")
+    except (binascii.Error, ValueError):
+        raise Unauthenticated(_REFUSED) from None
+    if len(raw) != TOKEN_BYTES:
+        raise Unauthenticated(_REFUSED)
+    return hashlib.sha256(raw).digest()
+
+
+def retire_legacy_secret(data_dir: Path) -> None:
+    """Delete the signing key of the old stateless tokens, if one is left in `data_dir`."""
+    path = data_dir / "session.key"
+    try:
+        path.unlink()
     except FileNotFoundError:
-        secret = rng(_SECRET_BYTES)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secret)
-            out.flush()
-            os.fsync(out.fileno())
-    if len(secret) != _SECRET_BYTES:
-        raise ValueError(f"{path} is damaged (expected {_SECRET_BYTES} bytes); delete it to "
-                         f"issue new session tokens (every client will log in again)")
-    return secret
-
-
-class TokenIssuer:
-    def __init__(
-        self, secret: bytes, lifetime_s: int = SESSION_LIFETIME_S,
-        rng: Callable[[int], bytes] = os.urandom,
-    ) -> None:
-        self._secret = secret
-        self._lifetime_ms = lifetime_s * 1000
-        self._rng = rng
-
-    def issue(self, tenant: int, user: int, now_ms: int) -> tuple[str, int]:
-        """A new token and its expiry time (ms)."""
-        expires = now_ms + self._lifetime_ms
-        body = _BODY.pack(_VERSION, tenant, user, expires, self._rng(16))
-        mac = hmac.new(self._secret, body, hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(body + mac).decode().rstrip("="), expires
-
-    def verify(self, token: str, now_ms: int) -> tuple[int, int]:
-        """(tenant, user) of a valid token. Raises `Unauthenticated` for a malformed, forged,
-        altered or expired one."""
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            raise Unauthenticated("the session token is not valid; log in again") from None
-        if len(raw) != _BODY.size + _MAC_BYTES:
-            raise Unauthenticated("the session token is not valid; log in again")
-        body, mac = raw[: _BODY.size], raw[_BODY.size :]
-        if not hmac.compare_digest(mac, hmac.new(self._secret, body, hashlib.sha256).digest()):
-            raise Unauthenticated("the session token is not valid; log in again")
-        version, tenant, user, expires, _ = _BODY.unpack(body)
-        if version != _VERSION or expires <= now_ms:
-            raise Unauthenticated("the session has expired; log in again")
-        return tenant, user
+        return
+    log.info("removed %s: old session tokens are no longer accepted; clients log in again",
+             path)

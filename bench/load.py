@@ -6,8 +6,8 @@ time (--timeout), and the server is a real subprocess:
 
   1. a temporary data directory is seeded directly through the engine, before the server
      starts (LMDB allows it): one tenant, the users (one Argon2id hash, reused by every user),
-     ONE group of M members, and a session token per user (signed with the data directory's
-     session.key, exactly as the server would issue it at login);
+     ONE group of M members, and a session token per user (stored as its SHA-256 in the
+     sessions table, exactly as the server stores one at login);
   2. `python -m appliance.cli serve --data-dir D --listen 127.0.0.1:0` starts, with its
      RLIMIT_NOFILE soft limit raised to the hard limit (the bench raises its own too: 10,000
      idle connections need 10,000 descriptors on each side);

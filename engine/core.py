@@ -22,6 +22,7 @@ from engine.ops import (
     AddMembers,
     Append,
     CreateGroup,
+    CreateSession,
     CreateTenant,
     CreateUser,
     CursorMoved,
@@ -31,9 +32,14 @@ from engine.ops import (
     MarkRead,
     OpenDirect,
     Operation,
+    PruneSessions,
     RemoveMember,
     Result,
+    RevokeSession,
+    RevokeUserSessions,
+    SetPassword,
     SetRole,
+    SetUserDisabled,
 )
 from engine.passwords import verify_password
 from engine.records import (
@@ -42,10 +48,13 @@ from engine.records import (
     PlainSealer,
     RecordSealer,
     Role,
+    SessionEnd,
+    SessionRecord,
     TenantRecord,
     UserRecord,
     pack_cursor,
 )
+from engine.sessions import Sessions
 from engine.sync import SyncResult, sync
 from engine.timeline import Page, Timeline
 
@@ -95,6 +104,7 @@ class Engine:
         self._timeline = Timeline(self._store, sealer, self.limits)
         self._membership = Membership(self._store, sealer, self.limits, self._timeline)
         m = self._membership
+        self._sessions = Sessions(self._store, m)
         self._handlers: dict[type, Callable[[Any, Any, int], Result]] = {
             CreateTenant: m.create_tenant,
             CreateUser: m.create_user,
@@ -108,6 +118,12 @@ class Engine:
             Append: self._timeline.append,
             MarkRead: self._mark_read,
             MarkDelivered: self._mark_delivered,
+            CreateSession: self._sessions.create,
+            RevokeSession: self._sessions.revoke,
+            RevokeUserSessions: self._sessions.revoke_user,
+            SetPassword: self._sessions.set_password,
+            SetUserDisabled: self._sessions.set_disabled,
+            PruneSessions: self._sessions.prune,
         }
 
     @property
@@ -219,6 +235,30 @@ class Engine:
         if record is None or not matches or record.disabled:
             raise Unauthenticated("wrong login or password")
         return user
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def session(self, token_hash: bytes, now_ms: int) -> SessionRecord:
+        """The live session stored under `token_hash` (the SHA-256 of its token).
+
+        Raises `Unauthenticated` (one message for all) when there is none, or it was revoked,
+        or it expired by `now_ms`.
+        """
+        with self._store.read() as txn:
+            return self._sessions.session(txn, token_hash, now_ms)
+
+    def sessions(self, tenant: int, user: int) -> list[tuple[bytes, SessionRecord]]:
+        """Every session of `user` not revoked (expired ones included, until pruned), as
+        (token hash, record). Raises `NotFound` for an unknown user."""
+        with self._store.read() as txn:
+            self._membership.user(txn, tenant, user)
+            return self._sessions.sessions(txn, tenant, user)
+
+    def ended_sessions(self, token_hashes: list[bytes], now_ms: int) -> dict[bytes, SessionEnd]:
+        """Which of `token_hashes` are no longer live, and why: one snapshot, one get each (the
+        server's periodic check of its connected sessions)."""
+        with self._store.read() as txn:
+            return self._sessions.ended(txn, token_hashes, now_ms)
 
     # -- conversations ------------------------------------------------------------------------
 

@@ -47,6 +47,8 @@ class Databases:
     user_convs: Any  # tenant|user|conv -> cursor (delivered, read)
     messages: Any  # tenant|conv|seq -> Message
     dedupe: Any  # tenant|window|sender|client_msg_id -> conv, seq, ts
+    sessions: Any  # sha256(token) -> SessionRecord
+    user_sessions: Any  # tenant|user|sha256(token) -> b"" (a user's live sessions)
 
 
 _DB_NAMES = tuple(Databases.__dataclass_fields__)

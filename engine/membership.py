@@ -153,6 +153,11 @@ class Membership:
             raise NotFound(f"user {user} does not exist in this tenant")
         return record
 
+    def replace_user(self, txn: Any, tenant: int, user: int, record: UserRecord) -> None:
+        """Overwrite an existing user's record (its password hash or disabled flag)."""
+        self.user(txn, tenant, user)
+        self._put(txn, self._dbs.users, pack_ids(tenant, user), record)
+
     def find_user(self, txn: Any, tenant: int, login: str) -> int:
         found = txn.get(pack_id(tenant) + login.encode(), db=self._dbs.user_logins)
         if found is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.records import MessageKind, Role
+from engine.records import MessageKind, Role, SessionEnd
 
 __all__ = [
     "AddMembers",
@@ -17,6 +17,7 @@ __all__ = [
     "Appended",
     "ConversationOpened",
     "CreateGroup",
+    "CreateSession",
     "CreateTenant",
     "CreateUser",
     "CursorMoved",
@@ -27,9 +28,17 @@ __all__ = [
     "MembershipChanged",
     "OpenDirect",
     "Operation",
+    "PruneSessions",
     "RemoveMember",
     "Result",
+    "RevokeSession",
+    "RevokeUserSessions",
+    "SessionCreated",
+    "SessionsPruned",
+    "SessionsRevoked",
+    "SetPassword",
     "SetRole",
+    "SetUserDisabled",
     "TenantCreated",
     "UserCreated",
 ]
@@ -128,6 +137,57 @@ class MarkDelivered(_Op, frozen=True, kw_only=True):
     seq: int
 
 
+# -- sessions and the user's lifecycle (engine/sessions.py) ------------------------------------
+
+
+class CreateSession(_Op, frozen=True, kw_only=True):
+    """Store a new session under `token_hash` (the SHA-256 of a 256-bit random token)."""
+
+    tenant: int
+    user: int
+    token_hash: bytes
+    device: str
+    expires_ms: int
+    # The password hash the login was checked against, if any: the session is refused if the
+    # password changed since (a login racing a password change must not outlive it).
+    password_hash: str = ""
+
+
+class RevokeSession(_Op, frozen=True, kw_only=True):
+    token_hash: bytes
+    reason: SessionEnd = SessionEnd.REVOKED
+
+
+class RevokeUserSessions(_Op, frozen=True, kw_only=True):
+    """End every live session of one user (all devices)."""
+
+    tenant: int
+    user: int
+    reason: SessionEnd = SessionEnd.REVOKED
+
+
+class SetPassword(_Op, frozen=True, kw_only=True):
+    """Replace a user's password hash and end all of its sessions, in one transaction."""
+
+    tenant: int
+    user: int
+    password_hash: str  # from engine.passwords.hash_password, computed outside the writer
+
+
+class SetUserDisabled(_Op, frozen=True, kw_only=True):
+    """Disable (ending all of its sessions in the same transaction) or re-enable a user."""
+
+    tenant: int
+    user: int
+    disabled: bool
+
+
+class PruneSessions(_Op, frozen=True, kw_only=True):
+    """Delete up to `max_count` sessions that expired before the batch's `now_ms`."""
+
+    max_count: int = 10_000
+
+
 Operation = (
     CreateTenant
     | CreateUser
@@ -141,6 +201,12 @@ Operation = (
     | Append
     | MarkRead
     | MarkDelivered
+    | CreateSession
+    | RevokeSession
+    | RevokeUserSessions
+    | SetPassword
+    | SetUserDisabled
+    | PruneSessions
 )
 
 
@@ -177,6 +243,27 @@ class CursorMoved(msgspec.Struct, frozen=True):
     read: int
 
 
+class SessionCreated(msgspec.Struct, frozen=True):
+    token_hash: bytes
+    expires_ms: int
+
+
+class SessionsRevoked(msgspec.Struct, frozen=True):
+    """The sessions an op ended (none, e.g. for re-enabling a user), and why: the server closes
+    every connection still using one of them."""
+
+    tenant: int
+    user: int
+    token_hashes: tuple[bytes, ...]
+    reason: SessionEnd
+
+
+class SessionsPruned(msgspec.Struct, frozen=True):
+    count: int
+    more: bool  # more expired sessions are left for the next prune
+
+
 Result = (
     TenantCreated | UserCreated | ConversationOpened | MembershipChanged | Appended | CursorMoved
+    | SessionCreated | SessionsRevoked | SessionsPruned
 )

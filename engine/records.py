@@ -28,6 +28,8 @@ __all__ = [
     "PlainSealer",
     "RecordSealer",
     "Role",
+    "SessionEnd",
+    "SessionRecord",
     "TenantRecord",
     "UserRecord",
     "pack_cursor",
@@ -162,3 +164,32 @@ def pack_cursor(delivered: int, read: int) -> bytes:
 def unpack_cursor(value: bytes) -> tuple[int, int]:
     delivered, read = _CURSOR.unpack(value)
     return int(delivered), int(read)
+
+
+# -- sessions (engine/sessions.py) -------------------------------------------------------------
+
+
+class SessionEnd(enum.StrEnum):
+    """Why a session ended; the server's `bye` frame carries the same code."""
+
+    LOGGED_OUT = "logged_out"
+    REVOKED = "session_revoked"
+    PASSWORD_CHANGED = "password_changed"
+    ACCOUNT_DISABLED = "account_disabled"
+    EXPIRED = "session_expired"
+
+
+class SessionRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One login session, stored under the SHA-256 of its token (never the token itself).
+
+    `ended` is empty while the session is live; once revoked the record stays (as a tombstone
+    saying why) until it expires and is pruned, so that connections still using it are told
+    the reason.
+    """
+
+    tenant: int
+    user: int
+    device: str
+    created_ms: int
+    expires_ms: int
+    ended: str = ""  # a SessionEnd value once revoked

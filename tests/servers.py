@@ -8,7 +8,7 @@ through the engine, every user with the password PASSWORD from conftest.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from conftest import _HASH, NOW_MS
 
 from appliance.config import Config, GatewayConfig
 from appliance.server import Server
+from appliance.writer import wall_clock_ms
 from engine import CreateTenant, CreateUser, Engine, Limits
 
 
@@ -33,9 +34,11 @@ class RunningServer:
 
 @asynccontextmanager
 async def running_server(
-    data_dir: Path, *, limits: Limits | None = None, **gateway: Any
+    data_dir: Path, *, limits: Limits | None = None,
+    clock_ms: Callable[[], int] = wall_clock_ms, **gateway: Any
 ) -> AsyncIterator[RunningServer]:
-    """Start a server; `gateway` overrides fields of GatewayConfig (e.g. outbox_cap_bytes)."""
+    """Start a server; `gateway` overrides fields of GatewayConfig (e.g. outbox_cap_bytes).
+    `clock_ms` is the server's wall clock (sessions expire by it)."""
     gateway.setdefault("login_failure_delay_s", 0.05)
     config = Config(
         data_dir=data_dir, listen_host="127.0.0.1", listen_port=0, map_size_bytes=512 * 2**20,
@@ -43,7 +46,7 @@ async def running_server(
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(config.store_dir, map_size=config.map_size_bytes, limits=config.limits)
-    server = Server(config, engine)
+    server = Server(config, engine, clock_ms=clock_ms)
     try:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.run)

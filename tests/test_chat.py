@@ -151,6 +151,30 @@ async def test_herald_chat_says_when_the_login_is_refused(tmp_path: Path) -> Non
             server.process.send_signal(signal.SIGINT)
 
 
+async def test_herald_chat_ends_when_an_administrator_disables_the_user(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, herald(
+            nursery, "serve", "--demo", "--data-dir", str(data), "--listen", "127.0.0.1:0"
+        ) as server:
+            url = (await server.expect(r"listening at (ws://\S+)")).group(1)
+            passwords = dict(re.findall(r"login (\w+)\s+password (\S+)",
+                                        (data / "demo-credentials.txt").read_text()))
+            async with herald(nursery, "chat", "--url", url, "--tenant", "demo", "--login",
+                              "alice", "--password-stdin") as alice:
+                await alice.type(passwords["alice"])
+                await alice.expect(r"Logged in to demo as Alice Chen \(alice\)")
+                async with herald(nursery, "user", "disable", "--data-dir", str(data),
+                                  "--tenant", "demo", "alice") as admin:
+                    await admin.expect(r"user 'alice' disabled; 1 session of 'alice' ended")
+                with trio.fail_after(10):
+                    await alice.process.wait()
+            assert alice.process.returncode == 1
+            assert "the session ended: this account is disabled" in alice.err.decode()
+            assert b"Traceback" not in alice.err
+            server.process.send_signal(signal.SIGINT)
+
+
 @pytest.mark.parametrize(("line", "command"), [
     ("hello", Command("", "hello")),
     ("/open 2", Command("open", "2")),

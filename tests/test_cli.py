@@ -13,7 +13,8 @@ from engine import Engine
 HERALD = [sys.executable, "-m", "appliance.cli"]
 COMMANDS = [
     [], ["serve"], ["tenant"], ["tenant", "add"], ["tenant", "list"], ["user"], ["user", "add"],
-    ["user", "list"], ["group"], ["group", "add"],
+    ["user", "list"], ["user", "passwd"], ["user", "disable"], ["user", "enable"],
+    ["user", "sessions"], ["user", "revoke-sessions"], ["group"], ["group", "add"],
 ]
 
 
@@ -73,3 +74,41 @@ def test_a_bad_configuration_file_is_refused_with_the_reason(tmp_path: Path) -> 
     result = herald("tenant", "list", "--config", str(config))
     assert result.returncode == 2
     assert "must look like HOST:PORT" in result.stderr
+
+
+def test_user_lifecycle_commands_change_the_store_and_refuse_unknown_users(
+    tmp_path: Path,
+) -> None:
+    data = str(tmp_path / "data")
+    assert herald("tenant", "add", "--data-dir", data, "acme").returncode == 0
+    assert herald("user", "add", "--data-dir", data, "--tenant", "acme", "alice",
+                  "--password-stdin", stdin="a long enough password\n").returncode == 0
+    result = herald("user", "passwd", "--data-dir", data, "--tenant", "acme", "alice",
+                    "--password-stdin", stdin="the next password\n")
+    assert result.returncode == 0 and "0 sessions of 'alice' ended" in result.stdout, result
+    short = herald("user", "passwd", "--data-dir", data, "--tenant", "acme", "alice",
+                   "--password-stdin", stdin="short\n")
+    assert short.returncode == 1 and "(invalid)" in short.stderr
+    assert herald("user", "disable", "--data-dir", data, "--tenant", "acme",
+                  "alice").returncode == 0
+    assert "(disabled)" in herald("user", "list", "--data-dir", data, "--tenant", "acme").stdout
+    sessions = herald("user", "sessions", "--data-dir", data, "--tenant", "acme", "alice")
+    assert sessions.stdout.strip() == "'alice' has no sessions"
+    unknown = herald("user", "revoke-sessions", "--data-dir", data, "--tenant", "acme", "zed")
+    assert unknown.returncode == 1 and "(not_found)" in unknown.stderr
+
+    engine = Engine(tmp_path / "data" / "hot")
+    try:
+        tenant = engine.find_tenant("acme")
+        record = engine.user(tenant, engine.find_user(tenant, "alice"))
+        assert record.disabled
+    finally:
+        engine.close()
+    assert herald("user", "enable", "--data-dir", data, "--tenant", "acme",
+                  "alice").returncode == 0
+    engine = Engine(tmp_path / "data" / "hot")
+    try:
+        tenant = engine.find_tenant("acme")
+        assert engine.authenticate(tenant, "alice", "the next password")
+    finally:
+        engine.close()

@@ -30,7 +30,7 @@ from appliance.client import (
     open_client,
 )
 from appliance.client.cursors import Cursors, Held, Verdict
-from engine import Append, CreateGroup, Engine, MessageKind, OpenDirect
+from engine import Append, CreateGroup, Engine, MessageKind, OpenDirect, RevokeUserSessions
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ClientOptions(
@@ -308,7 +308,7 @@ async def test_a_client_that_does_not_take_messages_drops_pushes_then_syncs(
                 await assert_quiet(bob)
 
 
-async def test_a_restarted_server_refuses_the_token_and_the_client_logs_in_and_syncs(
+async def test_a_token_revoked_during_a_restart_is_refused_and_the_client_logs_in_and_syncs(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
@@ -333,8 +333,10 @@ async def test_a_restarted_server_refuses_the_token_and_the_client_logs_in_and_s
                 first_stop.set()
                 await first_stopped.wait()
                 assert not bob.connected
-                (data / "session.key").unlink()  # the new server signs with a new secret
                 second: RunningServer = await servers.start(serve, second_stop, trio.Event())
+                # Sessions survive a restart; an administrator ends bob's while he is away.
+                second.engine.apply(RevokeUserSessions(tenant=ids["tenant"], user=ids["bob"]),
+                                    NOW_MS)
                 for i in range(3):  # stored while bob is away: only a sync can bring them
                     second.engine.apply(Append(tenant=ids["tenant"], conv=group,
                                                sender=ids["alice"], client_msg_id=f"away-{i}",
@@ -386,6 +388,22 @@ async def test_a_silent_connection_is_dropped_by_the_heartbeat(tmp_path: Path) -
 
 
 # -- refusals and giving up -------------------------------------------------------------------
+
+
+async def test_a_session_ended_by_an_administrator_stops_the_client_instead_of_logging_in(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with server_with_org(tmp_path) as (running, ids), \
+                connect(running.url, "alice") as alice, connect(running.url, "bob") as bob:
+            # Made on the store directly, as the `herald` CLI would from another process.
+            running.engine.apply(RevokeUserSessions(tenant=ids["tenant"], user=ids["alice"]),
+                                 NOW_MS)
+            with pytest.raises(LoginFailed) as stopped:
+                await alice.messages.receive()
+            assert stopped.value.code == "session_revoked"
+            assert alice.stats.logins == 1  # it did not log back in with its password
+            await bob.ping()
 
 
 async def test_refusals_carry_the_server_code(tmp_path: Path) -> None:

@@ -59,3 +59,23 @@ def test_mistakes_in_the_file_are_refused_with_the_setting_named(
 def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the configuration file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_session_settings_and_allowed_origins_are_read_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "herald.toml"
+    path.write_text('[gateway]\nallowed_origins = ["https://Chat.Example.com/", "http://10.0.0.5:8080"]'
+                    "\nsession_lifetime_s = 86400\nsession_check_interval_s = 1\n")
+    gateway = load_config(path).gateway
+    assert gateway.allowed_origins == ("https://chat.example.com", "http://10.0.0.5:8080")
+    assert (gateway.session_lifetime_s, gateway.session_check_interval_s) == (86400, 1.0)
+    assert load_config().gateway.allowed_origins == ()  # no browser origin unless named
+    for text, says in [
+        ('allowed_origins = "https://a.example"', "gateway.allowed_origins must be a list"),
+        ("allowed_origins = [1]", "each of gateway.allowed_origins must be a string"),
+        ("session_check_interval_s = 5", "within 5 seconds"),
+        ("session_lifetime_s = 10", "gateway.session_lifetime_s must be at least 60"),
+    ]:
+        path.write_text(f"[gateway]\n{text}\n")
+        with pytest.raises(ConfigError) as refused:
+            load_config(path)
+        assert says in str(refused.value), text

@@ -28,8 +28,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from appliance.config import Config, GatewayConfig
 from appliance.server import Server
-from appliance.tokens import TokenIssuer
-from engine import CreateGroup, Engine, Message
+from appliance.tokens import new_token
+from engine import CreateGroup, CreateSession, Engine, Message
 
 
 def _group(engine: Engine, tenant: int, creator: int, members: tuple[int, ...]) -> int:
@@ -203,9 +203,10 @@ async def test_a_connection_that_does_not_log_in_is_closed_at_the_login_deadline
     with trio.fail_after(10):
         async with running_server(tmp_path / "data", login_timeout_s=deadline) as running:
             ids = seed_org(running.engine, "acme", ["alice"])
-            secret = (running.config.data_dir / "session.key").read_bytes()
-            token, _ = TokenIssuer(secret).issue(ids["tenant"], ids["alice"],
-                                                 time.time_ns() // 1_000_000)
+            token, digest = new_token()
+            running.engine.apply(CreateSession(
+                tenant=ids["tenant"], user=ids["alice"], token_hash=digest, device="",
+                expires_ms=time.time_ns() // 1_000_000 + 3_600_000), NOW_MS)
             opened = trio.current_time()
             async with open_ws(running.port) as anonymous, open_ws(running.port) as member:
                 reply = await request(member, {"op": "resume", "id": 1, "token": token})

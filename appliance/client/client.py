@@ -116,6 +116,10 @@ _CONNECT_ERRORS = (OSError, trio.TooSlowError, trio.BrokenResourceError, Handsha
                    ConnectionClosed, ConnectionLost)
 
 
+# `bye` codes that end the session (docs/protocol.md, section 4): after them the token is dead.
+_SESSION_ENDED = frozenset({"logged_out", "session_revoked", "password_changed",
+                            "account_disabled", "session_expired"})
+
 class HeraldClient:
     """A logged-in client. Make one with `open_client`, which connects, logs in and closes it.
 
@@ -462,6 +466,14 @@ class HeraldClient:
             await session.closed.wait()
         self._session = None
         self._notify()
+        bye = session.bye
+        if bye is not None and bye.code in _SESSION_ENDED:
+            self._token = ""  # never resume an ended session
+            if bye.code != "session_expired":
+                # Logged out, revoked, password changed, disabled: logging straight back in
+                # with the password this client holds would undo what the user or the
+                # administrator just did. Stop, and let the application ask.
+                return LoginFailed(bye.code, bye.message)
         return True, ""
 
     async def _authenticate(self, session: Session) -> None:

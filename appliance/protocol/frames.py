@@ -81,7 +81,7 @@ class ResumeRequest(_Request, tag="resume"):
 
 
 class LogoutRequest(_Request, tag="logout"):
-    pass
+    everywhere: bool = False  # end every session of the user, not only this one
 
 
 class PingRequest(_Request, tag="ping"):
