@@ -6,6 +6,8 @@ tests/test_layers.py enforces that. Everything a caller needs is re-exported her
 """
 
 from engine.core import ConversationSummary, Engine
+from engine.crypto import Keyring
+from engine.epochs import KeyEpoch
 from engine.errors import (
     CapacityExceeded,
     Conflict,
@@ -22,6 +24,7 @@ from engine.errors import (
 from engine.limits import Limits
 from engine.membership import MemberList
 from engine.ops import (
+    AddKeyEpoch,
     AddMembers,
     Append,
     Appended,
@@ -31,6 +34,8 @@ from engine.ops import (
     CreateUser,
     CursorMoved,
     Join,
+    KeyEpochAdded,
+    KeyEpochShredded,
     Leave,
     MarkDelivered,
     MarkRead,
@@ -40,15 +45,17 @@ from engine.ops import (
     RemoveMember,
     Result,
     SetRole,
+    ShredKeyEpoch,
     TenantCreated,
     UserCreated,
 )
 from engine.passwords import hash_password, verify_password
-from engine.records import ConversationKind, Message, MessageKind, Role
+from engine.records import ConversationKind, EpochState, Message, MessageKind, Role
 from engine.sync import ConversationSync, SyncResult
 from engine.timeline import Page
 
 __all__ = [
+    "AddKeyEpoch",
     "AddMembers",
     "Append",
     "Appended",
@@ -65,11 +72,16 @@ __all__ = [
     "CursorMoved",
     "Engine",
     "EngineClosed",
+    "EpochState",
     "Forbidden",
     "HeraldError",
     "Invalid",
     "Join",
+    "KeyEpoch",
+    "KeyEpochAdded",
+    "KeyEpochShredded",
     "KeyUnavailable",
+    "Keyring",
     "Leave",
     "Limits",
     "MarkDelivered",
@@ -87,6 +99,7 @@ __all__ = [
     "Result",
     "Role",
     "SetRole",
+    "ShredKeyEpoch",
     "SyncResult",
     "TenantCreated",
     "Unauthenticated",

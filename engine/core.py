@@ -13,12 +13,15 @@ from typing import Any
 
 import msgspec
 
+from engine.crypto import AeadSealer, Keyring
+from engine.epochs import KeyEpoch, KeyEpochs
 from engine.errors import HeraldError, Invalid, NotFound, Unauthenticated
 from engine.hotstore import DEFAULT_MAP_SIZE_BYTES, HotStore
 from engine.keys import pack_ids
 from engine.limits import Limits
 from engine.membership import MemberList, Membership
 from engine.ops import (
+    AddKeyEpoch,
     AddMembers,
     Append,
     CreateGroup,
@@ -26,6 +29,8 @@ from engine.ops import (
     CreateUser,
     CursorMoved,
     Join,
+    KeyEpochAdded,
+    KeyEpochShredded,
     Leave,
     MarkDelivered,
     MarkRead,
@@ -34,6 +39,7 @@ from engine.ops import (
     RemoveMember,
     Result,
     SetRole,
+    ShredKeyEpoch,
 )
 from engine.passwords import verify_password
 from engine.records import (
@@ -83,15 +89,30 @@ class Engine:
         map_size: int = DEFAULT_MAP_SIZE_BYTES,
         limits: Limits | None = None,
         sealer: RecordSealer | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         """Open the store in directory `path` (created if missing).
 
-        Raises `CorruptData` for a store of an unknown format, `Invalid` when the directory
-        cannot hold an LMDB environment.
+        With `keyring`, the store is sealed (encrypted at rest, docs/security.md): its records
+        open only with the DEKs installed in the keyring, which `engine.keyring` hands back to
+        the appliance. Without one it is plain.
+
+        Raises `CorruptData` for a store of an unknown format, or a sealed store opened without
+        a keyring (a plain one with one), `Invalid` when the directory cannot hold an LMDB
+        environment or both `sealer` and `keyring` are given.
         """
-        self.limits = limits or Limits()
-        self._store = HotStore(path, map_size=map_size)
+        if keyring is not None:
+            if sealer is not None:
+                raise Invalid("give the engine a keyring or a sealer, not both")
+            sealer = AeadSealer(keyring)
         sealer = sealer or PlainSealer()
+        self.limits = limits or Limits()
+        self._store = HotStore(path, map_size=map_size, format_version=sealer.store_format)
+        self._aead = sealer if isinstance(sealer, AeadSealer) else None
+        self._epochs = KeyEpochs(self._store)
+        if self._aead is not None:
+            with self._store.read() as txn:
+                self._epochs.load_into(txn, self._aead)
         self._timeline = Timeline(self._store, sealer, self.limits)
         self._membership = Membership(self._store, sealer, self.limits, self._timeline)
         m = self._membership
@@ -108,11 +129,18 @@ class Engine:
             Append: self._timeline.append,
             MarkRead: self._mark_read,
             MarkDelivered: self._mark_delivered,
+            AddKeyEpoch: self._add_key_epoch,
+            ShredKeyEpoch: self._shred_key_epoch,
         }
 
     @property
     def path(self) -> str:
         return str(self._store.path)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The DEKs this engine seals with (the appliance installs them); None when plain."""
+        return None if self._aead is None else self._aead.keyring
 
     def close(self) -> None:
         """Close the store; later calls raise `EngineClosed`."""
@@ -124,11 +152,14 @@ class Engine:
         """Apply `ops` in order in ONE durable write transaction.
 
         Returns one entry per op: its result, or the `HeraldError` that refused it. A refused op
-        changes nothing (every handler checks before it writes) and does not affect the others.
-        Raises (and commits nothing) only when the transaction itself fails: `CapacityExceeded`
-        when the store is full, `EngineClosed` after `close`.
+        changes nothing (every handler checks before it writes; in a sealed store each op also
+        runs in a nested transaction, since a DEK can expire, or a record of a shredded epoch
+        turn up, half-way through an op) and does not affect the others. Raises (and commits
+        nothing) only when the transaction itself fails: `CapacityExceeded` when the store is
+        full, `EngineClosed` after `close`.
         """
         handlers = self._handlers
+        aead = self._aead
         results: list[Result | HeraldError] = []
         with self._store.write() as txn:
             for op in ops:
@@ -136,10 +167,27 @@ class Engine:
                 if handler is None:
                     raise TypeError(f"not an engine operation: {op!r}")
                 try:
-                    results.append(handler(txn, op, now_ms))
+                    if aead is None:
+                        results.append(handler(txn, op, now_ms))
+                    else:
+                        with self._store.nested(txn) as child:
+                            results.append(handler(child, op, now_ms))
                 except HeraldError as refusal:
                     results.append(refusal)
+            if aead is not None:
+                self._epochs.add_seals(txn, aead.take_pending())
+        if aead is not None:
+            self._after_commit(aead.keyring, results)
         return results
+
+    @staticmethod
+    def _after_commit(keyring: Keyring, results: list[Result | HeraldError]) -> None:
+        """Epoch changes reach the keyring only once they are durable."""
+        for result in results:
+            if isinstance(result, KeyEpochAdded):
+                keyring.set_current(result.tenant, result.epoch)
+            elif isinstance(result, KeyEpochShredded):
+                keyring.mark_shredded(result.tenant, result.epoch)
 
     def apply(self, op: Operation, now_ms: int) -> Result:
         """Apply one op in its own transaction; raises its refusal instead of returning it."""
@@ -170,6 +218,27 @@ class Engine:
 
     def _mark_delivered(self, txn: Any, op: MarkDelivered, now_ms: int) -> CursorMoved:
         return self._move_cursor(txn, op, read=False)
+
+    def _add_key_epoch(self, txn: Any, op: AddKeyEpoch, now_ms: int) -> KeyEpochAdded:
+        self._check_sealed()
+        self._membership.tenant(txn, op.tenant)
+        return self._epochs.add(txn, op, now_ms)
+
+    def _shred_key_epoch(self, txn: Any, op: ShredKeyEpoch, now_ms: int) -> KeyEpochShredded:
+        self._check_sealed()
+        return self._epochs.shred(txn, op, now_ms)
+
+    def _check_sealed(self) -> None:
+        if self._aead is None:
+            raise Invalid("this store is plain: key epochs need a sealed one "
+                          "(Engine(path, keyring=...))")
+
+    def key_epochs(self, tenant: int) -> list[KeyEpoch]:
+        """The key epochs of `tenant`, oldest first (empty in a plain store); `NotFound` when
+        the tenant does not exist."""
+        with self._store.read() as txn:
+            self._membership.tenant(txn, tenant)
+            return self._epochs.list(txn, tenant)
 
     def prune_dedupe(self, tenant: int, now_ms: int) -> int:
         """Forget send-retry records older than the dedupe window; returns how many."""

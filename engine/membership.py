@@ -38,6 +38,7 @@ from engine.records import (
     ConversationRecord,
     MemberLogEntry,
     MemberRecord,
+    PlainSealer,
     RecordSealer,
     Role,
     TenantRecord,
@@ -74,8 +75,15 @@ class Membership:
     ) -> None:
         self._store = store
         self._dbs = store.dbs
-        self._sealer = sealer
         self._limits = limits
+        # Each record table with the sealer of its values and its name, which the sealer binds
+        # each record to. Tenant records stay plain in every store: their names are keys of
+        # tenant_names anyway, and the appliance lists tenants before it can unwrap any DEK.
+        self._sealers: dict[int, tuple[bytes, RecordSealer]] = {
+            id(getattr(self._dbs, name)): (name.encode(), sealer)
+            for name in ("users", "convs", "members", "member_log")
+        }
+        self._sealers[id(self._dbs.tenants)] = (b"tenants", PlainSealer())
         self._timeline = timeline
         self._encode = msgspec.msgpack.Encoder().encode
         self._decoders: dict[type, Any] = {}
@@ -83,7 +91,8 @@ class Membership:
     # -- record helpers -----------------------------------------------------------------------
 
     def _put(self, txn: Any, db: Any, key: bytes, record: msgspec.Struct) -> None:
-        txn.put(key, self._sealer.seal(key, self._encode(record)), db=db)
+        table, sealer = self._sealers[id(db)]
+        txn.put(key, sealer.seal(table, key, self._encode(record)), db=db)
 
     def _get(self, txn: Any, db: Any, key: bytes, kind: type[T]) -> T | None:
         found = txn.get(key, db=db)
@@ -92,7 +101,8 @@ class Membership:
         decoder = self._decoders.get(kind)
         if decoder is None:
             decoder = self._decoders[kind] = msgspec.msgpack.Decoder(kind)
-        return decoder.decode(self._sealer.open(key, found))  # type: ignore[no-any-return]
+        table, sealer = self._sealers[id(db)]
+        return decoder.decode(sealer.open(table, key, found))  # type: ignore[no-any-return]
 
     def _check_name(self, what: str, value: str) -> None:
         if not 1 <= len(value) <= self._limits.max_name_chars or not _NAME_RE.fullmatch(value):

@@ -12,6 +12,7 @@ import msgspec
 from engine.records import MessageKind, Role
 
 __all__ = [
+    "AddKeyEpoch",
     "AddMembers",
     "Append",
     "Appended",
@@ -21,6 +22,8 @@ __all__ = [
     "CreateUser",
     "CursorMoved",
     "Join",
+    "KeyEpochAdded",
+    "KeyEpochShredded",
     "Leave",
     "MarkDelivered",
     "MarkRead",
@@ -30,6 +33,7 @@ __all__ = [
     "RemoveMember",
     "Result",
     "SetRole",
+    "ShredKeyEpoch",
     "TenantCreated",
     "UserCreated",
 ]
@@ -128,6 +132,26 @@ class MarkDelivered(_Op, frozen=True, kw_only=True):
     seq: int
 
 
+class AddKeyEpoch(_Op, frozen=True, kw_only=True):
+    """Store a new data-key epoch of a tenant and make it current (the previous one retires).
+
+    `wrapped_dek` is opaque to the engine: the appliance wrapped it (master key, then escrow)
+    and installs the unwrapped DEK in the engine's keyring itself.
+    """
+
+    tenant: int
+    wrapped_dek: bytes
+    key_id: str  # the escrow key that wraps it
+
+
+class ShredKeyEpoch(_Op, frozen=True, kw_only=True):
+    """Delete a retired epoch's wrapped DEK for good: the records sealed under it can never be
+    opened again (crypto-shredding)."""
+
+    tenant: int
+    epoch: int
+
+
 Operation = (
     CreateTenant
     | CreateUser
@@ -141,6 +165,8 @@ Operation = (
     | Append
     | MarkRead
     | MarkDelivered
+    | AddKeyEpoch
+    | ShredKeyEpoch
 )
 
 
@@ -177,6 +203,17 @@ class CursorMoved(msgspec.Struct, frozen=True):
     read: int
 
 
+class KeyEpochAdded(msgspec.Struct, frozen=True):
+    tenant: int
+    epoch: int  # epochs of a tenant count from 1
+
+
+class KeyEpochShredded(msgspec.Struct, frozen=True):
+    tenant: int
+    epoch: int
+
+
 Result = (
     TenantCreated | UserCreated | ConversationOpened | MembershipChanged | Appended | CursorMoved
+    | KeyEpochAdded | KeyEpochShredded
 )

@@ -36,6 +36,8 @@ _DEDUPE = struct.Struct(">QQQ")  # conv, seq, ts
 # append packs six keys, and the dispatch was a tenth of its CPU (docs/benchmarks.md).
 _pack_ids2 = struct.Struct(">QQ").pack
 _pack_ids3 = struct.Struct(">QQQ").pack
+_MESSAGES = b"messages"  # table names, which a sealer binds each record to
+_MEMBERS = b"members"
 _USER_KINDS = frozenset({MessageKind.TEXT, MessageKind.BOT, MessageKind.RECALL})
 
 
@@ -134,7 +136,9 @@ class Timeline:
             body=op.body, mentions=op.mentions, ref=op.ref,
         )
         key = _pack_ids3(op.tenant, op.conv, seq)
-        txn.put(key, self._sealer.seal(key, self._encode(message)), db=self._dbs.messages)
+        txn.put(
+            key, self._sealer.seal(_MESSAGES, key, self._encode(message)), db=self._dbs.messages
+        )
         txn.put(_pack_ids2(op.tenant, op.conv), pack_head(seq, ts), db=self._dbs.heads)
         return seq, ts
 
@@ -196,7 +200,7 @@ class Timeline:
             if txn.get(_pack_ids2(tenant, conv), db=self._dbs.heads) is None:
                 raise NotFound(f"conversation {conv} does not exist")
             raise NotMember(f"user {user} is not a member of conversation {conv}")
-        return self._decode_member(self._sealer.open(key, found))
+        return self._decode_member(self._sealer.open(_MEMBERS, key, found))
 
     def head(self, txn: Any, tenant: int, conv: int) -> tuple[int, int]:
         """(seq, ts) of the conversation's last message; (0, 0) before the first."""
@@ -216,7 +220,7 @@ class Timeline:
         found = txn.get(key, db=self._dbs.messages)
         if found is None:
             raise NotFound(f"message {seq} of conversation {conv} is not stored")
-        return self._decode_message(self._sealer.open(key, found))
+        return self._decode_message(self._sealer.open(_MESSAGES, key, found))
 
     def scan(
         self, txn: Any, tenant: int, conv: int, first: int, last: int,
@@ -258,7 +262,7 @@ class Timeline:
                 for key, value in cur.iterprev():
                     if key < start:
                         break
-                    record = sealer_open(key, value)
+                    record = sealer_open(_MESSAGES, key, value)
                     if used + len(record) > limit and (out or strict):
                         break
                     used += len(record)
@@ -270,7 +274,7 @@ class Timeline:
             for key, value in cur:
                 if key > stop:
                     break
-                record = sealer_open(key, value)
+                record = sealer_open(_MESSAGES, key, value)
                 if used + len(record) > limit and (out or strict):
                     break
                 used += len(record)
