@@ -15,7 +15,14 @@ import msgspec
 
 from engine.crypto import AeadSealer, Keyring
 from engine.epochs import KeyEpoch, KeyEpochs
-from engine.errors import HeraldError, Invalid, NotFound, Unauthenticated
+from engine.errors import (
+    CorruptData,
+    HeraldError,
+    Invalid,
+    KeyUnavailable,
+    NotFound,
+    Unauthenticated,
+)
 from engine.hotstore import DEFAULT_MAP_SIZE_BYTES, HotStore
 from engine.keys import pack_ids
 from engine.limits import Limits
@@ -71,6 +78,28 @@ _DECOY_HASH = (
 _ATOMIC_ALONE = frozenset({Append, MarkRead, MarkDelivered, AddKeyEpoch, ShredKeyEpoch})
 
 
+_NAME_KEY_CHECK = b"name_key_check"
+
+
+def _check_name_key(store: HotStore, keyring: Keyring) -> None:
+    """A sealed store blinds its login index with a name key, or never: fixed at creation."""
+    given = keyring.name_key_check()
+    stored = store.meta_setdefault(_NAME_KEY_CHECK, given)
+    if stored == given:
+        return
+    if not stored:
+        raise CorruptData(
+            f"the store at {store.path} was created without a name key: its login index is "
+            f"not blinded. Open it with a keyring without one (blinding it needs a migration)."
+        )
+    if not given:
+        raise KeyUnavailable(
+            f"the store at {store.path} blinds its login index: give the keyring the store's "
+            f"name key (Keyring(name_key=...))"
+        )
+    raise KeyUnavailable(f"the keyring's name key is not the one of the store at {store.path}")
+
+
 class ConversationSummary(msgspec.Struct, frozen=True):
     """A conversation as one of its members sees it."""
 
@@ -117,10 +146,18 @@ class Engine:
         self._aead = sealer if isinstance(sealer, AeadSealer) else None
         self._epochs = KeyEpochs(self._store)
         if self._aead is not None:
+            try:
+                _check_name_key(self._store, self._aead.keyring)
+            except HeraldError:
+                self._store.close()  # let go: the store may be opened again with the right key
+                raise
             with self._store.read() as txn:
                 self._epochs.load_into(txn, self._aead)
         self._timeline = Timeline(self._store, sealer, self.limits)
-        self._membership = Membership(self._store, sealer, self.limits, self._timeline)
+        blind_login = None if self._aead is None else self._aead.keyring.blind_login
+        self._membership = Membership(
+            self._store, sealer, self.limits, self._timeline, blind_login
+        )
         m = self._membership
         self._handlers: dict[type, Callable[[Any, Any, int], Result]] = {
             CreateTenant: m.create_tenant,

@@ -13,6 +13,8 @@ sees the master key or an escrow key: DEKs arrive unwrapped, from the appliance.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import struct
 import time
@@ -30,6 +32,7 @@ __all__ = [
     "DEK_BYTES",
     "MAX_EPOCH",
     "MAX_SEALS_PER_EPOCH",
+    "NAME_KEY_BYTES",
     "SEALED_MARK",
     "AeadSealer",
     "Keyring",
@@ -37,6 +40,9 @@ __all__ = [
 
 SEALED_MARK = 0x01  # "sealed v1, AES-256-GCM-SIV"; engine.records.PlainSealer writes 0x00
 DEK_BYTES = 32
+NAME_KEY_BYTES = 32
+_NAME_KEY_CHECK_LABEL = b"herald-name-key-check-v1"
+_LOGIN_LABEL = b"herald-login-v1\0"
 NONCE_BYTES = 12
 MAX_EPOCH = 2**32 - 1
 # Random 96-bit nonces: past 2**32 seals under one DEK the chance of a repeated nonce passes
@@ -71,7 +77,16 @@ class Keyring:
     scale of `expires_at`.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, name_key: bytes | None = None
+    ) -> None:
+        """`name_key` (32 bytes, the same for every tenant and for the store's life, e.g.
+        derived from the master key) blinds the login index of a store created with it: its
+        keys are an HMAC of the login instead of the login. Raises `Invalid` for another size.
+        """
+        if name_key is not None and len(name_key) != NAME_KEY_BYTES:
+            raise Invalid(f"a name key must be {NAME_KEY_BYTES} bytes")
+        self._name_key = name_key
         self._clock = clock
         self._keys: dict[bytes, dict[int, _Dek]] = {}  # packed tenant -> epoch -> DEK
         self._current: dict[bytes, int] = {}
@@ -128,6 +143,22 @@ class Keyring:
         now = self._clock()
         epochs = self._keys.get(pack_id(tenant), {})
         return sorted(e for e, d in epochs.items() if d.expires_at is None or now < d.expires_at)
+
+    # -- for the engine -----------------------------------------------------------------------
+
+    def name_key_check(self) -> bytes:
+        """What the store keeps to recognise its name key (an HMAC of a fixed label under
+        it, which says nothing of the key); empty without one."""
+        if self._name_key is None:
+            return b""
+        return hmac.new(self._name_key, _NAME_KEY_CHECK_LABEL, hashlib.sha256).digest()
+
+    def blind_login(self, tenant: bytes, login: bytes) -> bytes:
+        """The login index's name for `login` of (packed) `tenant`: HMAC-SHA256 under the
+        name key, or the login itself without one."""
+        if self._name_key is None:
+            return login
+        return hmac.new(self._name_key, _LOGIN_LABEL + tenant + login, hashlib.sha256).digest()
 
     # -- for the sealer -----------------------------------------------------------------------
 

@@ -168,6 +168,15 @@ class HotStore:
         except lmdb.Error as exc:
             raise _translate(exc) from exc
 
+    def meta_setdefault(self, key: bytes, value: bytes) -> bytes:
+        """The `meta` value of `key`, written as `value` first if the store has none."""
+        with self.write() as txn:
+            stored = txn.get(key, db=self.dbs.meta)
+            if stored is None:
+                txn.put(key, value, db=self.dbs.meta)
+                return value
+            return bytes(stored)
+
     def next_id(self, txn: Any, kind: bytes) -> int:
         """Allocate the next id of `kind` (ids are global, never reused, start at 1)."""
         key = _COUNTER_PREFIX + kind

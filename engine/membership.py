@@ -9,7 +9,7 @@ system message in the timeline.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -71,8 +71,12 @@ class MemberList(msgspec.Struct, frozen=True):
 
 class Membership:
     def __init__(
-        self, store: HotStore, sealer: RecordSealer, limits: Limits, timeline: Timeline
+        self, store: HotStore, sealer: RecordSealer, limits: Limits, timeline: Timeline,
+        blind_login: Callable[[bytes, bytes], bytes] | None = None,
     ) -> None:
+        """`blind_login(tenant, login)` names a login in the `user_logins` index (a sealed
+        store's keyring HMACs it); without it the login is the name."""
+        self._blind_login = blind_login
         self._store = store
         self._dbs = store.dbs
         self._limits = limits
@@ -103,6 +107,12 @@ class Membership:
             decoder = self._decoders[kind] = msgspec.msgpack.Decoder(kind)
         table, sealer = self._sealers[id(db)]
         return decoder.decode(sealer.open(table, key, found))  # type: ignore[no-any-return]
+
+    def _login_key(self, tenant: int, login: str) -> bytes:
+        packed = pack_id(tenant)
+        if self._blind_login is None:
+            return packed + login.encode()
+        return packed + self._blind_login(packed, login.encode())
 
     def _check_name(self, what: str, value: str) -> None:
         if not 1 <= len(value) <= self._limits.max_name_chars or not _NAME_RE.fullmatch(value):
@@ -148,7 +158,7 @@ class Membership:
             raise Invalid(f"a display name must be 1 to {self._limits.max_title_chars} characters")
         if not op.password_hash.startswith("$argon2id$"):
             raise Invalid("password_hash must be an Argon2id hash from engine.passwords")
-        login_key = pack_id(op.tenant) + op.login.encode()
+        login_key = self._login_key(op.tenant, op.login)
         if txn.get(login_key, db=self._dbs.user_logins) is not None:
             raise Conflict(f"the login {op.login!r} is taken in this tenant")
         user = self._store.next_id(txn, b"user")
@@ -164,7 +174,7 @@ class Membership:
         return record
 
     def find_user(self, txn: Any, tenant: int, login: str) -> int:
-        found = txn.get(pack_id(tenant) + login.encode(), db=self._dbs.user_logins)
+        found = txn.get(self._login_key(tenant, login), db=self._dbs.user_logins)
         if found is None:
             raise NotFound(f"no user has the login {login!r} in this tenant")
         return unpack_id(found)

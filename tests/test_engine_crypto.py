@@ -91,10 +91,13 @@ class Sealed:
         return epoch
 
 
+NAME_KEY = bytes(range(100, 132))  # what the appliance would derive from its master key
+
+
 @pytest.fixture
 def sealed(tmp_path: Path) -> Iterator[Sealed]:
     clock = FakeClock()
-    keyring = Keyring(clock=clock)
+    keyring = Keyring(clock=clock, name_key=NAME_KEY)
     path = tmp_path / "sealed"
     box = Sealed(path, Engine(path, map_size=MAP_SIZE_BYTES, keyring=keyring), keyring, clock, {})
     yield box
@@ -151,8 +154,8 @@ def fill_recognisably(engine: Engine, org: Org, hash_: str) -> list[bytes]:
     conv = engine.apply(CreateGroup(tenant=org.tenant, creator=org.alice,
                                     title="Nightingale-Secret-Title", members=(org.bob,)),
                         NOW_MS).conv
-    engine.apply(CreateUser(tenant=org.tenant, login="eve", display_name="Zebra-Display-Name",
-                            password_hash=hash_), NOW_MS)
+    engine.apply(CreateUser(tenant=org.tenant, login="login-marker-okapi",
+                            display_name="Zebra-Display-Name", password_hash=hash_), NOW_MS)
     bodies = [f"plaintext-marker-{i:04d}-quokka" for i in range(1000)]
     for start in range(0, 1000, 100):
         results = engine.apply_batch(
@@ -160,7 +163,7 @@ def fill_recognisably(engine: Engine, org: Org, hash_: str) -> list[bytes]:
         )
         assert all(isinstance(r, Appended) for r in results)
     return [b.encode() for b in bodies] + [b"Nightingale-Secret-Title", b"Zebra-Display-Name",
-                                           b"$argon2id$"]
+                                           b"$argon2id$", b"login-marker-okapi"]
 
 
 def test_a_sealed_store_holds_no_plaintext_while_a_plain_one_does(
@@ -181,6 +184,41 @@ def test_a_sealed_store_holds_no_plaintext_while_a_plain_one_does(
     found = [n for n in needles if n in sealed_bytes]
     assert found == []
     assert needles == plain_needles
+
+
+def test_logins_are_found_through_their_blinded_index_and_only_with_the_name_key(
+    sealed: Sealed, password_hash: str
+) -> None:
+    org = sealed_org(sealed, "acme", password_hash)
+    assert sealed.engine.find_user(org.tenant, "bob") == org.bob
+    assert sealed.engine.authenticate(org.tenant, "alice", PASSWORD) == org.alice
+    with pytest.raises(NotFound):
+        sealed.engine.find_user(org.tenant, "mallory")
+    deks = [(t, e, d) for (t, e), d in sealed.deks.items()]
+
+    def keyring(name_key: bytes | None) -> Keyring:
+        ring = Keyring(name_key=name_key)
+        for tenant, epoch, dek in deks:
+            ring.install(tenant, epoch, dek)
+        return ring
+
+    sealed.engine.close()
+    with pytest.raises(KeyUnavailable) as missing:
+        Engine(sealed.path, map_size=MAP_SIZE_BYTES, keyring=keyring(None))
+    with pytest.raises(KeyUnavailable) as wrong:
+        Engine(sealed.path, map_size=MAP_SIZE_BYTES, keyring=keyring(bytes(32)))
+    assert "name key" in missing.value.message and "name key" in wrong.value.message
+    eng = sealed.reopen(keyring(NAME_KEY))
+    assert eng.find_user(org.tenant, "carol") == org.carol
+
+
+def test_a_sealed_store_created_without_a_name_key_keeps_it_so(tmp_path: Path) -> None:
+    Engine(tmp_path / "s", map_size=MAP_SIZE_BYTES, keyring=Keyring()).close()
+
+    with pytest.raises(CorruptData) as refusal:
+        Engine(tmp_path / "s", map_size=MAP_SIZE_BYTES, keyring=Keyring(name_key=NAME_KEY))
+    assert "without a name key" in refusal.value.message
+    Engine(tmp_path / "s", map_size=MAP_SIZE_BYTES, keyring=Keyring()).close()
 
 
 # -- records bound to their place -------------------------------------------------------------
@@ -369,7 +407,7 @@ def test_after_rotation_both_epochs_read_and_shredding_the_old_one_loses_only_it
     # it before the store was opened.
     with pytest.raises(Invalid):
         sealed.keyring.install(org.tenant, 1, sealed.deks[org.tenant, 1])
-    fresh = Keyring()
+    fresh = Keyring(name_key=NAME_KEY)
     for (tenant, epoch), dek in sealed.deks.items():
         fresh.install(tenant, epoch, dek)
     eng = sealed.reopen(fresh)
@@ -530,7 +568,7 @@ def test_a_reopened_store_with_its_keys_reinstalled_reads_everything_back(
     eng.apply_batch([say(org, conv, f"b{i}") for i in range(3)], NOW_MS)
     before = snapshot(eng, org.tenant)
 
-    fresh = Keyring()
+    fresh = Keyring(name_key=NAME_KEY)
     for (tenant, epoch), dek in sealed.deks.items():
         fresh.install(tenant, epoch, dek)
     eng = sealed.reopen(fresh)

@@ -426,7 +426,7 @@ class EngineMachine(RuleBasedStateMachine):
         """`sealed`: the same run on a store encrypted at rest (a keyring, one key epoch)."""
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="herald-props-")
-        self.keyring = Keyring() if sealed else None
+        self.keyring = Keyring(name_key=bytes(32)) if sealed else None
         self.engine = self.open_engine()
         self.now = NOW_MS
         self.model = Model()
