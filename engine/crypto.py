@@ -75,6 +75,10 @@ class Keyring:
     cache; the engine sets the current epoch from its own `key_epochs` table and marks shredded
     epochs. `clock` is handed in (the engine keeps no clock of its own): monotonic seconds, the
     scale of `expires_at`.
+
+    The appliance installs and forgets from one thread while engine calls run in others: every
+    method is a single read or replacement of a dict entry (atomic under the GIL), and nothing
+    iterates a dict another thread may change without copying it first.
     """
 
     def __init__(
@@ -141,8 +145,8 @@ class Keyring:
     def installed(self, tenant: int) -> list[int]:
         """The epochs of `tenant` whose DEK is installed and not expired, ascending."""
         now = self._clock()
-        epochs = self._keys.get(pack_id(tenant), {})
-        return sorted(e for e, d in epochs.items() if d.expires_at is None or now < d.expires_at)
+        epochs = tuple(self._keys.get(pack_id(tenant), {}).items())  # copied in one step
+        return sorted(e for e, d in epochs if d.expires_at is None or now < d.expires_at)
 
     # -- for the engine -----------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from engine.crypto import MAX_EPOCH, AeadSealer
-from engine.errors import Conflict, Invalid, NotFound
+from engine.errors import CapacityExceeded, Conflict, Invalid, NotFound
 from engine.hotstore import HotStore
 from engine.keys import pack_id, pack_ids, unpack_id, unpack_last_id
 from engine.ops import AddKeyEpoch, KeyEpochAdded, KeyEpochShredded, ShredKeyEpoch
@@ -65,7 +65,7 @@ class KeyEpochs:
 
     def add(self, txn: Any, op: AddKeyEpoch, now_ms: int) -> KeyEpochAdded:
         """The caller checked that the tenant exists. Raises `Invalid` (empty or oversized
-        wrapped DEK or key id), `Conflict` when the tenant has used every epoch."""
+        wrapped DEK or key id), `CapacityExceeded` when the tenant has used every epoch."""
         if not 1 <= len(op.wrapped_dek) <= MAX_WRAPPED_DEK_BYTES:
             raise Invalid(f"a wrapped data key must be 1 to {MAX_WRAPPED_DEK_BYTES} bytes")
         if not 1 <= len(op.key_id) <= MAX_KEY_ID_CHARS:
@@ -73,7 +73,7 @@ class KeyEpochs:
         existing = self._scan(txn, op.tenant)
         epoch = unpack_last_id(existing[-1][0]) + 1 if existing else 1
         if epoch > MAX_EPOCH:
-            raise Conflict(f"tenant {op.tenant} has used all {MAX_EPOCH:,} key epochs")
+            raise CapacityExceeded(f"tenant {op.tenant} has used all {MAX_EPOCH:,} key epochs")
         for key, record in existing:
             if record.state is EpochState.ACTIVE:
                 self._put(txn, key, msgspec.structs.replace(record, state=EpochState.RETIRED))

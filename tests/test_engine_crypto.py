@@ -616,3 +616,19 @@ def test_add_members_in_a_rotated_tenant_reads_old_records_and_writes_new_ones(
     assert changed.member_version == 2  # type: ignore[union-attr]
     listing = eng.members(org.tenant, org.carol, conv)
     assert sorted(u for u, _ in listing.changed) == [org.alice, org.bob, org.carol]
+
+
+def test_a_keyring_refuses_keys_of_the_wrong_size_and_epochs_out_of_range(tmp_path: Path) -> None:
+    ring = Keyring()
+    for bad in (lambda: ring.install(1, 1, bytes(16)), lambda: ring.install(1, 0, bytes(32)),
+                lambda: ring.install(1, 2**32, bytes(32)), lambda: ring.set_current(1, 0),
+                lambda: Keyring(name_key=bytes(31))):
+        with pytest.raises(Invalid):
+            bad()
+    with pytest.raises(Invalid):
+        Engine(tmp_path / "s", keyring=ring, sealer=ring)  # type: ignore[arg-type]
+    ring.install(1, 1, bytes(32), expires_at=5.0)
+    ring.install(1, 2, bytes(32))
+    assert ring.installed(1) == [2]  # the real monotonic clock is far past 5 s
+    ring.forget(1, 2)
+    assert ring.installed(1) == []

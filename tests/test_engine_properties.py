@@ -47,6 +47,7 @@ from engine import (
     HeraldError,
     Invalid,
     Join,
+    KeyEpochAdded,
     Keyring,
     Leave,
     Limits,
@@ -592,6 +593,18 @@ class EngineMachine(RuleBasedStateMachine):
         got = self.engine.apply_batch(ops, self.now)
         expected = [self.expect(op) for op in ops]
         same(got, expected)
+
+    @precondition(lambda self: self.keyring is not None)
+    @rule()
+    def rotate_key_epoch(self) -> None:
+        """A new data key: later records are sealed under it, earlier ones still read."""
+        assert self.keyring is not None
+        epoch = len(self.engine.key_epochs(self.tenant)) + 1
+        self.keyring.install(self.tenant, epoch, bytes([epoch]) * 32)
+        added = self.engine.apply(
+            AddKeyEpoch(tenant=self.tenant, wrapped_dek=b"w", key_id="ek"), self.now
+        )
+        assert added == KeyEpochAdded(self.tenant, epoch)
 
     @rule()
     def close_and_reopen(self) -> None:
