@@ -148,11 +148,11 @@ class Engine:
         if self._aead is not None:
             try:
                 _check_name_key(self._store, self._aead.keyring)
+                with self._store.read() as txn:
+                    self._epochs.load_into(txn, self._aead)
             except HeraldError:
                 self._store.close()  # let go: the store may be opened again with the right key
                 raise
-            with self._store.read() as txn:
-                self._epochs.load_into(txn, self._aead)
         self._timeline = Timeline(self._store, sealer, self.limits)
         blind_login = None if self._aead is None else self._aead.keyring.blind_login
         self._membership = Membership(

@@ -83,6 +83,7 @@ class Membership:
         # Each record table with the sealer of its values and its name, which the sealer binds
         # each record to. Tenant records stay plain in every store: their names are keys of
         # tenant_names anyway, and the appliance lists tenants before it can unwrap any DEK.
+        # Keyed by the handle's identity: `store.dbs` holds every handle for the store's life.
         self._sealers: dict[int, tuple[bytes, RecordSealer]] = {
             id(getattr(self._dbs, name)): (name.encode(), sealer)
             for name in ("users", "convs", "members", "member_log")
