@@ -632,3 +632,27 @@ def test_a_keyring_refuses_keys_of_the_wrong_size_and_epochs_out_of_range(tmp_pa
     assert ring.installed(1) == [2]  # the real monotonic clock is far past 5 s
     ring.forget(1, 2)
     assert ring.installed(1) == []
+
+
+def test_refusals_about_keys_never_carry_key_material(sealed: Sealed, password_hash: str) -> None:
+    org = sealed_org(sealed, "acme", password_hash)
+    eng = sealed.engine
+    conv = group(eng, org)
+    dek = sealed.deks[org.tenant, 1]
+    messages: list[str] = []
+    for attempt in (lambda: sealed.keyring.install(org.tenant, 1, dek[:31]),
+                    lambda: Keyring(name_key=NAME_KEY[:31])):
+        with pytest.raises(Invalid) as invalid:
+            attempt()
+        messages.append(invalid.value.message)
+    sealed.keyring.install(org.tenant, 1, dek, expires_at=sealed.clock.now)
+    messages.append(refused_op(eng, say(org, conv, "x")).message)
+    sealed.keyring.forget(org.tenant)
+    with pytest.raises(KeyUnavailable) as missing:
+        eng.messages(org.tenant, conv, 1, 1)
+    messages.append(missing.value.message)
+
+    for message in messages:
+        for secret in (dek, NAME_KEY):
+            assert secret.hex() not in message and repr(secret) not in message
+            assert secret[:8].hex() not in message
