@@ -17,6 +17,9 @@ docs/benchmarks.md. One run, in a temporary directory, measures:
 
 Each figure is the median over --reps repetitions. The corpus generator is loaded by path:
 ../shared/bench/chat_corpus.py beside the repository root, or --corpus-module PATH.
+
+`--sealer aead` runs all of the above on a store encrypted at rest; `--sealer both` instead
+compares a plain and a sealed engine in the same run (bench/engine_sealing.py).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere, installed or not
 
 from engine import (  # noqa: E402  (needs the path above)
+    AddKeyEpoch,
     Append,
     Appended,
     ConversationOpened,
@@ -54,6 +58,7 @@ from engine import (  # noqa: E402  (needs the path above)
     CreateTenant,
     CreateUser,
     Engine,
+    Keyring,
     MarkDelivered,
     Message,
     MessageKind,
@@ -161,6 +166,10 @@ def build_world(engine: Engine, corpus: ModuleType, rng: random.Random) -> World
     created = engine.apply(CreateTenant(name=TENANT_NAME), START_MS)
     assert isinstance(created, TenantCreated)
     tenant = created.tenant
+    if engine.keyring is not None:  # a sealed store: what the appliance does for a new tenant
+        engine.keyring.install(tenant, 1, os.urandom(32))
+        engine.apply(AddKeyEpoch(tenant=tenant, wrapped_dek=b"bench: no real wrap",
+                                 key_id="bench"), START_MS)
     results = engine.apply_batch(
         [
             CreateUser(tenant=tenant, login=f"user{i:04d}", display_name=f"User {i}",
@@ -489,27 +498,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="parent of the temporary store directory (default: system temp)")
     parser.add_argument("--only", choices=("all", "appends", "reads"), default="all",
                         help="measure only one part (for profiling)")
-    parser.add_argument("--batches", default=",".join(map(str, BATCH_SIZES)),
+    parser.add_argument("--batches", default=None,
                         help="comma-separated batch sizes to measure, of "
-                        f"{','.join(map(str, BATCH_SIZES))} (default: all)")
+                        f"{','.join(map(str, BATCH_SIZES))} (default: all; 100 with "
+                        "--sealer both)")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 1 when a target is missed")
+    parser.add_argument("--sealer", choices=("plain", "aead", "both"), default="plain",
+                        help="plain store (default), sealed store (encryption at rest), or "
+                        "both: the cost of sealing, plain and sealed engines side by side at "
+                        "--batches (default 100 there) and for 50-message pages")
     args = parser.parse_args(argv)
     if not 1 <= args.reps <= 50:
         parser.error("--reps must be 1 to 50")
     try:
-        sizes = tuple(int(x) for x in args.batches.split(","))
+        default = (100,) if args.sealer == "both" else BATCH_SIZES
+        sizes = tuple(int(x) for x in args.batches.split(",")) if args.batches else default
     except ValueError:
         parser.error("--batches takes comma-separated integers")
     if not sizes or not set(sizes) <= set(BATCH_SIZES):
         parser.error(f"--batches must name sizes among {BATCH_SIZES}")
 
     corpus = load_corpus_module(args.corpus_module)
+    if args.sealer == "both":
+        import engine_sealing  # a sibling script: sys.path[0] is this directory
+
+        return engine_sealing.main(args, corpus, sizes)
     rng = random.Random(args.seed)
     started = time.perf_counter()
     load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="herald-bench-", dir=args.dir) as tmp:
-        engine = Engine(Path(tmp) / "engine", map_size=MAP_SIZE_BYTES)
+        keyring = Keyring() if args.sealer == "aead" else None
+        engine = Engine(Path(tmp) / "engine", map_size=MAP_SIZE_BYTES, keyring=keyring)
         env = lmdb.open(str(Path(tmp) / "raw"), map_size=MAP_SIZE_BYTES, max_dbs=2, sync=True,
                         metasync=True, readahead=False, meminit=False)
         db = env.open_db(b"messages")
@@ -557,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = {
             "machine": {**machine(), "loadavg_at_start": load_at_start},
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "sealer": args.sealer,
             "reps": args.reps,
             "seed": args.seed,
             "workload": {

@@ -6,6 +6,8 @@ tests/test_layers.py enforces that. Everything a caller needs is re-exported her
 """
 
 from engine.core import ConversationSummary, Engine
+from engine.crypto import Keyring
+from engine.epochs import KeyEpoch
 from engine.errors import (
     CapacityExceeded,
     Conflict,
@@ -22,6 +24,7 @@ from engine.errors import (
 from engine.limits import Limits
 from engine.membership import MemberList
 from engine.ops import (
+    AddKeyEpoch,
     AddMembers,
     Append,
     Appended,
@@ -32,6 +35,8 @@ from engine.ops import (
     CreateUser,
     CursorMoved,
     Join,
+    KeyEpochAdded,
+    KeyEpochShredded,
     Leave,
     MarkDelivered,
     MarkRead,
@@ -49,12 +54,14 @@ from engine.ops import (
     SetPassword,
     SetRole,
     SetUserDisabled,
+    ShredKeyEpoch,
     TenantCreated,
     UserCreated,
 )
 from engine.passwords import hash_password, verify_password
 from engine.records import (
     ConversationKind,
+    EpochState,
     Message,
     MessageKind,
     Role,
@@ -65,6 +72,7 @@ from engine.sync import ConversationSync, SyncResult
 from engine.timeline import Page
 
 __all__ = [
+    "AddKeyEpoch",
     "AddMembers",
     "Append",
     "Appended",
@@ -82,11 +90,16 @@ __all__ = [
     "CursorMoved",
     "Engine",
     "EngineClosed",
+    "EpochState",
     "Forbidden",
     "HeraldError",
     "Invalid",
     "Join",
+    "KeyEpoch",
+    "KeyEpochAdded",
+    "KeyEpochShredded",
     "KeyUnavailable",
+    "Keyring",
     "Leave",
     "Limits",
     "MarkDelivered",
@@ -114,6 +127,7 @@ __all__ = [
     "SetPassword",
     "SetRole",
     "SetUserDisabled",
+    "ShredKeyEpoch",
     "SyncResult",
     "TenantCreated",
     "Unauthenticated",

@@ -13,12 +13,22 @@ from typing import Any
 
 import msgspec
 
-from engine.errors import HeraldError, Invalid, NotFound, Unauthenticated
+from engine.crypto import AeadSealer, Keyring
+from engine.epochs import KeyEpoch, KeyEpochs
+from engine.errors import (
+    CorruptData,
+    HeraldError,
+    Invalid,
+    KeyUnavailable,
+    NotFound,
+    Unauthenticated,
+)
 from engine.hotstore import DEFAULT_MAP_SIZE_BYTES, HotStore
 from engine.keys import pack_ids
 from engine.limits import Limits
 from engine.membership import MemberList, Membership
 from engine.ops import (
+    AddKeyEpoch,
     AddMembers,
     Append,
     CreateGroup,
@@ -27,6 +37,8 @@ from engine.ops import (
     CreateUser,
     CursorMoved,
     Join,
+    KeyEpochAdded,
+    KeyEpochShredded,
     Leave,
     MarkDelivered,
     MarkRead,
@@ -40,6 +52,7 @@ from engine.ops import (
     SetPassword,
     SetRole,
     SetUserDisabled,
+    ShredKeyEpoch,
 )
 from engine.passwords import verify_password
 from engine.records import (
@@ -68,6 +81,37 @@ _DECOY_HASH = (
 )
 
 
+# Ops whose first write is their only seal and that open nothing after it: a missing key
+# refuses them before they write, so they need no nested transaction (about 4% of an append's
+# time at batch 100, docs/benchmarks.md). Every other op gets one in a sealed store.
+_ATOMIC_ALONE = frozenset({
+    Append, MarkRead, MarkDelivered, AddKeyEpoch, ShredKeyEpoch,
+    CreateSession, RevokeSession, RevokeUserSessions, PruneSessions,
+})
+
+
+_NAME_KEY_CHECK = b"name_key_check"
+
+
+def _check_name_key(store: HotStore, keyring: Keyring) -> None:
+    """A sealed store blinds its login index with a name key, or never: fixed at creation."""
+    given = keyring.name_key_check()
+    stored = store.meta_setdefault(_NAME_KEY_CHECK, given)
+    if stored == given:
+        return
+    if not stored:
+        raise CorruptData(
+            f"the store at {store.path} was created without a name key: its login index is "
+            f"not blinded. Open it with a keyring without one (blinding it needs a migration)."
+        )
+    if not given:
+        raise KeyUnavailable(
+            f"the store at {store.path} blinds its login index: give the keyring the store's "
+            f"name key (Keyring(name_key=...))"
+        )
+    raise KeyUnavailable(f"the keyring's name key is not the one of the store at {store.path}")
+
+
 class ConversationSummary(msgspec.Struct, frozen=True):
     """A conversation as one of its members sees it."""
 
@@ -92,17 +136,40 @@ class Engine:
         map_size: int = DEFAULT_MAP_SIZE_BYTES,
         limits: Limits | None = None,
         sealer: RecordSealer | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         """Open the store in directory `path` (created if missing).
 
-        Raises `CorruptData` for a store of an unknown format, `Invalid` when the directory
-        cannot hold an LMDB environment.
+        With `keyring`, the store is sealed (encrypted at rest, docs/security.md): its records
+        open only with the DEKs installed in the keyring, which `engine.keyring` hands back to
+        the appliance. Without one it is plain.
+
+        Raises `CorruptData` for a store of an unknown format, or a sealed store opened without
+        a keyring (a plain one with one), `Invalid` when the directory cannot hold an LMDB
+        environment or both `sealer` and `keyring` are given.
         """
-        self.limits = limits or Limits()
-        self._store = HotStore(path, map_size=map_size)
+        if keyring is not None:
+            if sealer is not None:
+                raise Invalid("give the engine a keyring or a sealer, not both")
+            sealer = AeadSealer(keyring)
         sealer = sealer or PlainSealer()
+        self.limits = limits or Limits()
+        self._store = HotStore(path, map_size=map_size, format_version=sealer.store_format)
+        self._aead = sealer if isinstance(sealer, AeadSealer) else None
+        self._epochs = KeyEpochs(self._store)
+        if self._aead is not None:
+            try:
+                _check_name_key(self._store, self._aead.keyring)
+                with self._store.read() as txn:
+                    self._epochs.load_into(txn, self._aead)
+            except HeraldError:
+                self._store.close()  # let go: the store may be opened again with the right key
+                raise
         self._timeline = Timeline(self._store, sealer, self.limits)
-        self._membership = Membership(self._store, sealer, self.limits, self._timeline)
+        blind_login = None if self._aead is None else self._aead.keyring.blind_login
+        self._membership = Membership(
+            self._store, sealer, self.limits, self._timeline, blind_login
+        )
         m = self._membership
         self._sessions = Sessions(self._store, m)
         self._handlers: dict[type, Callable[[Any, Any, int], Result]] = {
@@ -124,11 +191,18 @@ class Engine:
             SetPassword: self._sessions.set_password,
             SetUserDisabled: self._sessions.set_disabled,
             PruneSessions: self._sessions.prune,
+            AddKeyEpoch: self._add_key_epoch,
+            ShredKeyEpoch: self._shred_key_epoch,
         }
 
     @property
     def path(self) -> str:
         return str(self._store.path)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The DEKs this engine seals with (the appliance installs them); None when plain."""
+        return None if self._aead is None else self._aead.keyring
 
     def close(self) -> None:
         """Close the store; later calls raise `EngineClosed`."""
@@ -140,11 +214,15 @@ class Engine:
         """Apply `ops` in order in ONE durable write transaction.
 
         Returns one entry per op: its result, or the `HeraldError` that refused it. A refused op
-        changes nothing (every handler checks before it writes) and does not affect the others.
-        Raises (and commits nothing) only when the transaction itself fails: `CapacityExceeded`
-        when the store is full, `EngineClosed` after `close`.
+        changes nothing (every handler checks before it writes; in a sealed store an op that
+        seals or opens records after its first write also runs in a nested transaction, since
+        a DEK can expire, a record of a shredded epoch turn up, or an epoch reach its limit of
+        seals half-way through it) and does not affect the others. Raises (and commits
+        nothing) only when the transaction itself fails: `CapacityExceeded` when the store is
+        full, `EngineClosed` after `close`.
         """
         handlers = self._handlers
+        aead = self._aead
         results: list[Result | HeraldError] = []
         with self._store.write() as txn:
             for op in ops:
@@ -152,10 +230,27 @@ class Engine:
                 if handler is None:
                     raise TypeError(f"not an engine operation: {op!r}")
                 try:
-                    results.append(handler(txn, op, now_ms))
+                    if aead is None or type(op) in _ATOMIC_ALONE:
+                        results.append(handler(txn, op, now_ms))
+                    else:
+                        with self._store.nested(txn) as child:
+                            results.append(handler(child, op, now_ms))
                 except HeraldError as refusal:
                     results.append(refusal)
+            if aead is not None:
+                self._epochs.add_seals(txn, aead.take_pending())
+        if aead is not None:
+            self._after_commit(aead.keyring, results)
         return results
+
+    @staticmethod
+    def _after_commit(keyring: Keyring, results: list[Result | HeraldError]) -> None:
+        """Epoch changes reach the keyring only once they are durable."""
+        for result in results:
+            if isinstance(result, KeyEpochAdded):
+                keyring.set_current(result.tenant, result.epoch)
+            elif isinstance(result, KeyEpochShredded):
+                keyring.mark_shredded(result.tenant, result.epoch)
 
     def apply(self, op: Operation, now_ms: int) -> Result:
         """Apply one op in its own transaction; raises its refusal instead of returning it."""
@@ -165,7 +260,7 @@ class Engine:
         return result
 
     def _move_cursor(self, txn: Any, op: MarkRead | MarkDelivered, read: bool) -> CursorMoved:
-        self._timeline.member(txn, op.tenant, op.conv, op.user)
+        self._timeline.check_member(txn, op.tenant, op.conv, op.user)
         head, _ = self._timeline.head(txn, op.tenant, op.conv)
         if op.seq < 0:
             raise Invalid("a cursor cannot be negative")
@@ -186,6 +281,27 @@ class Engine:
 
     def _mark_delivered(self, txn: Any, op: MarkDelivered, now_ms: int) -> CursorMoved:
         return self._move_cursor(txn, op, read=False)
+
+    def _add_key_epoch(self, txn: Any, op: AddKeyEpoch, now_ms: int) -> KeyEpochAdded:
+        self._check_sealed()
+        self._membership.tenant(txn, op.tenant)
+        return self._epochs.add(txn, op, now_ms)
+
+    def _shred_key_epoch(self, txn: Any, op: ShredKeyEpoch, now_ms: int) -> KeyEpochShredded:
+        self._check_sealed()
+        return self._epochs.shred(txn, op, now_ms)
+
+    def _check_sealed(self) -> None:
+        if self._aead is None:
+            raise Invalid("this store is plain: key epochs need a sealed one "
+                          "(Engine(path, keyring=...))")
+
+    def key_epochs(self, tenant: int) -> list[KeyEpoch]:
+        """The key epochs of `tenant`, oldest first (empty in a plain store); `NotFound` when
+        the tenant does not exist."""
+        with self._store.read() as txn:
+            self._membership.tenant(txn, tenant)
+            return self._epochs.list(txn, tenant)
 
     def prune_dedupe(self, tenant: int, now_ms: int) -> int:
         """Forget send-retry records older than the dedupe window; returns how many."""
@@ -286,7 +402,7 @@ class Engine:
     def members(self, tenant: int, user: int, conv: int, since: int = 0) -> MemberList:
         """The member list of `conv` as `user` may see it: whole, or the delta since a version."""
         with self._store.read() as txn:
-            self._timeline.member(txn, tenant, conv, user)
+            self._timeline.check_member(txn, tenant, conv, user)
             return self._membership.members_since(txn, tenant, conv, since)
 
     def member_ids(self, tenant: int, conv: int) -> list[int]:
@@ -309,7 +425,7 @@ class Engine:
         `max_bytes` also bounds their stored size (at least one message is returned)."""
         self._check_limit(limit)
         with self._store.read() as txn:
-            self._timeline.member(txn, tenant, conv, user)
+            self._timeline.check_member(txn, tenant, conv, user)
             return self._timeline.page_after(txn, tenant, conv, max(0, after), limit, max_bytes)
 
     def page_before(
@@ -320,7 +436,7 @@ class Engine:
         `more` if older ones exist. `max_bytes` as in `page_after`, keeping the newest."""
         self._check_limit(limit)
         with self._store.read() as txn:
-            self._timeline.member(txn, tenant, conv, user)
+            self._timeline.check_member(txn, tenant, conv, user)
             end = (2**63) if before is None else before
             return self._timeline.page_before(txn, tenant, conv, end, limit, max_bytes)
 

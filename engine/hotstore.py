@@ -18,7 +18,7 @@ import lmdb
 
 from engine.errors import CapacityExceeded, CorruptData, EngineClosed, HeraldError, Invalid
 from engine.keys import pack_id, unpack_id
-from engine.records import FORMAT_VERSION
+from engine.records import FORMAT_VERSION, SEALED_FORMAT_VERSION
 
 __all__ = ["DEFAULT_MAP_SIZE_BYTES", "Databases", "HotStore"]
 
@@ -49,6 +49,7 @@ class Databases:
     dedupe: Any  # tenant|window|sender|client_msg_id -> conv, seq, ts
     sessions: Any  # sha256(token) -> SessionRecord
     user_sessions: Any  # tenant|user|sha256(token) -> b"" (a user's live sessions)
+    key_epochs: Any  # tenant|epoch -> EpochRecord (always plain: it holds no content)
 
 
 _DB_NAMES = tuple(Databases.__dataclass_fields__)
@@ -57,12 +58,17 @@ _DB_NAMES = tuple(Databases.__dataclass_fields__)
 class HotStore:
     """One LMDB environment per data directory (py-lmdb: one Environment per process)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE_BYTES):
-        """Open (creating if needed) the store in directory `path`.
+    def __init__(
+        self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE_BYTES,
+        format_version: int = FORMAT_VERSION,
+    ):
+        """Open (creating if needed) the store in directory `path`, of `format_version`
+        (`FORMAT_VERSION`: plain records, `SEALED_FORMAT_VERSION`: sealed ones).
 
-        Raises `CorruptData` when the directory holds a store of an unknown format version,
+        Raises `CorruptData` when the directory holds a store of another format version,
         `Invalid` when it cannot be opened as an LMDB environment.
         """
+        self._format_version = format_version
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         try:
@@ -76,7 +82,7 @@ class HotStore:
                 sync=True,
                 metasync=True,
                 readahead=False,
-                meminit=False,
+                meminit=format_version != FORMAT_VERSION,
             )
         except lmdb.Error as exc:
             raise Invalid(f"cannot open the store at {self.path}: {exc}") from exc
@@ -91,16 +97,28 @@ class HotStore:
             raise
 
     def _check_format(self) -> None:
+        expected = self._format_version
         with self.write() as txn:
             stored = txn.get(_FORMAT_KEY, db=self.dbs.meta)
             if stored is None:
-                txn.put(_FORMAT_KEY, pack_id(FORMAT_VERSION), db=self.dbs.meta)
+                txn.put(_FORMAT_KEY, pack_id(expected), db=self.dbs.meta)
                 return
         version = unpack_id(stored)
-        if version != FORMAT_VERSION:
+        if version == SEALED_FORMAT_VERSION and expected == FORMAT_VERSION:
+            raise CorruptData(
+                f"the store at {self.path} has format version {version}: its records are "
+                f"sealed (encrypted at rest). Open it with a keyring (Engine(path, keyring=...))."
+            )
+        if version == FORMAT_VERSION and expected == SEALED_FORMAT_VERSION:
+            raise CorruptData(
+                f"the store at {self.path} has format version {version}: its records are plain. "
+                f"Open it without a keyring; sealing an existing store needs a migration that "
+                f"this release does not ship."
+            )
+        if version != expected:
             raise CorruptData(
                 f"the store at {self.path} has format version {version}; this Herald reads "
-                f"version {FORMAT_VERSION}. Run the matching Herald release, or migrate it."
+                f"version {expected}. Run the matching Herald release, or migrate it."
             )
 
     @property
@@ -133,6 +151,33 @@ class HotStore:
             raise
         except lmdb.Error as exc:
             raise _translate(exc) from exc
+
+    @contextlib.contextmanager
+    def nested(self, parent: Any) -> Iterator[Any]:
+        """A child of the write transaction `parent`: its writes join the parent's when the
+        block exits without error, and vanish when it raises (LMDB nested transactions)."""
+        try:
+            child = self._env.begin(write=True, parent=parent)
+        except lmdb.Error as exc:
+            raise _translate(exc) from exc
+        try:
+            yield child
+        except BaseException:
+            child.abort()
+            raise
+        try:
+            child.commit()
+        except lmdb.Error as exc:
+            raise _translate(exc) from exc
+
+    def meta_setdefault(self, key: bytes, value: bytes) -> bytes:
+        """The `meta` value of `key`, written as `value` first if the store has none."""
+        with self.write() as txn:
+            stored = txn.get(key, db=self.dbs.meta)
+            if stored is None:
+                txn.put(key, value, db=self.dbs.meta)
+                return value
+            return bytes(stored)
 
     def next_id(self, txn: Any, kind: bytes) -> int:
         """Allocate the next id of `kind` (ids are global, never reused, start at 1)."""

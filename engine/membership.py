@@ -9,7 +9,7 @@ system message in the timeline.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -38,6 +38,7 @@ from engine.records import (
     ConversationRecord,
     MemberLogEntry,
     MemberRecord,
+    PlainSealer,
     RecordSealer,
     Role,
     TenantRecord,
@@ -70,12 +71,24 @@ class MemberList(msgspec.Struct, frozen=True):
 
 class Membership:
     def __init__(
-        self, store: HotStore, sealer: RecordSealer, limits: Limits, timeline: Timeline
+        self, store: HotStore, sealer: RecordSealer, limits: Limits, timeline: Timeline,
+        blind_login: Callable[[bytes, bytes], bytes] | None = None,
     ) -> None:
+        """`blind_login(tenant, login)` names a login in the `user_logins` index (a sealed
+        store's keyring HMACs it); without it the login is the name."""
+        self._blind_login = blind_login
         self._store = store
         self._dbs = store.dbs
-        self._sealer = sealer
         self._limits = limits
+        # Each record table with the sealer of its values and its name, which the sealer binds
+        # each record to. Tenant records stay plain in every store: their names are keys of
+        # tenant_names anyway, and the appliance lists tenants before it can unwrap any DEK.
+        # Keyed by the handle's identity: `store.dbs` holds every handle for the store's life.
+        self._sealers: dict[int, tuple[bytes, RecordSealer]] = {
+            id(getattr(self._dbs, name)): (name.encode(), sealer)
+            for name in ("users", "convs", "members", "member_log")
+        }
+        self._sealers[id(self._dbs.tenants)] = (b"tenants", PlainSealer())
         self._timeline = timeline
         self._encode = msgspec.msgpack.Encoder().encode
         self._decoders: dict[type, Any] = {}
@@ -83,7 +96,8 @@ class Membership:
     # -- record helpers -----------------------------------------------------------------------
 
     def _put(self, txn: Any, db: Any, key: bytes, record: msgspec.Struct) -> None:
-        txn.put(key, self._sealer.seal(key, self._encode(record)), db=db)
+        table, sealer = self._sealers[id(db)]
+        txn.put(key, sealer.seal(table, key, self._encode(record)), db=db)
 
     def _get(self, txn: Any, db: Any, key: bytes, kind: type[T]) -> T | None:
         found = txn.get(key, db=db)
@@ -92,7 +106,14 @@ class Membership:
         decoder = self._decoders.get(kind)
         if decoder is None:
             decoder = self._decoders[kind] = msgspec.msgpack.Decoder(kind)
-        return decoder.decode(self._sealer.open(key, found))  # type: ignore[no-any-return]
+        table, sealer = self._sealers[id(db)]
+        return decoder.decode(sealer.open(table, key, found))  # type: ignore[no-any-return]
+
+    def _login_key(self, tenant: int, login: str) -> bytes:
+        packed = pack_id(tenant)
+        if self._blind_login is None:
+            return packed + login.encode()
+        return packed + self._blind_login(packed, login.encode())
 
     def _check_name(self, what: str, value: str) -> None:
         if not 1 <= len(value) <= self._limits.max_name_chars or not _NAME_RE.fullmatch(value):
@@ -138,7 +159,7 @@ class Membership:
             raise Invalid(f"a display name must be 1 to {self._limits.max_title_chars} characters")
         if not op.password_hash.startswith("$argon2id$"):
             raise Invalid("password_hash must be an Argon2id hash from engine.passwords")
-        login_key = pack_id(op.tenant) + op.login.encode()
+        login_key = self._login_key(op.tenant, op.login)
         if txn.get(login_key, db=self._dbs.user_logins) is not None:
             raise Conflict(f"the login {op.login!r} is taken in this tenant")
         user = self._store.next_id(txn, b"user")
@@ -159,7 +180,7 @@ class Membership:
         self._put(txn, self._dbs.users, pack_ids(tenant, user), record)
 
     def find_user(self, txn: Any, tenant: int, login: str) -> int:
-        found = txn.get(pack_id(tenant) + login.encode(), db=self._dbs.user_logins)
+        found = txn.get(self._login_key(tenant, login), db=self._dbs.user_logins)
         if found is None:
             raise NotFound(f"no user has the login {login!r} in this tenant")
         return unpack_id(found)

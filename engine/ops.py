@@ -12,6 +12,7 @@ import msgspec
 from engine.records import MessageKind, Role, SessionEnd
 
 __all__ = [
+    "AddKeyEpoch",
     "AddMembers",
     "Append",
     "Appended",
@@ -22,6 +23,8 @@ __all__ = [
     "CreateUser",
     "CursorMoved",
     "Join",
+    "KeyEpochAdded",
+    "KeyEpochShredded",
     "Leave",
     "MarkDelivered",
     "MarkRead",
@@ -39,6 +42,7 @@ __all__ = [
     "SetPassword",
     "SetRole",
     "SetUserDisabled",
+    "ShredKeyEpoch",
     "TenantCreated",
     "UserCreated",
 ]
@@ -186,6 +190,24 @@ class PruneSessions(_Op, frozen=True, kw_only=True):
     """Delete up to `max_count` sessions that expired before the batch's `now_ms`."""
 
     max_count: int = 10_000
+class AddKeyEpoch(_Op, frozen=True, kw_only=True):
+    """Store a new data-key epoch of a tenant and make it current (the previous one retires).
+
+    `wrapped_dek` is opaque to the engine: the appliance wrapped it (master key, then escrow)
+    and installs the unwrapped DEK in the engine's keyring itself.
+    """
+
+    tenant: int
+    wrapped_dek: bytes
+    key_id: str  # the escrow key that wraps it
+
+
+class ShredKeyEpoch(_Op, frozen=True, kw_only=True):
+    """Delete a retired epoch's wrapped DEK for good: the records sealed under it can never be
+    opened again (crypto-shredding)."""
+
+    tenant: int
+    epoch: int
 
 
 Operation = (
@@ -207,6 +229,8 @@ Operation = (
     | SetPassword
     | SetUserDisabled
     | PruneSessions
+    | AddKeyEpoch
+    | ShredKeyEpoch
 )
 
 
@@ -261,9 +285,18 @@ class SessionsRevoked(msgspec.Struct, frozen=True):
 class SessionsPruned(msgspec.Struct, frozen=True):
     count: int
     more: bool  # more expired sessions are left for the next prune
+class KeyEpochAdded(msgspec.Struct, frozen=True):
+    tenant: int
+    epoch: int  # epochs of a tenant count from 1
+
+
+class KeyEpochShredded(msgspec.Struct, frozen=True):
+    tenant: int
+    epoch: int
 
 
 Result = (
     TenantCreated | UserCreated | ConversationOpened | MembershipChanged | Appended | CursorMoved
     | SessionCreated | SessionsRevoked | SessionsPruned
+    | KeyEpochAdded | KeyEpochShredded
 )

@@ -1,10 +1,9 @@
 """Stored records: msgspec Structs, encoded as compact msgpack arrays.
 
 Every value goes through a `RecordSealer` on its way to and from LMDB. The sealer is the seam
-for encryption at rest: it is handed the record's LMDB key so that a sealed record can be bound
-to its place (a record copied elsewhere must fail to open). Until a sealing sealer is
-configured, `PlainSealer` tags each value with a one-byte format marker, so that stores written
-now can be told apart from sealed ones later.
+for encryption at rest: it is handed the record's table and LMDB key so that a sealed record is
+bound to its place (a record copied elsewhere fails to open). `PlainSealer` tags each value
+with a one-byte format marker (0x00); `engine.crypto.AeadSealer` seals (0x01).
 """
 
 from __future__ import annotations
@@ -15,12 +14,15 @@ from typing import Protocol
 
 import msgspec
 
-from engine.errors import CorruptData
+from engine.errors import CorruptData, KeyUnavailable
 
 __all__ = [
     "FORMAT_VERSION",
+    "SEALED_FORMAT_VERSION",
     "ConversationKind",
     "ConversationRecord",
+    "EpochRecord",
+    "EpochState",
     "MemberLogEntry",
     "MemberRecord",
     "Message",
@@ -39,7 +41,11 @@ __all__ = [
 ]
 
 # Bumped whenever the on-disk layout changes; `HotStore.open` refuses a store it cannot read.
+# A store's version is fixed when it is created: 1 holds plain records, 2 sealed ones (and the
+# `key_epochs` table). A release that reads only version 1 thus refuses a sealed store instead
+# of writing plain records into it.
 FORMAT_VERSION = 1
+SEALED_FORMAT_VERSION = 2
 
 
 class Role(enum.StrEnum):
@@ -116,16 +122,37 @@ class Message(msgspec.Struct, array_like=True, frozen=True):
     ref: int = 0
 
 
-class RecordSealer(Protocol):
-    """Turns an encoded record into the bytes stored under `key`, and back.
+class EpochState(enum.StrEnum):
+    ACTIVE = "active"  # the tenant's current epoch: new records are sealed under it
+    RETIRED = "retired"  # replaced by a newer epoch; its records still open
+    SHREDDED = "shredded"  # its wrapped DEK is deleted: its records can never open again
 
-    `open` raises `CorruptData` for bytes it did not produce (or that were moved to another key),
-    and `KeyUnavailable` when it cannot get the key to open them.
+
+class EpochRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One key epoch of a tenant (`key_epochs`, tenant|epoch). The engine cannot unwrap
+    `wrapped_dek` (master key and escrow stay with the appliance); empty once shredded."""
+
+    wrapped_dek: bytes
+    key_id: str  # the tenant's escrow key that wraps it
+    state: EpochState
+    created_ms: int
+    seals: int = 0  # records sealed under it so far (docs/security.md "Nonces")
+    shredded_ms: int = 0
+
+
+class RecordSealer(Protocol):
+    """Turns an encoded record of `table` into the bytes stored under `key`, and back.
+
+    `open` raises `CorruptData` for bytes it did not produce (or that were moved to another key
+    or table), and `KeyUnavailable` when it cannot get the key to open them. `store_format` is
+    the format version of the stores it reads and writes.
     """
 
-    def seal(self, key: bytes, plaintext: bytes) -> bytes: ...
+    store_format: int
 
-    def open(self, key: bytes, stored: bytes) -> bytes: ...
+    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes: ...
+
+    def open(self, table: bytes, key: bytes, stored: bytes) -> bytes: ...
 
 
 _PLAIN_MARK = b"\x00"
@@ -134,11 +161,18 @@ _PLAIN_MARK = b"\x00"
 class PlainSealer:
     """No encryption: a one-byte marker, then the encoded record."""
 
-    def seal(self, key: bytes, plaintext: bytes) -> bytes:
+    store_format = FORMAT_VERSION
+
+    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes:
         return _PLAIN_MARK + plaintext
 
-    def open(self, key: bytes, stored: bytes) -> bytes:
+    def open(self, table: bytes, key: bytes, stored: bytes) -> bytes:
         if stored[:1] != _PLAIN_MARK:
+            if stored[:1] == b"\x01":
+                raise KeyUnavailable(
+                    f"a record in table {table.decode()} is sealed (encrypted at rest) but this "
+                    f"engine has no keyring: open the store with Engine(path, keyring=...)"
+                )
             raise CorruptData("record is not in the plain format this store was opened with")
         return stored[1:]
 

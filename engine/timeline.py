@@ -36,6 +36,8 @@ _DEDUPE = struct.Struct(">QQQ")  # conv, seq, ts
 # append packs six keys, and the dispatch was a tenth of its CPU (docs/benchmarks.md).
 _pack_ids2 = struct.Struct(">QQ").pack
 _pack_ids3 = struct.Struct(">QQQ").pack
+_MESSAGES = b"messages"  # table names, which a sealer binds each record to
+_MEMBERS = b"members"
 _USER_KINDS = frozenset({MessageKind.TEXT, MessageKind.BOT, MessageKind.RECALL})
 
 
@@ -90,18 +92,24 @@ class Timeline:
                 raise Conflict("client_msg_id was already used for another conversation")
             return Appended(conv=conv, seq=seq, ts=ts, duplicate=True)
 
-        member = self.member(txn, op.tenant, op.conv, op.sender)
+        recaller_role = None  # only a recall needs the sender's role, so only it opens the record
+        if op.kind is MessageKind.RECALL:
+            recaller_role = self.member(txn, op.tenant, op.conv, op.sender).role
+        else:
+            self.check_member(txn, op.tenant, op.conv, op.sender)
         members_db = self._dbs.members
         for mentioned in op.mentions:
             if txn.get(_pack_ids3(op.tenant, op.conv, mentioned), db=members_db) is None:
                 raise Invalid(f"user {mentioned} is mentioned but is not a member of this "
                               f"conversation")
         head_seq, head_ts = self.head(txn, op.tenant, op.conv)
-        if op.kind is MessageKind.RECALL:
-            self._check_recall(txn, op, member, head_seq)
+        if recaller_role is not None:
+            self._check_recall(txn, op, recaller_role, head_seq)
         elif op.ref:
             raise Invalid("only a recall refers to another message")
 
+        # The message's seal is this op's first write, and nothing after it can refuse: a
+        # missing or expired key leaves no trace without a nested transaction (engine.core).
         seq, ts = self._write(txn, op, head_seq, head_ts, now_ms)
         txn.put(dedupe_key, _DEDUPE.pack(op.conv, seq, ts), db=self._dbs.dedupe)
         # The sender has read its own message: its unread count must not grow by it.
@@ -134,17 +142,19 @@ class Timeline:
             body=op.body, mentions=op.mentions, ref=op.ref,
         )
         key = _pack_ids3(op.tenant, op.conv, seq)
-        txn.put(key, self._sealer.seal(key, self._encode(message)), db=self._dbs.messages)
+        txn.put(
+            key, self._sealer.seal(_MESSAGES, key, self._encode(message)), db=self._dbs.messages
+        )
         txn.put(_pack_ids2(op.tenant, op.conv), pack_head(seq, ts), db=self._dbs.heads)
         return seq, ts
 
-    def _check_recall(self, txn: Any, op: Append, member: MemberRecord, head_seq: int) -> None:
+    def _check_recall(self, txn: Any, op: Append, role: Role, head_seq: int) -> None:
         if not 1 <= op.ref <= head_seq:
             raise Invalid(f"recall refers to seq {op.ref}, which does not exist")
         target = self._get_message(txn, op.tenant, op.conv, op.ref)
         if target.kind is MessageKind.SYSTEM or target.kind is MessageKind.RECALL:
             raise Invalid("system messages and recalls cannot be recalled")
-        if target.sender != op.sender and member.role is Role.MEMBER:
+        if target.sender != op.sender and role is Role.MEMBER:
             raise Forbidden("only the sender, an admin or the owner may recall a message")
 
     def _dedupe_key(self, tenant: int, now_ms: int, sender: int, cmid: bytes) -> bytes:
@@ -191,12 +201,21 @@ class Timeline:
     def member(self, txn: Any, tenant: int, conv: int, user: int) -> MemberRecord:
         """The membership of `user` in `conv`; `NotFound` or `NotMember` otherwise."""
         key = _pack_ids3(tenant, conv, user)
+        found = self._member_value(txn, key, tenant, conv, user)
+        return self._decode_member(self._sealer.open(_MEMBERS, key, found))
+
+    def check_member(self, txn: Any, tenant: int, conv: int, user: int) -> None:
+        """`member` without opening the record, when its role does not matter: the key is what
+        makes a member (and in a sealed store opening it costs an AES-GCM-SIV decryption)."""
+        self._member_value(txn, _pack_ids3(tenant, conv, user), tenant, conv, user)
+
+    def _member_value(self, txn: Any, key: bytes, tenant: int, conv: int, user: int) -> bytes:
         found = txn.get(key, db=self._dbs.members)
         if found is None:
             if txn.get(_pack_ids2(tenant, conv), db=self._dbs.heads) is None:
                 raise NotFound(f"conversation {conv} does not exist")
             raise NotMember(f"user {user} is not a member of conversation {conv}")
-        return self._decode_member(self._sealer.open(key, found))
+        return found  # type: ignore[no-any-return]
 
     def head(self, txn: Any, tenant: int, conv: int) -> tuple[int, int]:
         """(seq, ts) of the conversation's last message; (0, 0) before the first."""
@@ -216,7 +235,7 @@ class Timeline:
         found = txn.get(key, db=self._dbs.messages)
         if found is None:
             raise NotFound(f"message {seq} of conversation {conv} is not stored")
-        return self._decode_message(self._sealer.open(key, found))
+        return self._decode_message(self._sealer.open(_MESSAGES, key, found))
 
     def scan(
         self, txn: Any, tenant: int, conv: int, first: int, last: int,
@@ -258,7 +277,7 @@ class Timeline:
                 for key, value in cur.iterprev():
                     if key < start:
                         break
-                    record = sealer_open(key, value)
+                    record = sealer_open(_MESSAGES, key, value)
                     if used + len(record) > limit and (out or strict):
                         break
                     used += len(record)
@@ -270,7 +289,7 @@ class Timeline:
             for key, value in cur:
                 if key > stop:
                     break
-                record = sealer_open(key, value)
+                record = sealer_open(_MESSAGES, key, value)
                 if used + len(record) > limit and (out or strict):
                     break
                 used += len(record)

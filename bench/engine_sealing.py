@@ -1,0 +1,218 @@
+"""The cost of sealing records at rest: a plain and a sealed engine side by side, in one run.
+
+Run through `bench/engine_append.py --sealer both [--batches 100] [--reps 5] [--json PATH]`.
+Both stores get the same world (one tenant, 200 users, 1,000 groups) and the same fill (220
+messages in each of the sync user's 200 groups). Then, per repetition: the same append batches
+go to both engines, alternating batch by batch and taking turns going first, so that both see
+the same machine noise; and the same 50-message `page_before` reads (latest page, and a page
+before a random seq) go to both, alternating per repetition. The cost of sealing is
+1 - sealed/plain for append throughput and sealed/plain - 1 for the page read median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from engine_append import (
+    FILL_BATCH,
+    FILL_MESSAGES_PER_CONV,
+    MAP_SIZE_BYTES,
+    MESSAGES_PER_RUN,
+    PAGE_MESSAGES,
+    PAGE_READS_PER_REP,
+    SYNC_CONVERSATIONS,
+    World,
+    build_world,
+    machine,
+    make_batches,
+    progress,
+    run_engine,
+    time_calls,
+)
+
+from engine import Engine, Keyring
+
+TARGET_APPEND_COST = 0.15  # at batch 100
+TARGET_PAGE_COST = 0.10
+
+
+def fill_both(plain: Engine, sealed: Engine, world: World, rng: random.Random) -> None:
+    convs = world.conv_ids[:SYNC_CONVERSATIONS]
+    pending = [c for c in convs for _ in range(FILL_MESSAGES_PER_CONV)]
+    rng.shuffle(pending)
+    for start in range(0, len(pending), FILL_BATCH):
+        ops = [world.append_op(rng, c) for c in pending[start:start + FILL_BATCH]]
+        run_engine(plain, world, [ops])
+        run_engine(sealed, world, [ops])
+        if start % (10 * FILL_BATCH) == 0:
+            progress(f"fill: {start:,}/{len(pending):,} messages, in both stores")
+
+
+def measure_appends(plain: Engine, sealed: Engine, world: World, rng: random.Random,
+                    reps: int, sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    runs: dict[int, dict[str, list[float]]] = {s: {"plain": [], "sealed": []} for s in sizes}
+    for rep in range(reps):
+        for size in sizes:
+            batches = make_batches(world, rng, world.conv_ids, size, MESSAGES_PER_RUN[size])
+            count = size * len(batches.ops)
+            plain_ns: list[int] = []
+            sealed_ns: list[int] = []
+            gc.collect()
+            for i, ops in enumerate(batches.ops):
+                if i % 2:
+                    sealed_ns += run_engine(sealed, world, [ops])
+                    plain_ns += run_engine(plain, world, [ops])
+                else:
+                    plain_ns += run_engine(plain, world, [ops])
+                    sealed_ns += run_engine(sealed, world, [ops])
+            runs[size]["plain"].append(count / (sum(plain_ns) / 1e9))
+            runs[size]["sealed"].append(count / (sum(sealed_ns) / 1e9))
+            progress(f"appends rep {rep + 1}/{reps} batch {size}: "
+                     f"plain {runs[size]['plain'][-1]:,.0f}/s  "
+                     f"sealed {runs[size]['sealed'][-1]:,.0f}/s")
+    out = []
+    for size, r in runs.items():
+        ratios = [s / p for s, p in zip(r["sealed"], r["plain"], strict=True)]
+        out.append({
+            "batch": size,
+            "plain_appends_per_s": round(statistics.median(r["plain"])),
+            "sealed_appends_per_s": round(statistics.median(r["sealed"])),
+            "cost": round(1 - statistics.median(ratios), 3),
+            "plain_runs": [round(x) for x in r["plain"]],
+            "sealed_runs": [round(x) for x in r["sealed"]],
+        })
+    return out
+
+
+def measure_pages(plain: Engine, sealed: Engine, world: World, rng: random.Random,
+                  reps: int) -> list[dict[str, Any]]:
+    tenant, user = world.tenant, world.sync_user
+    convs = world.conv_ids[:SYNC_CONVERSATIONS]
+    heads = {c.conv: c.head for c in plain.conversations(tenant, user)}
+    assert heads == {c.conv: c.head for c in sealed.conversations(tenant, user)}
+    kinds = ("latest 50", "older 50")
+    medians: dict[tuple[str, str], list[float]] = {
+        (k, side): [] for k in kinds for side in ("plain", "sealed")
+    }
+    for rep in range(reps):
+        picks = [rng.choice(convs) for _ in range(PAGE_READS_PER_REP)]
+        befores = [rng.randint(PAGE_MESSAGES + 1, heads[c]) for c in picks]
+        order = [("plain", plain), ("sealed", sealed)]
+        if rep % 2:
+            order.reverse()
+        for side, engine in order:
+            pages = [e.page_before(tenant, user, picks[0], None, PAGE_MESSAGES)
+                     for e in (engine, plain)]
+            assert [m.body for m in pages[0].messages] == [m.body for m in pages[1].messages]
+            gc.collect()
+            latest = time_calls(
+                lambda i, e=engine, picks=picks: e.page_before(
+                    tenant, user, picks[i], None, PAGE_MESSAGES
+                ),
+                PAGE_READS_PER_REP,
+            )
+            older = time_calls(
+                lambda i, e=engine, picks=picks, befores=befores: e.page_before(
+                    tenant, user, picks[i], befores[i], PAGE_MESSAGES
+                ),
+                PAGE_READS_PER_REP,
+            )
+            medians["latest 50", side].append(statistics.median(latest))
+            medians["older 50", side].append(statistics.median(older))
+        progress(f"pages rep {rep + 1}/{reps}: latest 50 plain "
+                 f"{medians['latest 50', 'plain'][-1]:.1f} us, sealed "
+                 f"{medians['latest 50', 'sealed'][-1]:.1f} us")
+    out = []
+    for kind in kinds:
+        p, s = medians[kind, "plain"], medians[kind, "sealed"]
+        ratios = [b / a for a, b in zip(p, s, strict=True)]
+        out.append({
+            "read": f"page_before {kind}",
+            "plain_median_us": round(statistics.median(p), 1),
+            "sealed_median_us": round(statistics.median(s), 1),
+            "cost": round(statistics.median(ratios) - 1, 3),
+            "plain_runs_us": [round(x, 1) for x in p],
+            "sealed_runs_us": [round(x, 1) for x in s],
+        })
+    return out
+
+
+def render(appends: list[dict[str, Any]], pages: list[dict[str, Any]],
+           targets: list[dict[str, Any]]) -> str:
+    lines = ["| batch | plain appends/s | sealed appends/s | cost of sealing |",
+             "|---:|---:|---:|---:|"]
+    for a in appends:
+        lines.append(f"| {a['batch']} | {a['plain_appends_per_s']:,} "
+                     f"| {a['sealed_appends_per_s']:,} | {a['cost']:.1%} |")
+    lines += ["", "| read | plain median | sealed median | cost of sealing |",
+              "|---|---:|---:|---:|"]
+    for r in pages:
+        lines.append(f"| {r['read']} | {r['plain_median_us']:.1f} µs "
+                     f"| {r['sealed_median_us']:.1f} µs | {r['cost']:.1%} |")
+    lines += ["", "| target | goal | measured | met |", "|---|---|---|---|"]
+    for t in targets:
+        lines.append(f"| {t['name']} | {t['goal']} | {t['measured']} "
+                     f"| {'yes' if t['met'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace, corpus: ModuleType, sizes: tuple[int, ...]) -> int:
+    started = time.perf_counter()
+    load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    with tempfile.TemporaryDirectory(prefix="herald-bench-sealing-", dir=args.dir) as tmp:
+        plain = Engine(Path(tmp) / "plain", map_size=MAP_SIZE_BYTES)
+        sealed = Engine(Path(tmp) / "sealed", map_size=MAP_SIZE_BYTES, keyring=Keyring())
+        try:
+            world = build_world(plain, corpus, random.Random(args.seed))
+            twin = build_world(sealed, corpus, random.Random(args.seed))
+            assert (twin.tenant, twin.conv_ids, twin.senders) == (
+                world.tenant, world.conv_ids, world.senders
+            ), "both stores must number the same world alike"
+            rng = random.Random(args.seed + 1)
+            fill_both(plain, sealed, world, rng)
+            appends = pages = []
+            if args.only in ("all", "appends"):
+                appends = measure_appends(plain, sealed, world, rng, args.reps, sizes)
+            if args.only in ("all", "reads"):
+                pages = measure_pages(plain, sealed, world, rng, args.reps)
+        finally:
+            plain.close()
+            sealed.close()
+    targets = [
+        {"name": f"append throughput lost at batch {a['batch']}",
+         "goal": f"<= {TARGET_APPEND_COST:.0%}", "measured": f"{a['cost']:.1%}",
+         "met": a["cost"] <= TARGET_APPEND_COST}
+        for a in appends if a["batch"] == 100
+    ] + [
+        {"name": "50-message page read time added", "goal": f"<= {TARGET_PAGE_COST:.0%}",
+         "measured": f"{r['cost']:.1%}", "met": r["cost"] <= TARGET_PAGE_COST}
+        for r in pages if r["read"] == "page_before latest 50"
+    ]
+    elapsed = time.perf_counter() - started
+    print(render(appends, pages, targets))
+    print(f"\n{args.reps} repetitions, medians; run took {elapsed:.0f} s")
+    if args.json:
+        report = {
+            "machine": {**machine(), "loadavg_at_start": load_at_start},
+            "command": "python bench/engine_append.py --sealer both "
+                       f"--batches {','.join(map(str, sizes))} --reps {args.reps}",
+            "seed": args.seed,
+            "appends": appends,
+            "pages": pages,
+            "targets": targets,
+            "elapsed_s": round(elapsed, 1),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        progress(f"wrote {args.json}")
+    return 1 if args.check and not all(t["met"] for t in targets) else 0

@@ -1,0 +1,271 @@
+"""Records at rest: the keyring of unwrapped data keys, and the sealer that uses it.
+
+A sealed record is `0x01 | epoch (4 bytes, big-endian) | nonce (12 bytes) | ciphertext+tag`,
+AES-256-GCM-SIV under the data key (DEK) of the record's tenant and epoch. The associated data
+binds the header, the table and the LMDB key, so a record copied under another key, into another
+table, conversation or tenant fails to open (`CorruptData`). The tenant is the first 8 bytes of
+every sealed table's key (docs/storage.md). docs/security.md "Records at rest" has the nonce
+arithmetic and what stays visible on disk.
+
+This is the one engine module besides passwords.py that touches `cryptography.hazmat`. It never
+sees the master key or an escrow key: DEKs arrive unwrapped, from the appliance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+
+from engine.errors import CorruptData, Invalid, KeyUnavailable
+from engine.keys import pack_id, unpack_id
+from engine.records import SEALED_FORMAT_VERSION
+
+__all__ = [
+    "DEK_BYTES",
+    "MAX_EPOCH",
+    "MAX_SEALS_PER_EPOCH",
+    "NAME_KEY_BYTES",
+    "SEALED_MARK",
+    "AeadSealer",
+    "Keyring",
+]
+
+SEALED_MARK = 0x01  # "sealed v1, AES-256-GCM-SIV"; engine.records.PlainSealer writes 0x00
+DEK_BYTES = 32
+NAME_KEY_BYTES = 32
+_NAME_KEY_CHECK_LABEL = b"herald-name-key-check-v1"
+_LOGIN_LABEL = b"herald-login-v1\0"
+NONCE_BYTES = 12
+MAX_EPOCH = 2**32 - 1
+# Random 96-bit nonces: past 2**32 seals under one DEK the chance of a repeated nonce passes
+# 2**-33 (birthday bound). GCM-SIV would only leak that two equal records are equal, but we stop
+# there anyway and ask for a new epoch (docs/security.md "Nonces").
+MAX_SEALS_PER_EPOCH = 2**32
+
+_HEADER = struct.Struct(">BI")  # format marker, key epoch
+_HEADER_BYTES = _HEADER.size
+_NONCE_END = _HEADER_BYTES + NONCE_BYTES
+_TAG_BYTES = 16
+_MIN_SEALED_BYTES = _NONCE_END + _TAG_BYTES
+_PLAIN_MARK = 0x00
+
+
+@dataclass(slots=True)
+class _Dek:
+    aead: AESGCMSIV
+    expires_at: float | None  # monotonic seconds; None: until forgotten
+
+
+def _tenant_id(tenant: bytes) -> int:
+    return unpack_id(tenant)
+
+
+class Keyring:
+    """Unwrapped DEKs in memory, per tenant and epoch, and each tenant's current (write) epoch.
+
+    The appliance installs the DEKs it unwraps (master key + escrow), with the lifetime of its
+    cache; the engine sets the current epoch from its own `key_epochs` table and marks shredded
+    epochs. `clock` is handed in (the engine keeps no clock of its own): monotonic seconds, the
+    scale of `expires_at`.
+
+    The appliance installs and forgets from one thread while engine calls run in others: every
+    method is a single read or replacement of a dict entry (atomic under the GIL), and nothing
+    iterates a dict another thread may change without copying it first.
+    """
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, name_key: bytes | None = None
+    ) -> None:
+        """`name_key` (32 bytes, the same for every tenant and for the store's life, e.g.
+        derived from the master key) blinds the login index of a store created with it: its
+        keys are an HMAC of the login instead of the login. Raises `Invalid` for another size.
+        """
+        if name_key is not None and len(name_key) != NAME_KEY_BYTES:
+            raise Invalid(f"a name key must be {NAME_KEY_BYTES} bytes")
+        self._name_key = name_key
+        self._clock = clock
+        self._keys: dict[bytes, dict[int, _Dek]] = {}  # packed tenant -> epoch -> DEK
+        self._current: dict[bytes, int] = {}
+        self._shredded: set[tuple[bytes, int]] = set()
+
+    def install(self, tenant: int, epoch: int, dek: bytes, expires_at: float | None = None) -> None:
+        """Hold `dek` for records of `tenant` sealed under `epoch`, until `expires_at`
+        (monotonic seconds; None: until forgotten). Replaces an earlier install of that epoch.
+
+        Raises `Invalid` for a DEK that is not 32 bytes, an epoch out of 1..2**32-1, or an
+        epoch the engine has shredded (its records must stay unreadable).
+        """
+        if len(dek) != DEK_BYTES:
+            raise Invalid(f"a data key must be {DEK_BYTES} bytes")
+        if not 1 <= epoch <= MAX_EPOCH:
+            raise Invalid(f"a key epoch must be 1 to {MAX_EPOCH}")
+        packed = pack_id(tenant)
+        if (packed, epoch) in self._shredded:
+            raise Invalid(f"key epoch {epoch} of tenant {tenant} was shredded; it cannot return")
+        self._keys.setdefault(packed, {})[epoch] = _Dek(AESGCMSIV(dek), expires_at)
+
+    def set_current(self, tenant: int, epoch: int) -> None:
+        """Seal the tenant's new records under `epoch`. The engine calls this from its
+        `key_epochs` table (at open, and when `AddKeyEpoch` commits)."""
+        if not 1 <= epoch <= MAX_EPOCH:
+            raise Invalid(f"a key epoch must be 1 to {MAX_EPOCH}")
+        self._current[pack_id(tenant)] = epoch
+
+    def forget(self, tenant: int, epoch: int | None = None) -> None:
+        """Drop one installed DEK of `tenant`, or all of them (epoch None). Its records then
+        raise `KeyUnavailable` until the DEK is installed again."""
+        packed = pack_id(tenant)
+        if epoch is None:
+            self._keys.pop(packed, None)
+            return
+        epochs = self._keys.get(packed)
+        if epochs is not None:
+            epochs.pop(epoch, None)
+
+    def mark_shredded(self, tenant: int, epoch: int) -> None:
+        """Forget the epoch's DEK for good: it can no longer be installed, and its records say
+        that they were shredded. Called by the engine when `ShredKeyEpoch` commits."""
+        self.forget(tenant, epoch)
+        self._shredded.add((pack_id(tenant), epoch))
+        if self._current.get(pack_id(tenant)) == epoch:
+            del self._current[pack_id(tenant)]
+
+    def current(self, tenant: int) -> int | None:
+        """The epoch new records of `tenant` are sealed under, if any."""
+        return self._current.get(pack_id(tenant))
+
+    def installed(self, tenant: int) -> list[int]:
+        """The epochs of `tenant` whose DEK is installed and not expired, ascending."""
+        now = self._clock()
+        epochs = tuple(self._keys.get(pack_id(tenant), {}).items())  # copied in one step
+        return sorted(e for e, d in epochs if d.expires_at is None or now < d.expires_at)
+
+    # -- for the engine -----------------------------------------------------------------------
+
+    def name_key_check(self) -> bytes:
+        """What the store keeps to recognise its name key (an HMAC of a fixed label under
+        it, which says nothing of the key); empty without one."""
+        if self._name_key is None:
+            return b""
+        return hmac.new(self._name_key, _NAME_KEY_CHECK_LABEL, hashlib.sha256).digest()
+
+    def blind_login(self, tenant: bytes, login: bytes) -> bytes:
+        """The login index's name for `login` of (packed) `tenant`: HMAC-SHA256 under the
+        name key, or the login itself without one."""
+        if self._name_key is None:
+            return login
+        return hmac.new(self._name_key, _LOGIN_LABEL + tenant + login, hashlib.sha256).digest()
+
+    # -- for the sealer -----------------------------------------------------------------------
+
+    def aead(self, tenant: bytes, epoch: int) -> AESGCMSIV:
+        """The cipher of (packed `tenant`, `epoch`); `KeyUnavailable` if missing or expired."""
+        dek = self._keys.get(tenant, {}).get(epoch)
+        if dek is None:
+            if (tenant, epoch) in self._shredded:
+                raise KeyUnavailable(
+                    f"key epoch {epoch} of tenant {_tenant_id(tenant)} was shredded: its "
+                    f"records are gone for good"
+                )
+            raise KeyUnavailable(
+                f"the data key of tenant {_tenant_id(tenant)}, epoch {epoch}, is not installed: "
+                f"the appliance has not unwrapped it (is the tenant's escrow reachable?)"
+            )
+        if dek.expires_at is not None and self._clock() >= dek.expires_at:
+            raise KeyUnavailable(
+                f"the data key of tenant {_tenant_id(tenant)}, epoch {epoch}, has expired: "
+                f"the appliance must unwrap it again from the escrow"
+            )
+        return dek.aead
+
+    def write_epoch(self, tenant: bytes) -> int:
+        """The current epoch of (packed) `tenant`; `KeyUnavailable` when it has none."""
+        epoch = self._current.get(tenant)
+        if epoch is None:
+            raise KeyUnavailable(
+                f"tenant {_tenant_id(tenant)} has no current key epoch: add one (AddKeyEpoch) "
+                f"and install its data key before writing"
+            )
+        return epoch
+
+
+class AeadSealer:
+    """A `RecordSealer` that seals with AES-256-GCM-SIV under the tenant's current DEK.
+
+    It counts its seals per (tenant, epoch) against `MAX_SEALS_PER_EPOCH`; the engine loads the
+    persisted counts at open (`load_seal_counts`) and persists what `take_pending` returns in
+    each batch's transaction. A count can only run ahead of the store (a refused op's seals
+    are counted too), never behind it by more than one failed commit.
+    """
+
+    store_format = SEALED_FORMAT_VERSION
+
+    def __init__(self, keyring: Keyring, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+        self.keyring = keyring
+        self._rng = rng
+        self._sealed: dict[tuple[bytes, int], int] = {}
+        self._pending: dict[tuple[bytes, int], int] = {}
+
+    def load_seal_counts(self, counts: Iterable[tuple[int, int, int]]) -> None:
+        """(tenant, epoch, seals) as stored; the larger of it and what this sealer counted."""
+        for tenant, epoch, seals in counts:
+            slot = (pack_id(tenant), epoch)
+            self._sealed[slot] = max(seals, self._sealed.get(slot, 0))
+
+    def take_pending(self) -> dict[tuple[int, int], int]:
+        """Seals made since the last call, per (tenant, epoch), and start counting afresh."""
+        pending, self._pending = self._pending, {}
+        return {(_tenant_id(t), e): n for (t, e), n in pending.items()}
+
+    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes:
+        """Raises `KeyUnavailable` when the tenant (the key's first 8 bytes) has no usable
+        current DEK, or when that DEK has sealed `MAX_SEALS_PER_EPOCH` records."""
+        tenant = key[:8]
+        keyring = self.keyring
+        epoch = keyring.write_epoch(tenant)
+        aead = keyring.aead(tenant, epoch)
+        slot = (tenant, epoch)
+        count = self._sealed.get(slot, 0)
+        if count >= MAX_SEALS_PER_EPOCH:
+            raise KeyUnavailable(
+                f"key epoch {epoch} of tenant {_tenant_id(tenant)} has sealed "
+                f"{MAX_SEALS_PER_EPOCH:,} records, its safe limit: add a new key epoch"
+            )
+        self._sealed[slot] = count + 1
+        self._pending[slot] = self._pending.get(slot, 0) + 1
+        header = _HEADER.pack(SEALED_MARK, epoch)
+        nonce = self._rng(NONCE_BYTES)
+        return header + nonce + aead.encrypt(nonce, plaintext, header + table + b"\0" + key)
+
+    def open(self, table: bytes, key: bytes, stored: bytes) -> bytes:
+        """Raises `CorruptData` for a plain record (no downgrade), a damaged one, or one
+        that was moved from another key, table or tenant; `KeyUnavailable` when the DEK of
+        its epoch is missing, expired or shredded."""
+        if len(stored) < _MIN_SEALED_BYTES or stored[0] != SEALED_MARK:
+            if stored[:1] == b"\x00":
+                raise CorruptData(
+                    f"a plain record in the sealed table {table.decode()}: refused (a sealed "
+                    f"store never reads unencrypted records)"
+                )
+            raise CorruptData(f"a record in table {table.decode()} is not in a known format")
+        epoch = _HEADER.unpack_from(stored)[1]
+        aead = self.keyring.aead(key[:8], epoch)
+        header = stored[:_HEADER_BYTES]
+        try:
+            return aead.decrypt(
+                stored[_HEADER_BYTES:_NONCE_END], stored[_NONCE_END:],
+                header + table + b"\0" + key,
+            )
+        except InvalidTag as exc:
+            raise CorruptData(
+                f"a record in table {table.decode()} failed authentication: it was altered, "
+                f"or moved from another key, table or tenant"
+            ) from exc
