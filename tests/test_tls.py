@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -33,8 +34,9 @@ from appliance.client import (
     open_client,
 )
 from appliance.config import Config, ConfigError, TlsConfig, load_config
+from appliance.outbox import Flusher, Outbox
 from appliance.server import Server
-from appliance.tls import is_loopback
+from appliance.tls import TlsChannel, is_loopback, server_context
 from engine import CreateGroup, Engine
 
 UPGRADE = (
@@ -411,3 +413,77 @@ def test_herald_cert_selfsigned_prints_the_configuration_and_how_to_trust_it(
 def test_a_config_without_tls_keeps_its_plain_url(tmp_path: Path) -> None:
     config = dataclasses.replace(Config(), listen_port=8470)
     assert config.url == "ws://127.0.0.1:8470/ws"
+
+
+# -- the outbox under TLS, on a socket pair ----------------------------------------------------
+
+
+def _handshake_in_memory(server: TlsChannel, context: ssl.SSLContext
+                         ) -> tuple[ssl.SSLObject, ssl.MemoryBIO]:
+    """A client SSLObject handshaken with `server` by passing bytes by hand."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pass
+        assert server.receive(outgoing.read()) == b""
+        incoming.write(server.take_output())
+    else:
+        raise AssertionError("the handshake did not finish")
+    assert server.receive(outgoing.read()) == b""  # the client's Finished
+    assert server.established
+    return client, incoming
+
+
+def test_the_outbox_cap_counts_unsent_bytes_and_sealed_frames_arrive_whole(
+    ca: CertAuthority,
+) -> None:
+    server = TlsChannel(server_context(ca.server_tls()))
+    client, client_in = _handshake_in_memory(server, client_ssl_context(ca.ca_file))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        far = socket.socket()
+        far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the
+        far.connect(listener.getsockname())                        # window follows it
+        near = listener.accept()[0]
+    with near, far:
+        near.setblocking(False)
+        near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        near.sendall(server.take_output())  # tickets, if any: they precede every record
+        cap = 64 * 1024
+        outbox = Outbox(near.fileno(), cap, Flusher(), seal=server.seal)
+        frames = [os.urandom(1000) for _ in range(2000)]
+        accepted = []
+        for frame in frames:
+            if not outbox.push(frame):
+                break
+            accepted.append(frame)
+            outbox.flush()
+            assert outbox.queued_bytes <= cap
+        assert cap - len(frames[0]) < outbox.queued_bytes <= cap  # refused only when full
+        assert len(accepted) < len(frames)
+        outbox.push_final(b"the end")  # drops frames not yet sealed, keeps the ciphertext
+        received = bytearray()
+        far.setblocking(False)
+        while True:
+            outbox._blocked = False  # what the drain task does once the socket is writable
+            outbox.flush()
+            try:
+                chunk = far.recv(1 << 20)
+            except BlockingIOError:
+                if outbox.queued_bytes == 0:
+                    break
+                continue
+            client_in.write(chunk)
+            while True:
+                try:
+                    received += client.read(1 << 20)
+                except ssl.SSLWantReadError:
+                    break
+    # Whole frames, in order, from the first; then the final frame; nothing torn.
+    assert bytes(received).endswith(b"the end")
+    body = bytes(received[: -len(b"the end")])
+    assert len(body) % 1000 == 0 and 0 < len(body) // 1000 <= len(accepted)
+    assert body == b"".join(accepted[: len(body) // 1000])
