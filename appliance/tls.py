@@ -14,6 +14,7 @@ once, and nothing is ever dropped from that queue.
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
 
 from appliance.config import Config, ConfigError, TlsConfig
@@ -39,12 +40,13 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
     # Renegotiation would make a write wait for a read: the write path could not stay
     # synchronous. TLS 1.3 has none; this turns it off for 1.2 clients.
     context.options |= ssl.OP_NO_RENEGOTIATION
+    missing = [path for path in (tls.cert_file, tls.key_file) if not os.path.isfile(path)]
+    if missing:
+        raise ConfigError(
+            f"tls: cannot read {' and '.join(missing)}: no such file; check tls.cert_file and "
+            f"tls.key_file (`herald cert selfsigned --help` makes a pair)")
     try:
         context.load_cert_chain(tls.cert_file, tls.key_file)
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"tls: cannot read {exc.filename}: no such file; check tls.cert_file and "
-            f"tls.key_file (`herald cert selfsigned --help` makes a pair)") from None
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"tls: cannot use the certificate {tls.cert_file} with the key "
                           f"{tls.key_file} ({_reason(exc)}); they must be PEM files and the key "
