@@ -115,6 +115,17 @@ async def test_clients_trusting_the_ca_chat_over_wss(tmp_path: Path, ca: CertAut
                 assert [m.body for m in page.msgs if m.seq == sent.seq] == ["over TLS"]
 
 
+async def test_a_tls_1_2_client_is_served_too(tmp_path: Path, ca: CertAuthority) -> None:
+    context = client_ssl_context(ca.ca_file)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with trio.fail_after(30):
+        async with running_server(tmp_path / "data", tls=ca.server_tls()) as running:
+            seed_org(running.engine, "acme", ["alice"])
+            async with open_wss(running.port, context) as ws:
+                await login(ws, "acme", "alice")
+                assert (await request(ws, {"op": "ping", "id": 5}))["id"] == 5
+
+
 async def _refusal(url: str, context: ssl.SSLContext | None) -> CertificateRejected:
     with pytest.raises(CertificateRejected) as caught:
         async with open_client(url, "acme", "alice", PASSWORD, ssl_context=context,
