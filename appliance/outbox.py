@@ -140,13 +140,19 @@ class Outbox:
     def _seal_batch(self) -> None:
         """Move up to SEAL_BATCH_BYTES of plaintext frames into the socket queue, sealed."""
         assert self._seal is not None  # without TLS, frames go straight to the socket queue
+        assert not self._queue  # so every queued byte is a plaintext frame's
         frames = self._frames
-        size = count = 0
-        while count < len(frames) and size < SEAL_BATCH_BYTES:
-            size += len(frames[count])
-            count += 1
-        plaintext = b"".join(frames[:count])
-        del frames[:count]
+        if self._queued_bytes <= SEAL_BATCH_BYTES:  # the usual case: all of them at once
+            size = self._queued_bytes
+            plaintext = b"".join(frames)
+            frames.clear()
+        else:
+            size = count = 0
+            while count < len(frames) and size < SEAL_BATCH_BYTES:
+                size += len(frames[count])
+                count += 1
+            plaintext = b"".join(frames[:count])
+            del frames[:count]
         try:
             sealed = self._seal(plaintext)
         except ssl.SSLError:
