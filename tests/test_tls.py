@@ -379,6 +379,27 @@ async def test_shutdown_over_tls_says_bye_then_closes_1001(
                 assert closed.value.reason.code == 1001
 
 
+async def test_after_the_closing_handshake_the_server_sends_close_notify(
+    tmp_path: Path, ca: CertAuthority,
+) -> None:
+    context = client_ssl_context(ca.ca_file)
+    with trio.fail_after(30):
+        async with running_server(tmp_path / "data", tls=ca.server_tls()) as running:
+            seed_org(running.engine, "acme", ["alice"])
+            client = await raw_tls_client(running.port, context)
+            async with client.stream:
+                await client.send_json({"op": "login", "id": 1, "tenant": "acme",
+                                        "login": "alice", "password": PASSWORD})
+                assert (await client.receive_json())["type"] == "reply"
+                await client.send_frame(OP_CLOSE, (1000).to_bytes(2, "big"))
+                frame = await client.receive_frame()
+                assert frame is not None and frame[0] == OP_CLOSE, frame
+                assert close_code(frame[1]) == 1000
+                # A clean TLS end: trio's SSLStream reports EOF without close_notify as
+                # BrokenResourceError, and a close_notify as b"".
+                assert await client.stream.receive_some(65536) == b""
+
+
 # -- herald cert selfsigned -------------------------------------------------------------------
 
 
