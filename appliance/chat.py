@@ -14,15 +14,18 @@ request, once per user, before it prints a message that names someone new.
 from __future__ import annotations
 
 import getpass
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import trio
 
 from appliance.client import (
+    CertificateRejected,
     ClientClosed,
     ClientError,
     ClientOptions,
@@ -31,6 +34,7 @@ from appliance.client import (
     LoginFailed,
     Message,
     ServerUnreachable,
+    client_ssl_context,
     open_client,
 )
 from appliance.protocol.frames import ConvSummary, WireMessage
@@ -146,7 +150,7 @@ class Chat:
                         await self._client.mark_read(message.conv, message.seq)
                     except ClientError as exc:
                         self.say(f"! {exc.message}")
-        except (ServerUnreachable, LoginFailed) as exc:
+        except (ServerUnreachable, LoginFailed, CertificateRejected) as exc:
             self.failure = exc
         done.cancel()
 
@@ -274,10 +278,10 @@ class Chat:
 
 
 async def _chat(url: str, tenant: str, login: str, password: str, stdin: TextIO,
-                out: TextIO) -> int:
+                out: TextIO, ssl_context: ssl.SSLContext | None = None) -> int:
     failure: BaseException | None = None
     try:
-        async with open_client(url, tenant, login, password,
+        async with open_client(url, tenant, login, password, ssl_context=ssl_context,
                                options=ClientOptions(device="herald chat")) as client:
             chat = Chat(client, out)
             chat.say(f"Logged in to {tenant} as {client.display_name} ({login}). "
@@ -291,6 +295,9 @@ async def _chat(url: str, tenant: str, login: str, password: str, stdin: TextIO,
     except LoginFailed as exc:
         print(f"herald chat: login refused: {exc.message}", file=sys.stderr)
         return 1
+    except CertificateRejected as exc:
+        print(f"herald chat: TLS refused with {url}: {exc}", file=sys.stderr)
+        return 1
     except (ServerUnreachable, ClientClosed) as exc:
         failure = exc
     if isinstance(failure, LoginFailed):  # the server ended the session (bye), not the network
@@ -303,22 +310,36 @@ async def _chat(url: str, tenant: str, login: str, password: str, stdin: TextIO,
 
 
 def run(url: str, tenant: str, login: str, *, password_stdin: bool,
-        stdin: TextIO | None = None, out: TextIO | None = None) -> int:
-    """`herald chat`: the process exit code (0; 1 when the login is refused or the server
-    cannot be reached; 2 for a URL that is not ws:// or wss://). With `password_stdin` the
-    first input line is the password."""
+        stdin: TextIO | None = None, out: TextIO | None = None, ca_file: Path | None = None,
+        cert_file: Path | None = None, key_file: Path | None = None) -> int:
+    """`herald chat`: the process exit code (0; 1 when the login is refused, the server
+    cannot be reached or its certificate is not trusted; 2 for a URL that is not ws:// or
+    wss://, or TLS files given with ws:// or unreadable). With `password_stdin` the first input
+    line is the password. `ca_file`, `cert_file`, `key_file`: see `client_ssl_context`."""
     stdin = stdin or sys.stdin
     out = out or sys.stdout
     if not url.startswith(("ws://", "wss://")):
         print(f"herald chat: {url!r} is not a WebSocket URL, e.g. ws://127.0.0.1:8470/ws",
               file=sys.stderr)
         return 2
+    ssl_context = None
+    if ca_file or cert_file:
+        if not url.startswith("wss://"):
+            print("herald chat: --ca and --cert are for wss:// URLs", file=sys.stderr)
+            return 2
+        try:
+            ssl_context = client_ssl_context(ca_file, cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"herald chat: cannot use the TLS files given ({exc}); --ca takes a PEM "
+                  f"certificate file, --cert a PEM certificate and --key its key",
+                  file=sys.stderr)
+            return 2
     if password_stdin:
         password = stdin.readline().rstrip("\r\n")
     else:
         password = getpass.getpass(f"Password for {login}: ")
     try:
-        return trio.run(_chat, url, tenant, login, password, stdin, out)
+        return trio.run(_chat, url, tenant, login, password, stdin, out, ssl_context)
     except KeyboardInterrupt:
         print("", file=out)
         return 0

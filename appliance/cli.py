@@ -42,6 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true",
                        help="on an empty store, create a demo tenant with two users and print "
                             "their passwords")
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE",
+                       help="PEM certificate (chain): serve wss:// (overrides tls.cert_file)")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE",
+                       help="PEM private key of --tls-cert (overrides tls.key_file)")
+
+    cert = commands.add_parser("cert", help="make TLS certificates",
+                               description="Make TLS certificates for wss://.")
+    cert_cmds = cert.add_subparsers(dest="action", metavar="ACTION", required=True)
+    selfsigned = cert_cmds.add_parser(
+        "selfsigned", help="make a private key and a self-signed certificate to try wss://",
+        description="Write herald-key.pem (ECDSA P-256, mode 0600) and herald-cert.pem (valid "
+                    "one year, for the given hosts plus localhost and 127.0.0.1) into DIR, "
+                    "and print how to configure the server and make clients trust it. "
+                    "For production, use a certificate from your organisation's CA.")
+    selfsigned.add_argument("--out", type=Path, required=True, metavar="DIR",
+                            help="folder to write the two files into (created if missing)")
+    selfsigned.add_argument("--host", action="append", default=[], metavar="NAME",
+                            help="a DNS name or IP address clients use to reach the server; "
+                                 "repeat for several")
 
     tenant = commands.add_parser("tenant", help="manage tenants (organisations)",
                                  description="Manage tenants (organisations).")
@@ -102,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--login", required=True, help="your login name")
     chat.add_argument("--password-stdin", action="store_true",
                       help="read the password from the first line of standard input")
+    chat.add_argument("--ca", type=Path, metavar="FILE",
+                      help="for wss://: trust the certificates in this PEM file (a private CA, "
+                           "or a self-signed server certificate) instead of the system's")
+    chat.add_argument("--cert", type=Path, metavar="FILE",
+                      help="for wss:// with client certificates: this client's PEM certificate")
+    chat.add_argument("--key", type=Path, metavar="FILE",
+                      help="the private key of --cert (default: in the --cert file)")
     return parser
 
 
@@ -110,10 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "chat":
         from appliance.chat import run
 
-        return run(args.url, args.tenant, args.login, password_stdin=args.password_stdin)
+        return run(args.url, args.tenant, args.login, password_stdin=args.password_stdin,
+                   ca_file=args.ca, cert_file=args.cert, key_file=args.key)
+    if args.command == "cert":
+        return _self_signed(args.out, args.host)
     try:
-        listen = getattr(args, "listen", None)
-        config = load_config(args.config, data_dir=args.data_dir, listen=listen)
+        config = load_config(
+            args.config, data_dir=args.data_dir, listen=getattr(args, "listen", None),
+            tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
+        )
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)
         return 2
@@ -146,6 +177,22 @@ def main(argv: list[str] | None = None) -> int:
         members = [m.strip() for m in args.members.split(",") if m.strip()]
         return accounts.add_group(config, args.tenant, args.title, args.owner, members, args.open)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _self_signed(out_dir: Path, hosts: list[str]) -> int:
+    from appliance.certs import describe, make_self_signed
+
+    try:
+        made = make_self_signed(out_dir, hosts)
+    except FileExistsError as exc:
+        print(f"herald: {exc.args[0]} exists already; remove it or choose another --out",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"herald: cannot write into {out_dir}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(describe(made))
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine import Limits
 
-__all__ = ["DEFAULT_PORT", "Config", "ConfigError", "GatewayConfig", "load_config"]
+__all__ = ["DEFAULT_PORT", "Config", "ConfigError", "GatewayConfig", "TlsConfig", "load_config"]
 
 DEFAULT_PORT = 8470
 
@@ -64,6 +64,35 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The `[tls]` table: the server's certificate, and client certificates (mutual TLS).
+
+    With `cert_file` and `key_file` (PEM) the gateway serves wss:// only. With
+    `client_ca_file` too, every client must present a certificate signed by one of its CAs.
+    Without a certificate the gateway serves plain ws://, and only on a loopback address
+    unless `allow_plaintext_on_network` says otherwise. Relative paths in a configuration file
+    are relative to that file's folder.
+    """
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+    allow_plaintext_on_network: bool = False
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("tls.cert_file and tls.key_file go together: give both "
+                              "(or neither, for plain ws:// on loopback)")
+        if self.client_ca_file and not self.cert_file:
+            raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file: "
+                              "client certificates are asked for only over TLS")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     data_dir: Path = Path("var")
     listen_host: str = "127.0.0.1"
@@ -71,6 +100,7 @@ class Config:
     map_size_bytes: int = 64 * 2**30
     limits: Limits = field(default_factory=Limits)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     @property
     def store_dir(self) -> Path:
@@ -78,7 +108,13 @@ class Config:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.listen_host}:{self.listen_port}/ws"
+        return self.url_for_port(self.listen_port)
+
+    def url_for_port(self, port: int) -> str:
+        """The URL clients use, for the port actually bound (the configured one may be 0)."""
+        scheme = "wss" if self.tls.enabled else "ws"
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{scheme}://{host}:{port}/ws"
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -89,7 +125,8 @@ def _parse_listen(value: str) -> tuple[str, int]:
 
 
 def load_config(
-    path: Path | None = None, *, data_dir: Path | None = None, listen: str | None = None
+    path: Path | None = None, *, data_dir: Path | None = None, listen: str | None = None,
+    tls_cert: Path | None = None, tls_key: Path | None = None,
 ) -> Config:
     """Defaults, then the TOML file at `path` (if given), then the flags given.
 
@@ -109,11 +146,15 @@ def load_config(
     if listen is not None:
         host, port = _parse_listen(listen)
         config = replace(config, listen_host=host, listen_port=port)
+    if tls_cert is not None or tls_key is not None:
+        cert = str(tls_cert) if tls_cert is not None else config.tls.cert_file
+        key = str(tls_key) if tls_key is not None else config.tls.key_file
+        config = replace(config, tls=replace(config.tls, cert_file=cert, key_file=key))
     return config
 
 
 def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
-    known = {"data_dir", "listen", "storage", "limits", "gateway"}
+    known = {"data_dir", "listen", "storage", "limits", "gateway", "tls"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known are {sorted(known)}")
@@ -128,7 +169,13 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
         config = replace(config, map_size_bytes=size)
     limits = _table(raw, "limits", config.limits, path)
     gateway = _table(raw, "gateway", config.gateway, path)
-    return replace(config, limits=limits, gateway=gateway)
+    tls = _table(raw, "tls", config.tls, path)
+    tls = replace(tls, **{name: str(path.parent / value) for name in _TLS_PATHS
+                          if (value := getattr(tls, name)) and not Path(value).is_absolute()})
+    return replace(config, limits=limits, gateway=gateway, tls=tls)
+
+
+_TLS_PATHS = ("cert_file", "key_file", "client_ca_file")
 
 
 def _table(raw: dict[str, Any], name: str, defaults: Any, path: Path) -> Any:

@@ -2,6 +2,10 @@
 
 The connection task owns the read side. Writes go through the connection's outbox, which the
 hub also pushes into, so replies, pushes, pings and closes never interleave mid-frame.
+
+Under TLS the connection holds a `TlsChannel` (appliance/tls.py): what the socket reads is
+decrypted before the WebSocket sees it, whatever the channel produces on its own (handshake,
+tickets, alerts) goes to the outbox as is, and the outbox seals frames as it writes them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from appliance.protocol.websocket import (
     encode_ping_frame,
     encode_text_frame,
 )
+from appliance.tls import TlsChannel, TlsFailed
 
 if TYPE_CHECKING:
     from appliance.server import Services
@@ -43,7 +48,10 @@ MAX_IN_FLIGHT_WRITES = 64  # per connection; past it the connection stops readin
 
 
 class Connection:
-    def __init__(self, services: Services, stream: trio.SocketStream, address: str) -> None:
+    def __init__(
+        self, services: Services, stream: trio.SocketStream, address: str,
+        tls: TlsChannel | None = None,
+    ) -> None:
         self.services = services
         self.stream = stream
         self.address = address
@@ -51,8 +59,9 @@ class Connection:
         self.user = 0
         self.device = ""
         self.session = b""  # the SHA-256 of the session token, once logged in
+        self._tls = tls
         self.outbox = Outbox(stream.socket.fileno(), services.config.gateway.outbox_cap_bytes,
-                             services.flusher)
+                             services.flusher, seal=tls.seal if tls is not None else None)
         self.last_seen = trio.current_time()
         self.opened_at = self.last_seen
         self._ws = WebSocketServer(
@@ -99,8 +108,22 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             self.last_seen = trio.current_time()
+            ended = not data
+            if self._tls is not None:
+                try:
+                    data = self._decrypt(data)
+                except TlsFailed as exc:
+                    log.info("closing address=%s: %s", self.address, exc)
+                    self.services.flusher.flush_all()  # the alert, if the channel made one
+                    return
+                ended = self._tls.ended
+                if not data and not ended:  # handshake records, tickets: nothing for us yet
+                    self.services.flusher.flush_all()
+                    continue
             try:
-                ws.receive_data(data or None)
+                ws.receive_data(data)
+                if ended:
+                    ws.receive_data(None)
                 for event in ws.events():
                     if await self._on_event(event):
                         self.services.flusher.flush_all()
@@ -109,8 +132,16 @@ class Connection:
                 self._on_protocol_error(exc)
                 return
             self.services.flusher.flush_all()
-            if not data or self.outbox.broken:
+            if ended or self.outbox.broken:
                 return
+
+    def _decrypt(self, data: bytes) -> bytes:
+        """Ciphertext from the socket in, plaintext out; raises `TlsFailed`."""
+        assert self._tls is not None
+        try:
+            return self._tls.receive(data)
+        finally:
+            self.outbox.push_sealed(self._tls.take_output())
 
     async def _on_event(self, event: object) -> bool:
         """Handle one WebSocket event; True when the connection is done reading."""
@@ -166,6 +197,9 @@ class Connection:
         """Give the close frame (if any) a bounded time to reach the peer."""
         with trio.move_on_after(CLOSE_GRACE_S):
             await self.outbox.wait_empty()
+            if self._tls is not None and not self.outbox.broken:
+                self.outbox.push_sealed(self._tls.close_notify())
+                await self.outbox.wait_empty()
 
     # -- used by the router, the hub and the server -------------------------------------------
 

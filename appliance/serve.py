@@ -8,9 +8,10 @@ import sys
 
 import trio
 
-from appliance.config import Config
+from appliance.config import Config, ConfigError
 from appliance.demo import ensure_demo
 from appliance.server import Server
+from appliance.tls import plaintext_refusal, server_context
 from appliance.writer import wall_clock_ms
 from engine import Engine, HeraldError
 
@@ -37,6 +38,15 @@ def configure_logging() -> None:
 def serve(config: Config, *, demo: bool = False) -> int:
     """Run until SIGINT or SIGTERM; returns the process exit code."""
     configure_logging()
+    try:  # before opening anything: a refusal here must leave no trace
+        refusal = plaintext_refusal(config)
+        if refusal is not None:
+            raise ConfigError(refusal)
+        if config.tls.enabled:
+            server_context(config.tls)
+    except ConfigError as exc:
+        print(f"herald: {exc}", file=sys.stderr)
+        return 2
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         engine = Engine(config.store_dir, map_size=config.map_size_bytes, limits=config.limits)
@@ -51,6 +61,9 @@ def serve(config: Config, *, demo: bool = False) -> int:
                 print(created, flush=True)
         try:
             trio.run(_run, config, engine)
+        except ConfigError as exc:
+            print(f"herald: {exc}", file=sys.stderr)
+            return 2
         except OSError as exc:
             print(f"herald: cannot listen on {config.listen_host}:{config.listen_port}: "
                   f"{exc.strerror}. Is another Herald running? Use --listen HOST:PORT.",
@@ -67,9 +80,10 @@ async def _run(config: Config, engine: Engine) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.run)
-            url = f"ws://{config.listen_host}:{port}/ws"
+            url = config.url_for_port(port)
             print(f"Herald is listening at {url}", flush=True)
-            print(f"Chat from another terminal: .venv/bin/herald chat --url {url} "
+            trust = " --ca CA_FILE" if config.tls.enabled else ""
+            print(f"Chat from another terminal: .venv/bin/herald chat --url {url}{trust} "
                   f"--tenant demo --login alice", flush=True)
             print("Press Ctrl-C to stop.", flush=True)
             async for signum in signals:

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import trio
 
 from appliance.backoff import LoginBackoff
-from appliance.config import Config
+from appliance.config import Config, ConfigError
 from appliance.connection import CLOSE_GOING_AWAY, CLOSE_POLICY, Connection
 from appliance.hub import Hub
 from appliance.outbox import Flusher
 from appliance.protocol.frames import Bye
 from appliance.router import Router
 from appliance.sessions import SessionGuard
+from appliance.tls import TlsChannel, plaintext_refusal, server_context
 from appliance.tokens import retire_legacy_secret
 from appliance.writer import Committed, Writer, wall_clock_ms
 from engine import Engine
@@ -50,6 +51,12 @@ class Server:
     def __init__(
         self, config: Config, engine: Engine, *, clock_ms: Callable[[], int] = wall_clock_ms
     ) -> None:
+        """Raises `ConfigError` for an unusable certificate or key, or plain ws:// on a
+        network address without `tls.allow_plaintext_on_network`."""
+        refusal = plaintext_refusal(config)
+        if refusal is not None:
+            raise ConfigError(refusal)
+        self._tls_context = server_context(config.tls) if config.tls.enabled else None
         flusher = Flusher()
         hub = Hub(engine, flusher)
 
@@ -157,7 +164,8 @@ class Server:
             address = f"{host}:{port}"
         except OSError:
             address = "?"
-        conn = Connection(self.services, stream, address)
+        tls = TlsChannel(self._tls_context) if self._tls_context is not None else None
+        conn = Connection(self.services, stream, address, tls)
         self._connections.add(conn)
         try:
             await conn.run()

@@ -38,6 +38,9 @@ Scenarios (--scenario):
   direct    D=1,000 senders, each in its own direct conversation with an online peer: accepted
             durable messages/s.
 
+With --tls the server serves wss:// with a throwaway self-signed certificate made for the
+run, and every connection of the bench does TLS (through memory BIOs in the workers).
+
 With --url ws://127.0.0.1:PORT/ws --data-dir DIR the bench targets a running server instead
 (seeding a fresh tenant into DIR, which must be that server's data directory; add --server-pid
 for RSS and CPU). Progress goes to stderr, the table to stdout, everything to --json PATH.
@@ -229,7 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="server port (0: any free one)")
     p.add_argument("--server-root", type=Path, default=BENCH_DIR.parent,
                    help="run the server from this checkout (A/B comparisons of branches)")
+    p.add_argument("--tls", action="store_true",
+                   help="serve wss:// with a throwaway self-signed certificate; every bench "
+                        "connection speaks TLS (and verifies that certificate)")
     p.add_argument("--url", help="target a running server (needs --data-dir)")
+    p.add_argument("--ca", metavar="FILE",
+                   help="with --url wss://...: the CA file to verify the server against")
     p.add_argument("--data-dir", type=Path, help="with --url: that server's data directory")
     p.add_argument("--server-pid", type=int, help="with --url: its pid, for RSS and CPU")
     p.add_argument("--py-spy", metavar="PATH",

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -176,13 +177,22 @@ def seed(
 class ServerProcess:
     """`herald serve` as a subprocess (or a running server given by --url and --server-pid)."""
 
-    def __init__(self, data_dir: Path, port: int, root: Path = REPO_ROOT) -> None:
+    def __init__(self, data_dir: Path, port: int, root: Path = REPO_ROOT,
+                 tls: bool = False) -> None:
         """Start `python -m appliance.cli serve` from the checkout at `root` (its cwd, so that
-        its `appliance` package is the one imported: another branch, for A/B comparisons)."""
+        its `appliance` package is the one imported: another branch, for A/B comparisons).
+        With `tls`, it serves wss:// with a throwaway self-signed certificate."""
         self.log_path = data_dir / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         command = [sys.executable, "-m", "appliance.cli", "serve", "--data-dir", str(data_dir),
                    "--listen", f"127.0.0.1:{port}"]
+        self.tls, self.ca_file = tls, None
+        if tls:
+            from appliance.certs import make_self_signed
+
+            made = make_self_signed(data_dir / "tls", [])
+            self.ca_file = str(made.cert_file)
+            command += ["--tls-cert", str(made.cert_file), "--tls-key", str(made.key_file)]
         self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
             command, cwd=root, stdout=subprocess.PIPE, stderr=self._log,
             preexec_fn=raise_fd_limit,  # 10,000 idle connections need the hard limit
@@ -196,21 +206,28 @@ class ServerProcess:
                 self.proc.wait()
                 raise RuntimeError(
                     f"the server exited ({self.proc.returncode}):\n{self.log_tail()}")
-            if "listening at ws://" in line:
+            if "listening at ws://" in line or "listening at wss://" in line:
                 self.port = int(line.rsplit(":", 1)[1].split("/")[0])
                 return
 
     @classmethod
-    def external(cls, url: str, pid: int | None) -> ServerProcess:
+    def external(cls, url: str, pid: int | None, ca_file: str | None = None) -> ServerProcess:
+        """A running server; for wss://, `ca_file` is what its certificate is checked against
+        (default: the system's trust store)."""
         server = cls.__new__(cls)
         server.proc, server._log = None, None  # type: ignore[assignment]
         server.pid = pid or 0
+        server.tls, server.ca_file = url.startswith("wss://"), ca_file
         hostport = url.split("://", 1)[1].split("/", 1)[0]
         server.host, port = hostport.rsplit(":", 1)
         server.port = int(port)
         if server.host not in ("127.0.0.1", "localhost"):
             raise SystemExit("bench/load.py sends traffic to 127.0.0.1 only")
         return server
+
+    def client_context(self) -> ssl.SSLContext | None:
+        """For the bench's own blocking clients: None for ws://."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.tls else None
 
     def log_tail(self) -> str:
         try:
@@ -292,6 +309,7 @@ class Pool:
                 "host": server.host, "port": server.port, "specs": specs, "worker_id": worker_id,
                 "sample_every": args.sample_every, "window": args.window,
                 "body_bytes": args.body_bytes, "connect_window": args.connect_window,
+                "tls": server.tls, "ca_file": server.ca_file,
             }
             proc = ctx.Process(target=worker_main, args=(child, params), daemon=True)
             proc.start()

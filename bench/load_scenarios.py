@@ -48,9 +48,10 @@ class Context:
 def open_server(ctx: Context) -> ServerProcess:
     args = ctx.args
     if args.url:
-        return ServerProcess.external(args.url, args.server_pid)
-    progress("starting the server")
-    server = ServerProcess(ctx.data_dir, args.port, args.server_root)
+        return ServerProcess.external(args.url, args.server_pid, args.ca)
+    progress("starting the server" + (" (wss://, a throwaway self-signed certificate)"
+                                      if args.tls else ""))
+    server = ServerProcess(ctx.data_dir, args.port, args.server_root, tls=args.tls)
     progress(f"server pid {server.pid} listening on 127.0.0.1:{server.port}")
     return server
 
@@ -244,7 +245,7 @@ def scenario_history(ctx: Context) -> dict[str, Any]:
     rng = random.Random(ctx.run)
     limit = args.history_limit
     try:
-        client = BlockingClient(server.host, server.port)
+        client = BlockingClient(server.host, server.port, ssl_context=server.client_context())
         client.resume(world.tokens[1])
         head = client.request({"op": "history", "conv": world.group, "limit": 1})["head"]
         rtts: list[float] = []
@@ -319,9 +320,9 @@ def scenario_catchup(ctx: Context) -> dict[str, Any]:
     page = 500  # the engine's largest page (Limits.max_page_messages)
     conv = world.group
     try:
-        sender = BlockingClient(server.host, server.port)
+        sender = BlockingClient(server.host, server.port, ssl_context=server.client_context())
         sender.resume(world.tokens[0])
-        member = BlockingClient(server.host, server.port)
+        member = BlockingClient(server.host, server.port, ssl_context=server.client_context())
         member.resume(world.tokens[1])
         known = member.request({"op": "history", "conv": conv, "limit": 1})["head"]
         member.close()
@@ -335,7 +336,7 @@ def scenario_catchup(ctx: Context) -> dict[str, Any]:
                        f"c{ctx.run}r{rep}")
             time.sleep(0.2)
             t0 = time.perf_counter()
-            member = BlockingClient(server.host, server.port)
+            member = BlockingClient(server.host, server.port, ssl_context=server.client_context())
             member.resume(world.tokens[1])
             t_login = time.perf_counter()
             synced = member.request({"op": "sync", "cursors": {str(conv): known}, "limit": page})

@@ -25,12 +25,21 @@ import os
 import resource
 import select
 import socket
+import ssl
 import time
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 import msgspec
-from rawws import OP_CLOSE, OP_PING, client_frame, handshake_request, pong_frame
+from rawws import (
+    OP_CLOSE,
+    OP_PING,
+    ClientTls,
+    client_context,
+    client_frame,
+    handshake_request,
+    pong_frame,
+)
 
 __all__ = ["ConnSpec", "measure_parse_cost", "quota", "worker_main"]
 
@@ -98,12 +107,14 @@ class _Conn:
         "sock",
         "spec",
         "t_last",
+        "tls",
         "waiting_login",
     )
 
     def __init__(self, spec: ConnSpec, sock: socket.socket, cmid: bytes) -> None:
         self.spec = spec
         self.sock = sock
+        self.tls: ClientTls | None = None
         self.fd = sock.fileno()
         self.role = spec[1]
         self.send_index = spec[2]
@@ -136,6 +147,7 @@ class Worker:
         self.ep = select.epoll()
         self.conns: dict[int, _Conn] = {}
         self.handshake = handshake_request(self.host, self.port)
+        self.tls_context = client_context(params["ca_file"]) if params.get("tls") else None
         # connecting
         self.next_spec = 0
         self.connect_target = 0
@@ -190,6 +202,10 @@ class Worker:
                     except OSError as exc:
                         self._lost(c, f"recv: {exc}")
                         continue
+                    if data and c.tls is not None:
+                        data = self._decrypt(c, data)
+                        if not data:
+                            continue
                     if data:
                         self.recvs += 1
                         c.feed(c, data, monotonic_ns())
@@ -255,10 +271,31 @@ class Worker:
         self.conns[c.fd] = c
         self.ep.register(c.fd, _IN)
         self.handshaking += 1
+        if self.tls_context is not None:
+            c.tls = ClientTls(self.tls_context, self.host)
+            self._send_raw(c, c.tls.start())
         # The login frame rides with the upgrade request: the server keeps early frames.
         self._send(c, self.handshake + client_frame(msgspec.json.encode(login)))
 
+    def _decrypt(self, c: _Conn, data: bytes) -> bytes:
+        assert c.tls is not None
+        try:
+            plain, reply = c.tls.receive(data)
+        except ssl.SSLError as exc:
+            self._lost(c, f"TLS: {exc}")
+            return b""
+        if reply:
+            self._send_raw(c, reply)
+        return plain
+
     def _send(self, c: _Conn, data: bytes) -> None:
+        if c.tls is not None:
+            data = c.tls.seal(data)
+            if not data:
+                return
+        self._send_raw(c, data)
+
+    def _send_raw(self, c: _Conn, data: bytes) -> None:
         if c.out:
             c.out += data
             return

@@ -8,6 +8,9 @@ bytes (payload < 126), 4 (< 65536) or 10.
 
 `BlockingClient` is for the scenarios that drive one or two connections from the bench's own
 process (history, catch-up); the many-connection receivers live in `load_worker`.
+
+With --tls, `ClientTls` is the client end of TLS over memory BIOs: the workers keep their
+non-blocking sockets and epoll loop, and pass bytes through it on the way in and out.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Iterator
@@ -25,7 +29,9 @@ __all__ = [
     "OP_PING",
     "OP_TEXT",
     "BlockingClient",
+    "ClientTls",
     "HandshakeFailed",
+    "client_context",
     "client_frame",
     "handshake_request",
     "iter_frames",
@@ -118,6 +124,57 @@ def iter_frames(buf: bytes) -> Iterator[tuple[int, int, int]]:
         pos = end
 
 
+class ClientTls:
+    """A client TLS session with no I/O: `start()` gives the ClientHello to send, `receive`
+    turns bytes read into (plaintext, bytes to send), `seal` turns plaintext into bytes to send
+    (held back until the handshake is done). Raises `ssl.SSLError` when TLS fails."""
+
+    def __init__(self, context: ssl.SSLContext, host: str) -> None:
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._in, self._out, server_hostname=host)
+        self.established = False
+        self._early = b""
+
+    def start(self) -> bytes:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self._tls.do_handshake()
+        return self._out.read()
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        self._in.write(data)
+        if not self.established:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                return b"", self._out.read()
+            self.established = True
+            if self._early:
+                self._tls.write(self._early)
+                self._early = b""
+        chunks = []
+        while True:
+            try:
+                chunk = self._tls.read(262144)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), self._out.read()
+
+    def seal(self, data: bytes) -> bytes:
+        if not self.established:
+            self._early += data
+            return b""
+        self._tls.write(data)
+        return self._out.read()
+
+
+def client_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verifies the server against `ca_file` (the bench's throwaway self-signed certificate)."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
 class BlockingClient:
     """One connection with a blocking socket: send requests, read frames in order.
 
@@ -125,9 +182,12 @@ class BlockingClient:
     and otherwise dropped. Raises `HandshakeFailed`, `OSError`, or `TimeoutError`.
     """
 
-    def __init__(self, host: str, port: int, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, host: str, port: int, *, timeout_s: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            self.sock = ssl_context.wrap_socket(self.sock, server_hostname=host)
         self.sock.sendall(handshake_request(host, port))
         self._buf = b""
         self._next_id = 1

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 from conftest import _HASH, NOW_MS
 
-from appliance.config import Config, GatewayConfig
+from appliance.config import Config, GatewayConfig, TlsConfig
 from appliance.server import Server
 from appliance.writer import wall_clock_ms
 from engine import CreateTenant, CreateUser, Engine, Limits
@@ -34,15 +34,17 @@ class RunningServer:
 
 @asynccontextmanager
 async def running_server(
-    data_dir: Path, *, limits: Limits | None = None,
+    data_dir: Path, *, limits: Limits | None = None, tls: TlsConfig | None = None,
     clock_ms: Callable[[], int] = wall_clock_ms, **gateway: Any
 ) -> AsyncIterator[RunningServer]:
-    """Start a server; `gateway` overrides fields of GatewayConfig (e.g. outbox_cap_bytes).
-    `clock_ms` is the server's wall clock (sessions expire by it)."""
+    """Start a server; `gateway` overrides fields of GatewayConfig (e.g. outbox_cap_bytes);
+    with `tls`, it serves wss://. `clock_ms` is the server's wall clock (sessions expire by
+    it)."""
     gateway.setdefault("login_failure_delay_s", 0.05)
     config = Config(
         data_dir=data_dir, listen_host="127.0.0.1", listen_port=0, map_size_bytes=512 * 2**20,
         limits=limits or Limits(), gateway=dataclasses.replace(GatewayConfig(), **gateway),
+        tls=tls or TlsConfig(),
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(config.store_dir, map_size=config.map_size_bytes, limits=config.limits)
@@ -51,7 +53,7 @@ async def running_server(
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.run)
             try:
-                yield RunningServer(server, engine, f"ws://127.0.0.1:{port}/ws", port, config)
+                yield RunningServer(server, engine, config.url_for_port(port), port, config)
             finally:
                 server.request_stop()
     finally:

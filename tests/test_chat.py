@@ -175,6 +175,39 @@ async def test_herald_chat_ends_when_an_administrator_disables_the_user(tmp_path
             server.process.send_signal(signal.SIGINT)
 
 
+async def test_herald_chat_over_wss_trusts_the_ca_it_is_given_and_only_that(
+    tmp_path: Path,
+) -> None:
+    data, certs = tmp_path / "data", tmp_path / "certs"
+    made = subprocess.run([sys.executable, "-m", "appliance.cli", "cert", "selfsigned",
+                           "--out", str(certs)], cwd=ROOT, capture_output=True, check=False)
+    assert made.returncode == 0, made.stderr
+    cert, key = certs / "herald-cert.pem", certs / "herald-key.pem"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, herald(
+            nursery, "serve", "--demo", "--data-dir", str(data), "--listen", "127.0.0.1:0",
+            "--tls-cert", str(cert), "--tls-key", str(key),
+        ) as server:
+            url = (await server.expect(r"listening at (wss://\S+)")).group(1)
+            passwords = dict(re.findall(r"login (\w+)\s+password (\S+)",
+                                        (data / "demo-credentials.txt").read_text()))
+            chat = ("chat", "--url", url, "--tenant", "demo", "--password-stdin", "--login",
+                    "alice")
+            async with herald(nursery, *chat) as untrusting:
+                await untrusting.type(passwords["alice"])
+                await untrusting.end_input()
+            assert untrusting.process.returncode == 1
+            assert "certificate is not trusted" in untrusting.err.decode()
+            assert "--ca FILE" in untrusting.err.decode()
+            async with herald(nursery, *chat, "--ca", str(cert)) as alice:
+                await alice.type(passwords["alice"])
+                await alice.expect(r"Logged in to demo as Alice Chen \(alice\)")
+                await alice.end_input()
+            assert alice.process.returncode == 0, alice.err.decode()
+            server.process.send_signal(signal.SIGINT)
+            await server.expect(r"Herald stopped\.")
+
+
 @pytest.mark.parametrize(("line", "command"), [
     ("hello", Command("", "hello")),
     ("/open 2", Command("open", "2")),

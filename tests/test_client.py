@@ -500,9 +500,10 @@ def test_held_messages_wait_per_conversation_until_their_deadline() -> None:
 def test_the_client_public_surface_is_pinned() -> None:
     assert appliance.client.__all__ == sorted(appliance.client.__all__)
     assert set(appliance.client.__all__) == {
-        "ClientClosed", "ClientError", "ClientOptions", "ClientStats", "ConnectionLost",
+        "CertificateRejected", "ClientClosed", "ClientError", "ClientOptions", "ClientStats",
+        "ConnectionLost",
         "HeraldClient", "LoginFailed", "Message", "MessageStream", "ProtocolViolation",
-        "Reconnect", "Sent", "ServerUnreachable", "open_client",
+        "Reconnect", "Sent", "ServerUnreachable", "client_ssl_context", "open_client",
     }
 
 

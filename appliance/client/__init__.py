@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from appliance.client.client import HeraldClient, open_client
 from appliance.client.errors import (
+    CertificateRejected,
     ClientClosed,
     ClientError,
     ConnectionLost,
@@ -20,8 +21,10 @@ from appliance.client.errors import (
 )
 from appliance.client.messages import Message, MessageStream, Sent
 from appliance.client.options import ClientOptions, ClientStats, Reconnect
+from appliance.client.transport import client_ssl_context
 
 __all__ = [
+    "CertificateRejected",
     "ClientClosed",
     "ClientError",
     "ClientOptions",
@@ -35,5 +38,6 @@ __all__ = [
     "Reconnect",
     "Sent",
     "ServerUnreachable",
+    "client_ssl_context",
     "open_client",
 ]

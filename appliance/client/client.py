@@ -30,6 +30,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from appliance.client.cursors import Cursors
 from appliance.client.delivery import Delivery
 from appliance.client.errors import (
+    CertificateRejected,
     ClientClosed,
     ClientError,
     ConnectionLost,
@@ -155,7 +156,7 @@ class HeraldClient:
         self._generation = 0
         self._changed = trio.Event()
         self._closing = False
-        self._failure: LoginFailed | ServerUnreachable | None = None
+        self._failure: LoginFailed | CertificateRejected | ServerUnreachable | None = None
         self._cursors = Cursors(cursors, backlog=self._options.backlog)
         self._read_marks: dict[int, int] = {}
         self._delivery = Delivery(self, self._cursors, self._options, self.stats,
@@ -210,10 +211,10 @@ class HeraldClient:
 
         Waits for a connection while the client is reconnecting. Requests safe to repeat are
         repeated on the next connection when one breaks; others raise `ConnectionLost`.
-        Raises `ClientError` when the server refuses, `ServerUnreachable` or `LoginFailed` once
-        the client has stopped, `ClientClosed` after `aclose`, `ProtocolViolation` for a reply
-        this client cannot decode, `ValueError` for login, resume and logout (the client manages
-        its session itself).
+        Raises `ClientError` when the server refuses, `ServerUnreachable`, `LoginFailed` or
+        `CertificateRejected` once the client has stopped, `ClientClosed` after `aclose`,
+        `ProtocolViolation` for a reply this client cannot decode, `ValueError` for login,
+        resume and logout (the client manages its session itself).
         """
         data, _ = await self.request_counted(frame)
         return data
@@ -245,8 +246,8 @@ class HeraldClient:
         cancel scope.
 
         Raises `ClientError` when the server refuses it (`not_member`, `invalid`, ...),
-        `ServerUnreachable` or `LoginFailed` once the client has stopped, `ClientClosed` after
-        `aclose`.
+        `ServerUnreachable`, `LoginFailed` or `CertificateRejected` once the client has stopped,
+        `ClientClosed` after `aclose`.
         """
         cmid = cmid or secrets.token_hex(12)
         mention_list = list(mentions)
@@ -386,7 +387,7 @@ class HeraldClient:
             began = trio.current_time()
             try:
                 logged_in, error = await self._connect_once()
-            except LoginFailed as refused:
+            except (LoginFailed, CertificateRejected) as refused:
                 self._stop(refused)
                 return
             if self._closing:
@@ -408,7 +409,7 @@ class HeraldClient:
 
     async def _connect_once(self) -> tuple[bool, str]:
         """One connection, from opening to its end: (whether it logged in, why it failed).
-        Raises `LoginFailed`."""
+        Raises `LoginFailed`, `CertificateRejected`."""
         try:
             with trio.fail_after(self._options.connect_timeout_s):
                 stream = await open_stream(self._target, self._ssl_context)
@@ -421,13 +422,13 @@ class HeraldClient:
                 nursery.cancel_scope.cancel()
         finally:
             await trio.aclose_forcefully(stream)
-        if isinstance(outcome, LoginFailed):
+        if isinstance(outcome, (LoginFailed, CertificateRejected)):
             raise outcome
         return outcome
 
     async def _serve(
         self, nursery: trio.Nursery, stream: trio.abc.Stream
-    ) -> tuple[bool, str] | LoginFailed:
+    ) -> tuple[bool, str] | LoginFailed | CertificateRejected:
         """Handshake, authenticate, then serve until the connection ends. Returns rather than
         raises, so that nothing the network does leaves the nursery as an exception group."""
         options = self._options
@@ -435,6 +436,8 @@ class HeraldClient:
             with trio.fail_after(options.connect_timeout_s):
                 ws = await handshake(nursery, stream, self._target,
                                      max_message_bytes=options.max_message_bytes)
+        except CertificateRejected as refused:
+            return refused
         except _CONNECT_ERRORS as exc:
             log.info("WebSocket handshake with %s failed: %r", self._url, exc)
             return False, repr(exc)
@@ -539,7 +542,7 @@ class HeraldClient:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _stop(self, failure: LoginFailed | ServerUnreachable) -> None:
+    def _stop(self, failure: LoginFailed | CertificateRejected | ServerUnreachable) -> None:
         log.error("client stopped: %s", failure)
         self._failure = failure
         self._delivery.close()
@@ -551,6 +554,8 @@ class HeraldClient:
         if isinstance(failure, LoginFailed):
             return LoginFailed(failure.code, failure.message, failure.retry_after,
                                failure.request_id)
+        if isinstance(failure, CertificateRejected):
+            return CertificateRejected(*failure.args)
         if failure is not None:
             return ServerUnreachable(*failure.args)
         return ClientClosed("the client is closed")
@@ -588,7 +593,8 @@ async def open_client(
     the connection normally and stop its tasks.
 
     `ssl_context` is for wss:// URLs; without one the system's default verification applies.
-    Raises `LoginFailed` when the credentials are refused, `ServerUnreachable` when no
+    Raises `LoginFailed` when the credentials are refused, `CertificateRejected` when a TLS
+    certificate fails verification (never retried), `ServerUnreachable` when no
     connection is made within the reconnect policy, `ValueError` for a bad URL or options.
     """
     client = HeraldClient(url, tenant, login, password, ssl_context=ssl_context,

@@ -24,7 +24,13 @@ from typing import Any, Protocol
 import trio
 
 from appliance.client.cursors import Cursors, Held, Verdict
-from appliance.client.errors import ClientClosed, ClientError, LoginFailed, ServerUnreachable
+from appliance.client.errors import (
+    CertificateRejected,
+    ClientClosed,
+    ClientError,
+    LoginFailed,
+    ServerUnreachable,
+)
 from appliance.client.messages import Message
 from appliance.client.options import ClientOptions, ClientStats
 from appliance.protocol.frames import (
@@ -138,7 +144,7 @@ class Delivery:
                         self._resync_due = True
                 else:
                     await self._accept(*hint)
-        except (ClientClosed, ServerUnreachable, LoginFailed):
+        except (ClientClosed, ServerUnreachable, LoginFailed, CertificateRejected):
             return
         finally:
             self._delivered_in.close()

@@ -3,12 +3,14 @@
 A refusal by the server is data on the wire (an error frame with a stable code); the client turns
 it into `ClientError` carrying that code. Everything else is about the connection: it broke while
 a request was outstanding (`ConnectionLost`), it cannot be re-established (`ServerUnreachable`),
-or the application closed the client (`ClientClosed`).
+or the application closed the client (`ClientClosed`). A TLS certificate that fails
+verification, on either side, is `CertificateRejected`: no retry can fix it.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CertificateRejected",
     "ClientClosed",
     "ClientError",
     "ConnectionLost",
@@ -48,6 +50,12 @@ class ConnectionLost(ConnectionError):
 
 class ServerUnreachable(ConnectionError):
     """Every reconnect attempt the policy allows has failed; the client has stopped."""
+
+
+class CertificateRejected(Exception):
+    """The TLS handshake failed over a certificate: the server's was not trusted (unknown CA,
+    wrong host name, expired; the message says which), or the server refused this client's
+    certificate or its absence. Fatal: the server is reachable, and retrying changes nothing."""
 
 
 class ClientClosed(Exception):

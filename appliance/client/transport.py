@@ -12,13 +12,14 @@ from __future__ import annotations
 import ssl
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 from trio_websocket import WebSocketConnection, wrap_client_stream
 
-from appliance.client.errors import ConnectionLost
+from appliance.client.errors import CertificateRejected, ConnectionLost
 
-__all__ = ["Target", "handshake", "open_stream"]
+__all__ = ["Target", "client_ssl_context", "handshake", "open_stream"]
 
 MESSAGE_QUEUE_SIZE = 64  # frames trio-websocket reads ahead of the client's reader
 
@@ -48,10 +49,49 @@ class Target:
         return cls(host, port, resource, host_header, secure)
 
 
+def client_ssl_context(
+    ca_file: str | Path | None = None, cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> ssl.SSLContext:
+    """A context for wss:// that verifies the server's certificate and host name: against
+    `ca_file` (PEM: a private CA, or a self-signed server certificate) if given, else the
+    system's trust store. `cert_file` (and `key_file`, unless the key is in the same file) is
+    this client's certificate, for servers that require one.
+
+    Raises `OSError` for a file that cannot be read, `ssl.SSLError` for one that is not PEM
+    or a key that does not match its certificate.
+    """
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if cert_file:
+        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    return context
+
+
+def certificate_refusal(exc: BaseException) -> CertificateRejected | None:
+    """`CertificateRejected` when `exc` (or what caused it) is a TLS certificate failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return CertificateRejected(
+                f"the server's certificate is not trusted: {seen.verify_message}. For a "
+                f"private CA or a self-signed certificate give its PEM file (herald chat "
+                f"--ca FILE; client_ssl_context(ca_file=...)); check the host name in the URL")
+        if isinstance(seen, ssl.SSLError) and any(
+            word in (seen.reason or "") for word in ("CERTIFICATE", "UNKNOWN_CA")
+        ):
+            return CertificateRejected(
+                f"the server refused this client's certificate ({seen.reason}): it requires "
+                f"one signed by a CA it trusts (herald chat --cert FILE --key FILE; "
+                f"client_ssl_context(cert_file=..., key_file=...))")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 async def open_stream(target: Target, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
     """A TCP stream to `target`, with TLS (handshake done) for wss://. Without `ssl_context`,
     the system's default verification applies. Raises `OSError` when the connection fails,
-    `trio.BrokenResourceError` when the TLS handshake does (e.g. an unverifiable certificate).
+    `CertificateRejected` when the TLS handshake fails over a certificate, and
+    `trio.BrokenResourceError` when it fails otherwise.
     """
     tcp = await trio.open_tcp_stream(target.host, target.port)
     if not target.secure:
@@ -60,8 +100,11 @@ async def open_stream(target: Target, ssl_context: ssl.SSLContext | None) -> tri
     tls = trio.SSLStream(tcp, context, server_hostname=target.host, https_compatible=True)
     try:
         await tls.do_handshake()
-    except BaseException:
+    except BaseException as exc:
         await trio.aclose_forcefully(tcp)
+        refusal = certificate_refusal(exc)
+        if refusal is not None:
+            raise refusal from exc
         raise
     return tls
 
@@ -72,6 +115,7 @@ class _EndWatch(trio.abc.Stream):
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self.on_end: trio.CancelScope | None = None
+        self.failure: BaseException | None = None  # why a read failed, if it did
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -82,7 +126,8 @@ class _EndWatch(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         try:
             data = await self._stream.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.failure = exc
             self._ended()
             raise
         if not data:
@@ -102,8 +147,9 @@ async def handshake(
 ) -> WebSocketConnection:
     """The WebSocket opening handshake over `stream`; the connection's reader task runs in
     `nursery`. Raises `trio_websocket.HandshakeError` (e.g. `ConnectionRejected`) when the
-    server refuses, `ConnectionLost` when it closes the connection first. Bound it with a
-    cancel scope: a server may never answer."""
+    server refuses, `ConnectionLost` when it closes the connection first, `CertificateRejected`
+    when it refuses this client's TLS certificate (TLS 1.3 says so only after the client's
+    side of the handshake is done). Bound it with a cancel scope: a server may never answer."""
     watched = _EndWatch(stream)
     with trio.CancelScope() as ended:
         watched.on_end = ended
@@ -113,4 +159,7 @@ async def handshake(
         )
         watched.on_end = None
         return ws
+    refusal = certificate_refusal(watched.failure) if watched.failure is not None else None
+    if refusal is not None:
+        raise refusal from watched.failure
     raise ConnectionLost("the server closed the connection during the WebSocket handshake")
