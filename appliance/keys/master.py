@@ -37,7 +37,7 @@ def load_master_key(path: Path, passphrase: str) -> bytes:
     Raises `WrongPassphrase`, `DamagedKeyFile` (truncated or altered file, or not a master key
     file) or `KeyFileMissing`.
     """
-    master_key = open_sealed(Path(path), passphrase, MASTER_KEY_FORMAT)
+    master_key, _ = open_sealed(Path(path), passphrase, MASTER_KEY_FORMAT)
     if len(master_key) != MASTER_KEY_BYTES:
         raise DamagedKeyFile(f"{path} holds no valid master key; restore it from a backup")
     return master_key

@@ -39,7 +39,10 @@ __all__ = [
     "DEFAULT_KDF",
     "MIN_PASSPHRASE_CHARS",
     "KdfParams",
+    "SealingKey",
+    "check_new_passphrase",
     "open_sealed",
+    "reseal",
     "seal",
     "write_atomically",
 ]
@@ -67,9 +70,29 @@ class KdfParams:
 DEFAULT_KDF = KdfParams()
 
 
-def _kek(passphrase: str, salt: bytes, kdf: KdfParams) -> bytes:
-    return Argon2id(salt=salt, length=32, iterations=kdf.iterations, lanes=kdf.lanes,
-                    memory_cost=kdf.memory_kib).derive(passphrase.encode())
+@dataclass(frozen=True, slots=True)
+class SealingKey:
+    """A KEK derived from a passphrase, with the salt and parameters that made it.
+
+    Deriving is slow on purpose (Argon2id); a process that rewrites its sealed file often (the
+    escrow's keystore) derives once and reseals with this, under a fresh nonce each time.
+    """
+
+    kek: bytes
+    salt: bytes
+    kdf: KdfParams
+
+    @classmethod
+    def derive(cls, passphrase: str, salt: bytes | None = None,
+               kdf: KdfParams = DEFAULT_KDF) -> SealingKey:
+        kdf.check()
+        salt = os.urandom(_SALT_BYTES) if salt is None else salt
+        kek = Argon2id(salt=salt, length=32, iterations=kdf.iterations, lanes=kdf.lanes,
+                       memory_cost=kdf.memory_kib).derive(passphrase.encode())
+        return cls(kek, salt, kdf)
+
+    def __repr__(self) -> str:
+        return f"SealingKey(kdf={self.kdf!r})"  # never the KEK
 
 
 def _checksum(document: dict[str, Any]) -> str:
@@ -78,11 +101,13 @@ def _checksum(document: dict[str, Any]) -> str:
                           ).hexdigest()
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomically(path: Path, data: bytes, mode: int = 0o600, *,
+                     exclusive: bool = False) -> None:
     """Replace `path` by `data` so that a crash leaves the old file or the new one, never a
     mix: write a temporary file beside it with `mode`, fsync it, rename it over, fsync the
-    directory. Raises OSError."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    directory. With `exclusive`, raise FileExistsError rather than replace an existing file
+    (even one created meanwhile by another process). Raises OSError."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.fchmod(fd, mode)  # O_CREAT's mode is masked by the umask; this one is not
@@ -92,7 +117,13 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    if exclusive:
+        try:
+            os.link(tmp, path)  # unlike rename, link never replaces its target
+        finally:
+            os.unlink(tmp)
+    else:
+        os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -100,35 +131,53 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(dir_fd)
 
 
-def seal(path: Path, passphrase: str, payload: bytes, file_format: str, *,
-         kdf: KdfParams = DEFAULT_KDF, overwrite: bool = False) -> None:
-    """Write `payload` to `path` sealed by `passphrase` (mode 0600, atomically).
-
-    Raises `WeakPassphrase` for a passphrase under MIN_PASSPHRASE_CHARS, `KeyFileExists` when
-    `path` exists and `overwrite` is false, OSError when it cannot be written.
-    """
+def check_new_passphrase(passphrase: str) -> None:
+    """Raises `WeakPassphrase` for a passphrase under MIN_PASSPHRASE_CHARS."""
     if len(passphrase) < MIN_PASSPHRASE_CHARS:
         raise WeakPassphrase(f"a passphrase needs at least {MIN_PASSPHRASE_CHARS} characters; "
                              f"choose a longer one")
-    if not overwrite and path.exists():
-        raise KeyFileExists(f"{path} already exists and holds a key; move it away first if you "
-                            f"really mean to replace it (the key inside would be lost)")
-    kdf.check()
-    salt, nonce = os.urandom(_SALT_BYTES), os.urandom(_NONCE_BYTES)
-    ciphertext = AESGCM(_kek(passphrase, salt, kdf)).encrypt(nonce, payload, file_format.encode())
+
+
+def seal(path: Path, passphrase: str, payload: bytes, file_format: str, *,
+         kdf: KdfParams = DEFAULT_KDF) -> SealingKey:
+    """Write `payload` to the new file `path` sealed by `passphrase` (mode 0600, atomically);
+    returns the key that can reseal it.
+
+    Raises `WeakPassphrase` for a passphrase under MIN_PASSPHRASE_CHARS, `KeyFileExists` when
+    `path` exists, OSError when it cannot be written.
+    """
+    check_new_passphrase(passphrase)
+    exists = KeyFileExists(f"{path} already exists and holds a key; move it away first if you "
+                           f"really mean to replace it (the key inside would be lost)")
+    if path.exists():
+        raise exists  # before the slow derivation; the exclusive write below closes the race
+    key = SealingKey.derive(passphrase, kdf=kdf)
+    try:
+        reseal(path, key, payload, file_format, exclusive=True)
+    except FileExistsError:
+        raise exists from None
+    return key
+
+
+def reseal(path: Path, key: SealingKey, payload: bytes, file_format: str, *,
+           exclusive: bool = False) -> None:
+    """Atomically replace `path` by `payload` sealed under `key` (`exclusive`: see
+    `write_atomically`). Raises OSError."""
+    nonce = os.urandom(_NONCE_BYTES)
+    ciphertext = AESGCM(key.kek).encrypt(nonce, payload, file_format.encode())
     document: dict[str, Any] = {
         "format": file_format,
-        "kdf": {"name": "argon2id", "memory_kib": kdf.memory_kib, "iterations": kdf.iterations,
-                "lanes": kdf.lanes, "salt": _b64(salt)},
+        "kdf": {"name": "argon2id", "memory_kib": key.kdf.memory_kib,
+                "iterations": key.kdf.iterations, "lanes": key.kdf.lanes, "salt": _b64(key.salt)},
         "nonce": _b64(nonce),
         "ciphertext": _b64(ciphertext),
     }
     document["checksum"] = _checksum(document)
-    write_atomically(path, (json.dumps(document, indent=1) + "\n").encode())
+    write_atomically(path, (json.dumps(document, indent=1) + "\n").encode(), exclusive=exclusive)
 
 
-def open_sealed(path: Path, passphrase: str, file_format: str) -> bytes:
-    """The payload sealed in `path`.
+def open_sealed(path: Path, passphrase: str, file_format: str) -> tuple[bytes, SealingKey]:
+    """The payload sealed in `path`, and the key that reseals it.
 
     Raises `KeyFileMissing`, `DamagedKeyFile` (truncated, altered, another format) or
     `WrongPassphrase`.
@@ -160,9 +209,9 @@ def open_sealed(path: Path, passphrase: str, file_format: str) -> bytes:
             raise damaged
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise damaged from None
+    key = SealingKey.derive(passphrase, salt, kdf)
     try:
-        return AESGCM(_kek(passphrase, salt, kdf)).decrypt(nonce, ciphertext,
-                                                           file_format.encode())
+        return AESGCM(key.kek).decrypt(nonce, ciphertext, file_format.encode()), key
     except InvalidTag:
         raise WrongPassphrase(f"the passphrase does not open {path}; try again (the file "
                               f"itself is intact)") from None

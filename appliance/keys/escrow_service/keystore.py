@@ -1,0 +1,137 @@
+"""The escrow service's keys: one AES-256 key per key id, in a file sealed by the escrow's own
+passphrase (format "herald-escrow-keys-v1", see appliance/keys/sealed_file.py).
+
+Every change rewrites the whole file atomically (temp file, fsync, rename) before it is
+acknowledged. `revoke` drops the key material from the file and remembers the key id as
+revoked, so that neither the key nor the key id ever comes back. Thread-safe.
+
+    wrapped = 0x01 | nonce (12) | AES-256-GCM(EK, nonce, plaintext, aad) with its tag (16)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from appliance.keys.errors import DamagedKeyFile, EscrowRefused, EscrowUnavailable
+from appliance.keys.escrow import MAX_WRAP_BYTES, KeyState, check_key_id
+from appliance.keys.sealed_file import SealingKey, open_sealed, reseal, seal
+
+__all__ = ["KEYSTORE_FORMAT", "Keystore"]
+
+KEYSTORE_FORMAT = "herald-escrow-keys-v1"
+_VERSION = b"\x01"
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+
+
+class _Entry(msgspec.Struct, forbid_unknown_fields=True):
+    state: str  # "active" | "revoked"
+    created: str
+    key: bytes | None = None  # None once revoked
+    revoked: str | None = None
+
+
+class Keystore:
+    """The escrow keys of one escrow directory, held in memory and persisted on every change."""
+
+    def __init__(self, path: Path, sealing_key: SealingKey, entries: dict[str, _Entry]) -> None:
+        self._path = path
+        self._sealing_key = sealing_key
+        self._entries = entries
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, path: Path, passphrase: str) -> Keystore:
+        """A new, empty keystore at `path`. Raises `KeyFileExists`, `WeakPassphrase`, OSError."""
+        sealing_key = seal(path, passphrase, _encode({}), KEYSTORE_FORMAT)
+        return cls(path, sealing_key, {})
+
+    @classmethod
+    def open(cls, path: Path, passphrase: str) -> Keystore:
+        """Raises `KeyFileMissing`, `WrongPassphrase`, `DamagedKeyFile`."""
+        payload, sealing_key = open_sealed(path, passphrase, KEYSTORE_FORMAT)
+        try:
+            entries = msgspec.msgpack.decode(payload, type=dict[str, _Entry])
+        except msgspec.DecodeError:
+            raise DamagedKeyFile(f"{path} opens but its content is not a keystore; restore it "
+                                 f"from a backup") from None
+        return cls(path, sealing_key, entries)
+
+    def create_key(self, key_id: str) -> None:
+        check_key_id(key_id)
+        with self._lock:
+            if key_id in self._entries:
+                raise EscrowRefused(f"the escrow key {key_id!r} exists or was revoked; choose a "
+                                    f"new key id")
+            entry = _Entry(state="active", created=_now(), key=os.urandom(32))
+            self._commit({**self._entries, key_id: entry})
+
+    def wrap(self, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
+        if len(plaintext) > MAX_WRAP_BYTES:
+            raise EscrowRefused(f"at most {MAX_WRAP_BYTES} bytes can be wrapped at once")
+        nonce = os.urandom(_NONCE_BYTES)
+        return _VERSION + nonce + AESGCM(self._key(key_id)).encrypt(nonce, plaintext, aad)
+
+    def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
+        key = self._key(key_id)
+        refused = EscrowRefused(f"the escrow key {key_id!r} does not open this data with this "
+                                f"associated data: it was altered or belongs elsewhere")
+        if len(wrapped) < 1 + _NONCE_BYTES + _TAG_BYTES or wrapped[:1] != _VERSION:
+            raise refused
+        try:
+            return AESGCM(key).decrypt(wrapped[1:1 + _NONCE_BYTES], wrapped[1 + _NONCE_BYTES:],
+                                       aad)
+        except InvalidTag:
+            raise refused from None
+
+    def revoke(self, key_id: str) -> None:
+        check_key_id(key_id)
+        with self._lock:
+            entry = self._entries.get(key_id)
+            if entry is None:
+                raise EscrowRefused(f"there is no escrow key {key_id!r} to revoke; check the "
+                                    f"key id")
+            if entry.state == "revoked":
+                return
+            revoked = _Entry(state="revoked", created=entry.created, revoked=_now())
+            self._commit({**self._entries, key_id: revoked})
+
+    def status(self, key_id: str) -> KeyState:
+        check_key_id(key_id)
+        entry = self._entries.get(key_id)
+        if entry is None:
+            return "missing"
+        return "active" if entry.state == "active" else "revoked"
+
+    def _key(self, key_id: str) -> bytes:
+        check_key_id(key_id)
+        entry = self._entries.get(key_id)
+        if entry is None or entry.key is None:
+            state = "missing" if entry is None else "revoked"
+            raise EscrowRefused(f"the escrow key {key_id!r} is {state}; data wrapped by it "
+                                f"cannot be opened")
+        return entry.key
+
+    def _commit(self, entries: dict[str, _Entry]) -> None:
+        """Persist `entries`, then adopt them: memory never runs ahead of the disk."""
+        try:
+            reseal(self._path, self._sealing_key, _encode(entries), KEYSTORE_FORMAT)
+        except OSError as exc:
+            raise EscrowUnavailable(f"the escrow cannot write its keystore ({exc.strerror}); "
+                                    f"the change was not made: fix the disk and retry") from None
+        self._entries = entries
+
+
+def _encode(entries: dict[str, _Entry]) -> bytes:
+    return msgspec.msgpack.encode(entries)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
