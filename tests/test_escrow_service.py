@@ -60,6 +60,9 @@ def tls_connection(service: RunningEscrow, *, with_certificate: bool = True
     host, port = service.address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as raw, \
             context.wrap_socket(raw, server_hostname=host) as connection:
+        (size,) = struct.unpack(">I", read_exactly(connection, 4))
+        assert msgspec.msgpack.decode(read_exactly(connection, size)) == {
+            "ok": True, "data": b"herald-escrow-v1"}
         yield connection
 
 
@@ -155,7 +158,7 @@ def test_a_service_certificate_from_another_ca_is_refused(service: RunningEscrow
 def test_a_stopped_service_is_unavailable_with_a_clear_message(service: RunningEscrow) -> None:
     client = service.client()
     service.stop()
-    with pytest.raises(EscrowUnavailable, match=r"cannot reach .* `herald escrow serve` runs there"):
+    with pytest.raises(EscrowUnavailable, match=r"cannot reach .* `herald escrow serve`"):
         client.status(new_key_id())
 
 

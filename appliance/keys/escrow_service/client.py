@@ -18,6 +18,7 @@ import msgspec
 from appliance.keys.errors import EscrowError, EscrowRefused, EscrowUnavailable
 from appliance.keys.escrow import KEY_STATES, KeyState, check_key_id
 from appliance.keys.escrow_service.wire import (
+    GREETING,
     FrameTooLarge,
     Reply,
     Request,
@@ -100,6 +101,7 @@ class ServiceEscrow:
 
     def _exchange(self, request: bytes) -> Reply:
         where = f"the escrow service at {self._address}"
+        payload: bytes | None = None
         try:
             raw = socket.create_connection((self._host, self._port), timeout=self._timeout_s)
         except OSError as exc:
@@ -107,8 +109,10 @@ class ServiceEscrow:
                                     f"`herald escrow serve` runs there and retry") from None
         try:
             with self._context.wrap_socket(raw, server_hostname=self._host) as connection:
-                write_frame(connection, request)
-                payload = read_frame(connection)
+                greeting = read_frame(connection)  # a rejected certificate shows up here
+                if greeting is not None:
+                    write_frame(connection, request)
+                    payload = read_frame(connection)
         except ssl.SSLCertVerificationError as exc:
             raise EscrowRefused(f"{where} presented a certificate that does not verify "
                                 f"({exc.verify_message}); check ca_file and the address") from None
@@ -116,7 +120,8 @@ class ServiceEscrow:
             raise EscrowUnavailable(f"{where} did not answer ({type(exc).__name__}); retry "
                                     f"later") from None
         except ssl.SSLError as exc:
-            # With TLS 1.3 a rejected client certificate arrives as an alert on the first read.
+            # With TLS 1.3 a rejected client certificate arrives as an alert on the first read,
+            # the greeting's.
             raise EscrowRefused(f"{where} refused the TLS session ({exc.reason}); check that "
                                 f"this appliance's client certificate was issued by that "
                                 f"escrow") from None
@@ -125,10 +130,12 @@ class ServiceEscrow:
                                     ) from None
         finally:
             raw.close()
-        if payload is None:
+        if greeting is None or payload is None:
             raise EscrowUnavailable(f"{where} closed the connection without answering; retry "
                                     f"later")
         try:
+            if decode_reply(greeting) != Reply(ok=True, data=GREETING):
+                raise msgspec.DecodeError("not the escrow's greeting")
             return decode_reply(payload)
         except msgspec.DecodeError:
             raise EscrowUnavailable(f"{where} answered something that is not a reply; check "

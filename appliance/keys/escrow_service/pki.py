@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from pathlib import Path
 
 from cryptography import x509
@@ -93,7 +94,9 @@ def create_service_pki(directory: Path, passphrase: str, hosts: list[str]) -> No
         if path.exists():
             raise KeyFileExists(f"{path} already exists; this directory already holds an escrow")
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("Herald escrow CA")
+    # A distinct name per escrow, so that a certificate of another escrow's CA is reported as
+    # from an unknown CA rather than as a bad signature.
+    ca_name = _name(f"Herald escrow CA {os.urandom(4).hex()}")
     ca_cert = _certificate(ca_name, ca_key.public_key(), ca_name, ca_key, CA_DAYS, [
         (x509.BasicConstraints(ca=True, path_length=0), True),
         (x509.KeyUsage(digital_signature=False, content_commitment=False,

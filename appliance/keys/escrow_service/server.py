@@ -25,6 +25,7 @@ from appliance.keys.errors import EscrowRefused, EscrowUnavailable
 from appliance.keys.escrow_service.audit import AuditLog
 from appliance.keys.escrow_service.keystore import Keystore
 from appliance.keys.escrow_service.wire import (
+    GREETING,
     FrameTooLarge,
     Reply,
     Request,
@@ -40,6 +41,7 @@ __all__ = ["IDLE_TIMEOUT_S", "MAX_CONNECTIONS", "EscrowServer", "EscrowService",
 IDLE_TIMEOUT_S = 30.0  # also bounds the TLS handshake
 MAX_CONNECTIONS = 64
 _MAX_LOGGED_KEY_ID = 128
+_LINGER_S = 2.0
 
 
 def server_tls_context(directory: Path, passphrase: str) -> ssl.SSLContext:
@@ -110,6 +112,17 @@ def _client_subject(connection: ssl.SSLSocket) -> str:
     return x509.load_der_x509_certificate(der).subject.rfc4514_string()
 
 
+def _linger(raw: socket.socket) -> None:
+    """Close after the client has read our TLS alert: closing with data of the client unread
+    would send a TCP reset, which may destroy the alert in flight."""
+    with contextlib.suppress(OSError):
+        raw.shutdown(socket.SHUT_WR)
+        raw.settimeout(_LINGER_S)
+        for _ in range(16):  # bounded: at most 16 reads of 4 KiB
+            if not raw.recv(4096):
+                break
+
+
 class _Handler(socketserver.BaseRequestHandler):
     server: EscrowServer
 
@@ -121,12 +134,17 @@ class _Handler(socketserver.BaseRequestHandler):
         except (ssl.SSLError, OSError) as exc:
             self.server.note(f"refused a connection from {self.client_address[0]}: "
                              f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}")
+            _linger(raw)
             return
         with connection:
             client = _client_subject(connection)
             self._serve(connection, client)
 
     def _serve(self, connection: ssl.SSLSocket, client: str) -> None:
+        try:
+            write_frame(connection, encode(Reply(ok=True, data=GREETING)))
+        except OSError:
+            return
         while True:
             try:
                 payload = read_frame(connection)

@@ -1,7 +1,13 @@
 """The escrow service's wire protocol, shared by the server and the client.
 
-Over one TLS connection, any number of request/reply exchanges, each message a frame:
-a 4-byte big-endian length, then that many bytes of msgpack.
+Over one TLS connection, the service's greeting, then any number of request/reply exchanges;
+each message is a frame: a 4-byte big-endian length, then that many bytes of msgpack.
+
+    greeting: {"ok": true, "data": b"herald-escrow-v1"}
+
+The greeting is read before anything is sent. It is there because with TLS 1.3 a client learns
+that the service rejected its certificate only from an alert after the handshake: reading first
+makes that alert arrive as the answer, rather than race with (and be lost to) a first request.
 
     request: {"op": "create_key"|"wrap"|"unwrap"|"revoke"|"status", "key_id": str,
               "data": bytes, "aad": bytes}            (data and aad default to empty)
@@ -23,6 +29,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "GREETING",
     "MAX_FRAME_BYTES",
     "OPS",
     "FrameTooLarge",
@@ -36,6 +43,7 @@ __all__ = [
 ]
 
 MAX_FRAME_BYTES = 64 * 1024
+GREETING = b"herald-escrow-v1"
 OPS = ("create_key", "wrap", "unwrap", "revoke", "status")
 Op = Literal["create_key", "wrap", "unwrap", "revoke", "status"]
 _LENGTH = struct.Struct(">I")
