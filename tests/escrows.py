@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,14 +158,23 @@ def running_escrow(files: EscrowFiles) -> Iterator[RunningEscrow]:
 # -- fixtures (imported by the test modules that use them) --------------------------------------
 
 
+# Each test module that imports a session fixture gets its own copy of its definition; this
+# cache makes them share one token (SoftHSM2 could not see a second one) and one template.
+_per_process: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
-    return softhsm_token(tmp_path_factory.mktemp("softhsm"))
+    if "softhsm" not in _per_process:
+        _per_process["softhsm"] = softhsm_token(tmp_path_factory.mktemp("softhsm"))
+    return _per_process["softhsm"]  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
 def escrow_template(tmp_path_factory: pytest.TempPathFactory) -> EscrowFiles:
-    return init_escrow(tmp_path_factory.mktemp("escrow-template"))
+    if "escrow" not in _per_process:
+        _per_process["escrow"] = init_escrow(tmp_path_factory.mktemp("escrow-template"))
+    return _per_process["escrow"]  # type: ignore[no-any-return]
 
 
 def copy_escrow(template: EscrowFiles, root: Path) -> EscrowFiles:
