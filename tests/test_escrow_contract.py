@@ -3,6 +3,9 @@ service as a real subprocess over mutual TLS."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from escrows import escrow, escrow_template, new_key_id, shared_service, softhsm
 
@@ -100,3 +103,18 @@ def test_oversized_plaintext_is_refused(escrow: Escrow) -> None:
     escrow.create_key(key_id)
     with pytest.raises(EscrowRefused, match=str(MAX_WRAP_BYTES)):
         escrow.wrap(key_id, b"x" * (MAX_WRAP_BYTES + 1), AAD)
+
+
+def test_calls_from_many_worker_threads_all_succeed(escrow: Escrow) -> None:
+    """The server calls the escrow from worker threads, several at once."""
+    key_ids = [new_key_id() for _ in range(4)]
+    for key_id in key_ids:
+        escrow.create_key(key_id)
+
+    def round_trips(key_id: str) -> list[bool]:
+        secrets = [os.urandom(48) for _ in range(5)]
+        return [escrow.unwrap(key_id, escrow.wrap(key_id, s, AAD), AAD) == s for s in secrets]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(round_trips, key_ids * 2))
+    assert all(all(result) for result in results)

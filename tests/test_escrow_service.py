@@ -9,6 +9,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -294,3 +295,16 @@ def test_issue_client_needs_the_escrow_passphrase(escrow_files: EscrowFiles, tmp
     assert result.returncode == 1 and "does not open" in result.stderr
     assert "a guessed passphrase" not in result.stderr
     assert not (tmp_path / "x" / "client.key").exists()
+
+
+def test_concurrent_clients_keep_the_audit_chain_whole(service: RunningEscrow) -> None:
+    escrow, key_id = service.client(), new_key_id()
+    escrow.create_key(key_id)
+    blob = wrap_dek(MASTER_KEY, escrow, key_id, 5, 1, DEK)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        opened = list(pool.map(lambda _: unwrap_dek(MASTER_KEY, escrow, key_id, 5, 1, blob),
+                               range(24)))
+    assert opened == [DEK] * 24
+    result = herald("escrow", "audit", "--dir", str(service.files.escrow_dir))
+    assert result.returncode == 0, result.stderr
+    assert "26 entries; the chain verifies" in result.stdout

@@ -35,7 +35,7 @@ class Escrow(Protocol):
         """Destroy the key for good: what it wrapped can never be unwrapped again."""
 
     def status(self, key_id: str) -> KeyState:
-        """"active", "revoked" or "missing"."""
+        """One of "active", "revoked" or "missing"."""
 
     def close(self) -> None:
         """Release connections and sessions."""

@@ -184,6 +184,10 @@ class Pkcs11Escrow:
         except p11.PinLocked:
             raise EscrowRefused(f"the PIN of the PKCS#11 token {self._token_label!r} is "
                                 f"locked; the token's security officer must unlock it") from None
+        except p11.PKCS11Error as exc:
+            raise EscrowUnavailable(f"cannot open a session on the PKCS#11 token "
+                                    f"{self._token_label!r} ({type(exc).__name__}); check the "
+                                    f"token and its label") from None
 
     def _close_session(self) -> None:
         session, self._session = self._session, None
