@@ -116,6 +116,22 @@ def _add_escrow_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     serve.add_argument("--dir", type=Path, required=True, help="the escrow directory")
     serve.add_argument("--listen", required=True, help="HOST:PORT to listen on")
     serve.add_argument("--passphrase-file", help=passphrase_help)
+    keys = escrow_cmds.add_parser(
+        "keys", help="list the escrow keys and their states (service stopped)",
+        description="List every key id and whether it is active or revoked. The service "
+                    "must be stopped: it holds the key file.")
+    keys.add_argument("--dir", type=Path, required=True, help="the escrow directory")
+    keys.add_argument("--passphrase-file", help=passphrase_help)
+    revoke = escrow_cmds.add_parser(
+        "revoke", help="revoke an escrow key for good (service stopped)",
+        description="Destroy one escrow key on the escrow machine itself: everything it "
+                    "wrapped (a tenant's data keys) can never be opened again. The service "
+                    "must be stopped; appliances can also revoke through it. Audited.")
+    revoke.add_argument("--dir", type=Path, required=True, help="the escrow directory")
+    revoke.add_argument("--key-id", required=True, help="the key to destroy")
+    revoke.add_argument("--yes", action="store_true",
+                        help="do not ask for confirmation (for scripts)")
+    revoke.add_argument("--passphrase-file", help=passphrase_help)
     audit = escrow_cmds.add_parser(
         "audit", help="print the audit log and verify its hash chain",
         description="Print every audited operation and check that no line was edited, added "
@@ -129,11 +145,21 @@ def _run_escrow(args: argparse.Namespace) -> int:
 
     if args.action == "audit":
         return commands.audit(args.dir)
+    if args.action == "revoke" and not args.yes:
+        answer = input(f"Revoking {args.key_id!r} makes its data unreadable for good. Type the "
+                       f"key id to confirm: ")
+        if answer.strip() != args.key_id:
+            print("herald escrow: not confirmed; nothing was revoked", file=sys.stderr)
+            return 1
     passphrase = commands.read_passphrase(args.passphrase_file, new=args.action == "init")
     if args.action == "init":
         return commands.init(args.dir, passphrase, args.hosts or ["localhost", "127.0.0.1"])
     if args.action == "issue-client":
         return commands.issue_client(args.dir, passphrase, args.name, args.out)
+    if args.action == "keys":
+        return commands.keys(args.dir, passphrase)
+    if args.action == "revoke":
+        return commands.revoke(args.dir, passphrase, args.key_id)
     try:
         host, port = _parse_listen(args.listen)
     except ConfigError as exc:

@@ -271,7 +271,8 @@ def _stop_and_read_stderr(service: RunningEscrow) -> str:
 
 
 @pytest.mark.parametrize("command", [["escrow"], ["escrow", "init"], ["escrow", "issue-client"],
-                                     ["escrow", "serve"], ["escrow", "audit"]],
+                                     ["escrow", "serve"], ["escrow", "audit"],
+                                     ["escrow", "keys"], ["escrow", "revoke"]],
                          ids=" ".join)
 def test_every_escrow_command_has_help(command: list[str]) -> None:
     result = herald(*command, "--help")
@@ -308,3 +309,34 @@ def test_concurrent_clients_keep_the_audit_chain_whole(service: RunningEscrow) -
     result = herald("escrow", "audit", "--dir", str(service.files.escrow_dir))
     assert result.returncode == 0, result.stderr
     assert "26 entries; the chain verifies" in result.stdout
+
+
+def test_the_operator_revokes_offline_and_it_holds_once_the_service_is_back(
+        escrow_files: EscrowFiles) -> None:
+    key_id, kept = new_key_id(), new_key_id()
+    with running_escrow(escrow_files) as running:
+        escrow = running.client()
+        escrow.create_key(key_id)
+        escrow.create_key(kept)
+        blob = wrap_dek(MASTER_KEY, escrow, key_id, 9, 1, DEK)
+        busy = herald("escrow", "revoke", "--dir", str(escrow_files.escrow_dir), "--key-id",
+                      key_id, "--yes", "--passphrase-file", "-", stdin=ESCROW_PASSPHRASE + "\n")
+        assert busy.returncode == 1 and "stop it first" in busy.stderr
+    unconfirmed = herald("escrow", "revoke", "--dir", str(escrow_files.escrow_dir), "--key-id",
+                         key_id, stdin="something else\n")
+    assert unconfirmed.returncode == 1 and "nothing was revoked" in unconfirmed.stderr
+    done = herald("escrow", "revoke", "--dir", str(escrow_files.escrow_dir), "--key-id", key_id,
+                  "--yes", "--passphrase-file", "-", stdin=ESCROW_PASSPHRASE + "\n")
+    assert done.returncode == 0, done.stderr
+    listing = herald("escrow", "keys", "--dir", str(escrow_files.escrow_dir),
+                     "--passphrase-file", "-", stdin=ESCROW_PASSPHRASE + "\n")
+    assert listing.returncode == 0, listing.stderr
+    states = dict(line.split() for line in listing.stdout.splitlines())
+    assert (states[key_id], states[kept]) == ("revoked", "active")
+    with running_escrow(escrow_files) as running:
+        escrow = running.client()
+        with pytest.raises(EscrowRefused, match="revoked"):
+            unwrap_dek(MASTER_KEY, escrow, key_id, 9, 1, blob)
+    revocations = [e for e in audit_entries(escrow_files) if e["op"] == "revoke"]
+    assert [(e["client"], e["outcome"]) for e in revocations] == [
+        ("operator (herald escrow revoke)", "ok")]

@@ -19,8 +19,10 @@ from appliance.keys.escrow_service.pki import create_service_pki, issue_client_c
 from appliance.keys.escrow_service.server import EscrowServer, EscrowService, server_tls_context
 from appliance.keys.sealed_file import check_new_passphrase
 
-__all__ = ["AUDIT_FILE", "KEYSTORE_FILE", "audit", "init", "issue_client", "read_passphrase",
-           "serve"]
+__all__ = ["AUDIT_FILE", "KEYSTORE_FILE", "audit", "init", "issue_client", "keys",
+           "read_passphrase", "revoke", "serve"]
+
+OPERATOR = "operator (herald escrow revoke)"  # the audit log's client for offline revocations
 
 KEYSTORE_FILE = "escrow.keys"
 AUDIT_FILE = "audit.log"
@@ -85,22 +87,27 @@ def issue_client(directory: Path, passphrase: str, name: str, out: Path) -> int:
 def serve(directory: Path, passphrase: str, host: str, port: int) -> int:
     try:
         keystore = Keystore.open(directory / KEYSTORE_FILE, passphrase)
-        tls = server_tls_context(directory, passphrase)
-        audit_log = AuditLog(directory / AUDIT_FILE)
     except KeyManagementError as exc:
         return _fail(exc.message)
+    try:
+        tls = server_tls_context(directory, passphrase)
+        audit_log = AuditLog(directory / AUDIT_FILE)
     except AuditBroken as exc:
+        keystore.close()
         return _fail(str(exc))
     except ssl.SSLError:
+        keystore.close()
         return _fail(f"cannot load server.crt/server.key in {directory}; were they made by "
                      f"herald escrow init with this passphrase?")
     except OSError as exc:
+        keystore.close()
         return _fail(f"{exc.filename}: {exc.strerror}; is {directory} an escrow directory "
                      f"(herald escrow init)?")
     try:
         server = EscrowServer((host, port), tls, EscrowService(keystore, audit_log))
     except OSError as exc:
         audit_log.close()
+        keystore.close()
         return _fail(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --listen")
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -116,7 +123,48 @@ def serve(directory: Path, passphrase: str, host: str, port: int) -> int:
     finally:
         server.server_close()
         audit_log.close()
+        keystore.close()
     print("escrow stopped", flush=True)
+    return 0
+
+
+def keys(directory: Path, passphrase: str) -> int:
+    """List the key ids and their states (the service must be stopped: it holds the file)."""
+    try:
+        keystore = Keystore.open(directory / KEYSTORE_FILE, passphrase)
+    except KeyManagementError as exc:
+        return _fail(exc.message)
+    try:
+        for key_id, state in keystore.key_states().items():
+            print(f"{key_id:<40} {state}")
+    finally:
+        keystore.close()
+    return 0
+
+
+def revoke(directory: Path, passphrase: str, key_id: str) -> int:
+    """Revoke `key_id` on the escrow machine itself, with the service stopped; audited."""
+    try:
+        keystore = Keystore.open(directory / KEYSTORE_FILE, passphrase)
+    except KeyManagementError as exc:
+        return _fail(exc.message)
+    try:
+        audit_log = AuditLog(directory / AUDIT_FILE)
+    except AuditBroken as exc:
+        keystore.close()
+        return _fail(str(exc))
+    try:
+        try:
+            keystore.revoke(key_id)
+        except KeyManagementError as exc:
+            audit_log.append(OPERATOR, "revoke", key_id[:128], "refused")
+            return _fail(exc.message)
+        audit_log.append(OPERATOR, "revoke", key_id, "ok")
+    finally:
+        audit_log.close()
+        keystore.close()
+    print(f"escrow key {key_id!r} revoked: what it wrapped can never be opened again. Destroy "
+          f"any copy of {KEYSTORE_FILE} older than this moment, or the revocation is not final.")
     return 0
 
 

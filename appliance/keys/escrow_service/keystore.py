@@ -2,14 +2,17 @@
 passphrase (format "herald-escrow-keys-v1", see appliance/keys/sealed_file.py).
 
 Every change rewrites the whole file atomically (temp file, fsync, rename) before it is
-acknowledged. `revoke` drops the key material from the file and remembers the key id as
-revoked, so that neither the key nor the key id ever comes back. Thread-safe.
+acknowledged. One process at a time has a keystore open (an exclusive lock on
+`escrow.keys.lock`): a second one would overwrite the first one's changes. `revoke` drops the
+key material from the file and remembers the key id as revoked, so that neither the key nor the
+key id ever comes back. Thread-safe.
 
     wrapped = 0x01 | nonce (12) | AES-256-GCM(EK, nonce, plaintext, aad) with its tag (16)
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from datetime import UTC, datetime
@@ -19,16 +22,39 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from appliance.keys.errors import DamagedKeyFile, EscrowRefused, EscrowUnavailable
+from appliance.keys.errors import (
+    DamagedKeyFile,
+    EscrowRefused,
+    EscrowUnavailable,
+    KeyManagementError,
+)
 from appliance.keys.escrow import MAX_WRAP_BYTES, KeyState, check_key_id
 from appliance.keys.sealed_file import SealingKey, open_sealed, reseal, seal
 
-__all__ = ["KEYSTORE_FORMAT", "Keystore"]
+__all__ = ["KEYSTORE_FORMAT", "Keystore", "KeystoreBusy"]
 
 KEYSTORE_FORMAT = "herald-escrow-keys-v1"
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
+
+
+class KeystoreBusy(KeyManagementError):
+    """Another process (a running `herald escrow serve`) has the keystore open."""
+
+    code = "keystore_busy"
+
+
+def _lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise KeystoreBusy(f"another process has {path} open (a running `herald escrow "
+                           f"serve`?); stop it first, or revoke through it") from None
+    return fd
 
 
 class _Entry(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,8 +67,10 @@ class _Entry(msgspec.Struct, forbid_unknown_fields=True):
 class Keystore:
     """The escrow keys of one escrow directory, held in memory and persisted on every change."""
 
-    def __init__(self, path: Path, sealing_key: SealingKey, entries: dict[str, _Entry]) -> None:
+    def __init__(self, path: Path, sealing_key: SealingKey, entries: dict[str, _Entry],
+                 lock_fd: int) -> None:
         self._path = path
+        self._lock_fd = lock_fd
         self._sealing_key = sealing_key
         self._entries = entries
         self._lock = threading.Lock()
@@ -50,19 +78,41 @@ class Keystore:
     @classmethod
     def create(cls, path: Path, passphrase: str) -> Keystore:
         """A new, empty keystore at `path`. Raises `KeyFileExists`, `WeakPassphrase`, OSError."""
-        sealing_key = seal(path, passphrase, _encode({}), KEYSTORE_FORMAT)
-        return cls(path, sealing_key, {})
+        lock_fd = _lock(path)
+        try:
+            sealing_key = seal(path, passphrase, _encode({}), KEYSTORE_FORMAT)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return cls(path, sealing_key, {}, lock_fd)
 
     @classmethod
     def open(cls, path: Path, passphrase: str) -> Keystore:
-        """Raises `KeyFileMissing`, `WrongPassphrase`, `DamagedKeyFile`."""
-        payload, sealing_key = open_sealed(path, passphrase, KEYSTORE_FORMAT)
+        """Raises `KeystoreBusy`, `KeyFileMissing`, `WrongPassphrase`, `DamagedKeyFile`."""
+        if not path.exists():
+            open_sealed(path, passphrase, KEYSTORE_FORMAT)  # raises KeyFileMissing
+        lock_fd = _lock(path)
         try:
+            payload, sealing_key = open_sealed(path, passphrase, KEYSTORE_FORMAT)
             entries = msgspec.msgpack.decode(payload, type=dict[str, _Entry])
         except msgspec.DecodeError:
+            os.close(lock_fd)
             raise DamagedKeyFile(f"{path} opens but its content is not a keystore; restore it "
                                  f"from a backup") from None
-        return cls(path, sealing_key, entries)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return cls(path, sealing_key, entries, lock_fd)
+
+    def close(self) -> None:
+        """Release the keystore for another process."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def key_states(self) -> dict[str, KeyState]:
+        """Every key id and its state."""
+        return {key_id: self.status(key_id) for key_id in sorted(self._entries)}
 
     def create_key(self, key_id: str) -> None:
         check_key_id(key_id)
