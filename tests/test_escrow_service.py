@@ -28,7 +28,14 @@ from escrows import (
     service,
 )
 
-from appliance.keys import EscrowRefused, EscrowUnavailable, dek_aad, unwrap_dek, wrap_dek
+from appliance.keys import (
+    EscrowError,
+    EscrowRefused,
+    EscrowUnavailable,
+    dek_aad,
+    unwrap_dek,
+    wrap_dek,
+)
 from appliance.keys.escrow_service.keystore import Keystore
 from appliance.keys.escrow_service.wire import MAX_FRAME_BYTES
 
@@ -340,3 +347,18 @@ def test_the_operator_revokes_offline_and_it_holds_once_the_service_is_back(
     revocations = [e for e in audit_entries(escrow_files) if e["op"] == "revoke"]
     assert [(e["client"], e["outcome"]) for e in revocations] == [
         ("operator (herald escrow revoke)", "ok")]
+
+
+def test_a_service_that_accepts_but_never_answers_times_out_as_unavailable(
+        escrow_files: EscrowFiles) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        client = escrow_files.client(f"127.0.0.1:{port}", timeout_s=0.5)
+        with pytest.raises(EscrowUnavailable, match="did not answer"):
+            client.status(new_key_id())
+
+
+def test_missing_client_files_say_which_settings_to_check(escrow_files: EscrowFiles,
+                                                          tmp_path: Path) -> None:
+    with pytest.raises(EscrowError, match="check ca_file, cert_file and key_file"):
+        escrow_files.client("127.0.0.1:1", tmp_path / "nothing-here")
