@@ -116,8 +116,8 @@ def serve(directory: Path, passphrase: str, host: str, port: int) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    bound_host, bound_port = server.server_address[:2]
-    print(f"escrow serving on {bound_host}:{bound_port}", flush=True)
+    bound_port = server.socket.getsockname()[1]
+    print(f"escrow serving on {host}:{bound_port}", flush=True)
     try:
         server.serve_forever()
     finally:

@@ -185,7 +185,7 @@ class EscrowServer(socketserver.ThreadingTCPServer):
             self.shutdown_request(request)
             return
         try:
-            super().process_request(request, client_address)  # type: ignore[arg-type]
+            super().process_request(request, client_address)
         except BaseException:
             self._slots.release()
             raise
@@ -193,7 +193,7 @@ class EscrowServer(socketserver.ThreadingTCPServer):
     def process_request_thread(self, request: socket.socket | tuple[bytes, socket.socket],
                                client_address: object) -> None:
         try:
-            super().process_request_thread(request, client_address)  # type: ignore[misc]
+            super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
 
