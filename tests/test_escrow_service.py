@@ -170,6 +170,28 @@ def test_a_stopped_service_is_unavailable_with_a_clear_message(service: RunningE
         client.status(new_key_id())
 
 
+def test_an_appliance_cannot_see_use_or_revoke_another_appliances_key(
+        service: RunningEscrow, tmp_path: Path) -> None:
+    issued = herald("escrow", "issue-client", "--dir", str(service.files.escrow_dir), "--name",
+                    "appliance-2", "--out", str(tmp_path / "second"), "--passphrase-file", "-",
+                    stdin=ESCROW_PASSPHRASE + "\n")
+    assert issued.returncode == 0, issued.stderr
+    first, second = service.client(), service.client(tmp_path / "second")
+    key_id = new_key_id()
+    first.create_key(key_id)
+    blob = first.wrap(key_id, b"s" * 60, b"aad")
+    assert second.status(key_id) == "missing"
+    with pytest.raises(EscrowRefused, match="missing"):
+        second.unwrap(key_id, blob, b"aad")
+    with pytest.raises(EscrowRefused, match="no escrow key"):
+        second.revoke(key_id)
+    with pytest.raises(EscrowRefused, match="exists"):
+        second.create_key(key_id)  # key ids stay unique across appliances
+    assert first.unwrap(key_id, blob, b"aad") == b"s" * 60
+    clients = {e["client"] for e in audit_entries(service.files)}
+    assert clients == {"CN=appliance-1,O=Herald escrow", "CN=appliance-2,O=Herald escrow"}
+
+
 # -- the audit log -----------------------------------------------------------------------------
 
 
@@ -338,8 +360,9 @@ def test_the_operator_revokes_offline_and_it_holds_once_the_service_is_back(
     listing = herald("escrow", "keys", "--dir", str(escrow_files.escrow_dir),
                      "--passphrase-file", "-", stdin=ESCROW_PASSPHRASE + "\n")
     assert listing.returncode == 0, listing.stderr
-    states = dict(line.split() for line in listing.stdout.splitlines())
-    assert (states[key_id], states[kept]) == ("revoked", "active")
+    states = {line.split()[0]: line.split()[1:] for line in listing.stdout.splitlines()}
+    owner = ["CN=appliance-1,O=Herald", "escrow"]
+    assert (states[key_id], states[kept]) == (["revoked", *owner], ["active", *owner])
     with running_escrow(escrow_files) as running:
         escrow = running.client()
         with pytest.raises(EscrowRefused, match="revoked"):

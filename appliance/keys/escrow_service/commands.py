@@ -135,8 +135,8 @@ def keys(directory: Path, passphrase: str) -> int:
     except KeyManagementError as exc:
         return _fail(exc.message)
     try:
-        for key_id, state in keystore.key_states().items():
-            print(f"{key_id:<40} {state}")
+        for key_id, (state, owner) in keystore.key_states().items():
+            print(f"{key_id:<40} {state:<8} {owner}")
     finally:
         keystore.close()
     return 0
@@ -155,7 +155,7 @@ def revoke(directory: Path, passphrase: str, key_id: str) -> int:
         return _fail(str(exc))
     try:
         try:
-            keystore.revoke(key_id)
+            keystore.revoke(key_id, None)
         except KeyManagementError as exc:
             audit_log.append(OPERATOR, "revoke", key_id[:128], "refused")
             return _fail(exc.message)

@@ -7,6 +7,10 @@ acknowledged. One process at a time has a keystore open (an exclusive lock on
 key material from the file and remembers the key id as revoked, so that neither the key nor the
 key id ever comes back. Thread-safe.
 
+A key belongs to the client that created it (the subject of its TLS certificate): another
+appliance with a certificate from the same CA can neither use nor revoke it, nor learn that it
+exists. The escrow's operator (`owner=None`, on the escrow machine) can revoke any key.
+
     wrapped = 0x01 | nonce (12) | AES-256-GCM(EK, nonce, plaintext, aad) with its tag (16)
 """
 
@@ -60,6 +64,7 @@ def _lock(path: Path) -> int:
 class _Entry(msgspec.Struct, forbid_unknown_fields=True):
     state: str  # "active" | "revoked"
     created: str
+    owner: str  # the creating client's certificate subject
     key: bytes | None = None  # None once revoked
     revoked: str | None = None
 
@@ -110,27 +115,28 @@ class Keystore:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def key_states(self) -> dict[str, KeyState]:
-        """Every key id and its state."""
-        return {key_id: self.status(key_id) for key_id in sorted(self._entries)}
+    def key_states(self) -> dict[str, tuple[KeyState, str]]:
+        """Every key id, its state and its owner."""
+        return {key_id: (self.status(key_id, None), self._entries[key_id].owner)
+                for key_id in sorted(self._entries)}
 
-    def create_key(self, key_id: str) -> None:
+    def create_key(self, key_id: str, owner: str) -> None:
         check_key_id(key_id)
         with self._lock:
             if key_id in self._entries:
                 raise EscrowRefused(f"the escrow key {key_id!r} exists or was revoked; choose a "
                                     f"new key id")
-            entry = _Entry(state="active", created=_now(), key=os.urandom(32))
+            entry = _Entry(state="active", created=_now(), owner=owner, key=os.urandom(32))
             self._commit({**self._entries, key_id: entry})
 
-    def wrap(self, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
+    def wrap(self, key_id: str, plaintext: bytes, aad: bytes, owner: str) -> bytes:
         if len(plaintext) > MAX_WRAP_BYTES:
             raise EscrowRefused(f"at most {MAX_WRAP_BYTES} bytes can be wrapped at once")
         nonce = os.urandom(_NONCE_BYTES)
-        return _VERSION + nonce + AESGCM(self._key(key_id)).encrypt(nonce, plaintext, aad)
+        return _VERSION + nonce + AESGCM(self._key(key_id, owner)).encrypt(nonce, plaintext, aad)
 
-    def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
-        key = self._key(key_id)
+    def unwrap(self, key_id: str, wrapped: bytes, aad: bytes, owner: str) -> bytes:
+        key = self._key(key_id, owner)
         refused = EscrowRefused(f"the escrow key {key_id!r} does not open this data with this "
                                 f"associated data: it was altered or belongs elsewhere")
         if len(wrapped) < 1 + _NONCE_BYTES + _TAG_BYTES or wrapped[:1] != _VERSION:
@@ -141,28 +147,37 @@ class Keystore:
         except InvalidTag:
             raise refused from None
 
-    def revoke(self, key_id: str) -> None:
+    def revoke(self, key_id: str, owner: str | None) -> None:
+        """Destroy the key; `owner` None is the escrow's operator, who may revoke any key."""
         check_key_id(key_id)
         with self._lock:
-            entry = self._entries.get(key_id)
+            entry = self._visible(key_id, owner)
             if entry is None:
                 raise EscrowRefused(f"there is no escrow key {key_id!r} to revoke; check the "
                                     f"key id")
             if entry.state == "revoked":
                 return
-            revoked = _Entry(state="revoked", created=entry.created, revoked=_now())
+            revoked = _Entry(state="revoked", created=entry.created, owner=entry.owner,
+                             revoked=_now())
             self._commit({**self._entries, key_id: revoked})
 
-    def status(self, key_id: str) -> KeyState:
+    def status(self, key_id: str, owner: str | None) -> KeyState:
         check_key_id(key_id)
-        entry = self._entries.get(key_id)
+        entry = self._visible(key_id, owner)
         if entry is None:
             return "missing"
         return "active" if entry.state == "active" else "revoked"
 
-    def _key(self, key_id: str) -> bytes:
-        check_key_id(key_id)
+    def _visible(self, key_id: str, owner: str | None) -> _Entry | None:
+        """The entry of `key_id` as `owner` may see it: another client's key is "missing"."""
         entry = self._entries.get(key_id)
+        if entry is not None and owner is not None and entry.owner != owner:
+            return None
+        return entry
+
+    def _key(self, key_id: str, owner: str) -> bytes:
+        check_key_id(key_id)
+        entry = self._visible(key_id, owner)
         if entry is None or entry.key is None:
             state = "missing" if entry is None else "revoked"
             raise EscrowRefused(f"the escrow key {key_id!r} is {state}; data wrapped by it "

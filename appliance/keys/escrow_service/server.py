@@ -70,7 +70,7 @@ class EscrowService:
                 ok=False, error="bad_request",
                 message=f"not a valid request ({exc}); see docs/security.md, 'Escrow backends'"))
         try:
-            data = self._perform(request)
+            data = self._perform(request, client)
         except EscrowRefused as exc:
             reply = Reply(ok=False, error="refused", message=exc.message)
         except EscrowUnavailable as exc:
@@ -79,18 +79,18 @@ class EscrowService:
             reply = Reply(ok=True, data=data)
         return self._answer(client, request.op, request.key_id, reply)
 
-    def _perform(self, request: Request) -> bytes:
+    def _perform(self, request: Request, client: str) -> bytes:
         keystore, key_id = self._keystore, request.key_id
         if request.op == "create_key":
-            keystore.create_key(key_id)
+            keystore.create_key(key_id, client)
         elif request.op == "wrap":
-            return keystore.wrap(key_id, request.data, request.aad)
+            return keystore.wrap(key_id, request.data, request.aad, client)
         elif request.op == "unwrap":
-            return keystore.unwrap(key_id, request.data, request.aad)
+            return keystore.unwrap(key_id, request.data, request.aad, client)
         elif request.op == "revoke":
-            keystore.revoke(key_id)
+            keystore.revoke(key_id, client)
         else:
-            return keystore.status(key_id).encode()
+            return keystore.status(key_id, client).encode()
         return b""
 
     def _answer(self, client: str, op: str, key_id: str, reply: Reply) -> Reply:
