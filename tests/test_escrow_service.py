@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import ssl
 import struct
@@ -252,8 +253,9 @@ def test_an_altered_audit_log_is_detected(service: RunningEscrow, tamper: str) -
     msgspec.msgpack.encode({"op": "status", "key_id": 5}),
     msgspec.msgpack.encode({"op": "wrap", "key_id": "k", "data": "text, not bytes"}),
     msgspec.msgpack.encode({"op": "status", "key_id": "k", "extra": 1}),
+    b"\x81\xa3\xff\xfe\xfd\x01",
 ], ids=["empty", "reserved-byte", "text", "array", "unknown-op", "no-key-id", "int-key-id",
-        "str-data", "unknown-field"])
+        "str-data", "unknown-field", "invalid-utf8-key"])
 def test_a_malformed_request_gets_an_error_reply_and_the_connection_goes_on(
         service: RunningEscrow, payload: bytes) -> None:
     with tls_connection(service) as connection:
@@ -385,3 +387,14 @@ def test_missing_client_files_say_which_settings_to_check(escrow_files: EscrowFi
                                                           tmp_path: Path) -> None:
     with pytest.raises(EscrowError, match="check ca_file, cert_file and key_file"):
         escrow_files.client("127.0.0.1:1", tmp_path / "nothing-here")
+
+
+def test_random_payloads_all_get_replies_on_one_connection(service: RunningEscrow) -> None:
+    rng = random.Random(20261127)
+    with tls_connection(service) as connection:
+        for _ in range(200):
+            payload = rng.randbytes(rng.randrange(0, 300))
+            reply = exchange(connection, payload)
+            assert reply["ok"] is False and reply["error"] in {"bad_request", "refused"}, reply
+        again = exchange(connection, msgspec.msgpack.encode({"op": "status", "key_id": "k"}))
+    assert again == {"ok": True, "data": b"missing"}

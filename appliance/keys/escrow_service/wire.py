@@ -77,13 +77,19 @@ def encode(message: Request | Reply) -> bytes:
 
 
 def decode_request(payload: bytes) -> Request:
-    """Raises msgspec.DecodeError (a subclass of ValueError) for anything but a valid request."""
-    return _request_decoder.decode(payload)
+    """Raises msgspec.DecodeError for anything but a valid request."""
+    try:
+        return _request_decoder.decode(payload)
+    except UnicodeDecodeError as exc:  # msgspec lets this through for a map key's bytes
+        raise msgspec.DecodeError(f"invalid UTF-8 in a string: {exc.reason}") from None
 
 
 def decode_reply(payload: bytes) -> Reply:
     """Raises msgspec.DecodeError for anything but a valid reply."""
-    return _reply_decoder.decode(payload)
+    try:
+        return _reply_decoder.decode(payload)
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"invalid UTF-8 in a string: {exc.reason}") from None
 
 
 def _read_exactly(sock: socket.socket | ssl.SSLSocket, count: int) -> bytes | None:
