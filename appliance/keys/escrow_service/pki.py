@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from appliance.keys.errors import KeyFileExists, WrongPassphrase
+from appliance.keys.errors import DamagedKeyFile, KeyFileExists, WrongPassphrase
 from appliance.keys.sealed_file import write_atomically
 
 __all__ = ["CA_DAYS", "LEAF_DAYS", "create_service_pki", "issue_client_certificate"]
@@ -120,8 +120,8 @@ def issue_client_certificate(directory: Path, passphrase: str, name: str, out: P
     """Sign a client certificate for the appliance `name` with the CA in `directory`, and write
     client.key, client.crt and ca.crt to `out` (created if needed).
 
-    Raises `WrongPassphrase` if the passphrase does not open ca.key, `KeyFileExists` if `out`
-    already holds client files, OSError.
+    Raises `WrongPassphrase` if the passphrase does not open ca.key, `DamagedKeyFile` if it is
+    not an ECDSA key, `KeyFileExists` if `out` already holds client files, OSError.
     """
     try:
         ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(),
@@ -129,7 +129,9 @@ def issue_client_certificate(directory: Path, passphrase: str, name: str, out: P
     except (ValueError, TypeError):
         raise WrongPassphrase(f"the passphrase does not open {directory / 'ca.key'}; try "
                               f"again") from None
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise DamagedKeyFile(f"{directory / 'ca.key'} is not the key herald escrow init made; "
+                             f"restore it from a backup")
     ca_pem = (directory / "ca.crt").read_bytes()
     ca_cert = x509.load_pem_x509_certificate(ca_pem)
     out.mkdir(parents=True, exist_ok=True)
