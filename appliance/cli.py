@@ -128,7 +128,94 @@ def build_parser() -> argparse.ArgumentParser:
                       help="for wss:// with client certificates: this client's PEM certificate")
     chat.add_argument("--key", type=Path, metavar="FILE",
                       help="the private key of --cert (default: in the --cert file)")
+    _add_escrow_commands(commands)
     return parser
+
+
+def _add_escrow_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    escrow = commands.add_parser(
+        "escrow", help="run Herald's key escrow service (on the escrow's own machine)",
+        description="Herald's own key escrow, for sites without an HSM: a third party runs it "
+                    "on its own machine; the appliance asks it to unwrap tenant keys over "
+                    "mutual TLS. See docs/security.md, 'Escrow backends'.")
+    escrow_cmds = escrow.add_subparsers(dest="action", metavar="ACTION", required=True)
+    passphrase_help = ("read the escrow passphrase from the first line of this file ('-' for "
+                       "standard input) instead of the terminal")
+    init = escrow_cmds.add_parser(
+        "init", help="create an escrow: key file, CA and server certificate",
+        description="Create the escrow's key file (sealed by a passphrase asked twice), its "
+                    "private CA and the service's TLS certificate in --dir.")
+    init.add_argument("--dir", type=Path, required=True, help="the escrow directory (new)")
+    init.add_argument("--host", action="append", dest="hosts", metavar="NAME",
+                      help="a DNS name or IP address the appliance will dial (repeatable; "
+                           "default: localhost and 127.0.0.1)")
+    init.add_argument("--passphrase-file", help=passphrase_help)
+    issue = escrow_cmds.add_parser(
+        "issue-client", help="issue a client certificate for an appliance",
+        description="Sign a client certificate for one appliance with the escrow's CA; writes "
+                    "client.crt, client.key and ca.crt to --out, to be moved to the appliance.")
+    issue.add_argument("--dir", type=Path, required=True, help="the escrow directory")
+    issue.add_argument("--name", required=True, help="the appliance's name (certificate CN, "
+                                                     "shown in the audit log)")
+    issue.add_argument("--out", type=Path, required=True, help="where to write the files")
+    issue.add_argument("--passphrase-file", help=passphrase_help)
+    serve = escrow_cmds.add_parser(
+        "serve", help="serve the escrow over mutual TLS",
+        description="Open the escrow's key file and answer appliances (TLS 1.3, client "
+                    "certificates from the escrow's CA). Every operation is audited.")
+    serve.add_argument("--dir", type=Path, required=True, help="the escrow directory")
+    serve.add_argument("--listen", required=True, help="HOST:PORT to listen on")
+    serve.add_argument("--passphrase-file", help=passphrase_help)
+    keys = escrow_cmds.add_parser(
+        "keys", help="list the escrow keys and their states (service stopped)",
+        description="List every key id and whether it is active or revoked. The service "
+                    "must be stopped: it holds the key file.")
+    keys.add_argument("--dir", type=Path, required=True, help="the escrow directory")
+    keys.add_argument("--passphrase-file", help=passphrase_help)
+    revoke = escrow_cmds.add_parser(
+        "revoke", help="revoke an escrow key for good (service stopped)",
+        description="Destroy one escrow key on the escrow machine itself: everything it "
+                    "wrapped (a tenant's data keys) can never be opened again. The service "
+                    "must be stopped; appliances can also revoke through it. Audited.")
+    revoke.add_argument("--dir", type=Path, required=True, help="the escrow directory")
+    revoke.add_argument("--key-id", required=True, help="the key to destroy")
+    revoke.add_argument("--yes", action="store_true",
+                        help="do not ask for confirmation (for scripts)")
+    revoke.add_argument("--passphrase-file", help=passphrase_help)
+    audit = escrow_cmds.add_parser(
+        "audit", help="print the audit log and verify its hash chain",
+        description="Print every audited operation and check that no line was edited, added "
+                    "or removed. Exits 1 when the chain does not verify.")
+    audit.add_argument("--dir", type=Path, required=True, help="the escrow directory")
+
+
+def _run_escrow(args: argparse.Namespace) -> int:
+    from appliance.config import _parse_listen
+    from appliance.keys.escrow_service import commands
+
+    if args.action == "audit":
+        return commands.audit(args.dir)
+    if args.action == "revoke" and not args.yes:
+        answer = input(f"Revoking {args.key_id!r} makes its data unreadable for good. Type the "
+                       f"key id to confirm: ")
+        if answer.strip() != args.key_id:
+            print("herald escrow: not confirmed; nothing was revoked", file=sys.stderr)
+            return 1
+    passphrase = commands.read_passphrase(args.passphrase_file, new=args.action == "init")
+    if args.action == "init":
+        return commands.init(args.dir, passphrase, args.hosts or ["localhost", "127.0.0.1"])
+    if args.action == "issue-client":
+        return commands.issue_client(args.dir, passphrase, args.name, args.out)
+    if args.action == "keys":
+        return commands.keys(args.dir, passphrase)
+    if args.action == "revoke":
+        return commands.revoke(args.dir, passphrase, args.key_id)
+    try:
+        host, port = _parse_listen(args.listen)
+    except ConfigError as exc:
+        print(f"herald: {exc}", file=sys.stderr)
+        return 2
+    return commands.serve(args.dir, passphrase, host, port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                    ca_file=args.ca, cert_file=args.cert, key_file=args.key)
     if args.command == "cert":
         return _self_signed(args.out, args.host)
+    if args.command == "escrow":
+        return _run_escrow(args)
     try:
         config = load_config(
             args.config, data_dir=args.data_dir, listen=getattr(args, "listen", None),

@@ -12,7 +12,10 @@ from typing import Any
 
 from engine import Limits
 
-__all__ = ["DEFAULT_PORT", "Config", "ConfigError", "GatewayConfig", "TlsConfig", "load_config"]
+__all__ = [
+    "DEFAULT_PORT", "Config", "ConfigError", "EscrowConfig", "GatewayConfig", "TlsConfig",
+    "load_config",
+]
 
 DEFAULT_PORT = 8470
 
@@ -63,6 +66,41 @@ class GatewayConfig:
             )
 
 
+ESCROW_BACKENDS = ("none", "pkcs11", "service")
+
+
+@dataclass(frozen=True, slots=True)
+class EscrowConfig:
+    """The `[escrow]` table: which third party holds the tenants' escrow keys, and how to reach
+    it (docs/security.md, "Escrow backends"). Paths are best given absolute."""
+
+    backend: str = "none"  # "pkcs11" (an HSM) or "service" (herald escrow serve)
+    address: str = ""  # service: HOST:PORT of `herald escrow serve`
+    ca_file: str = ""  # service: the escrow's ca.crt
+    cert_file: str = ""  # service: this appliance's client.crt
+    key_file: str = ""  # service: this appliance's client.key
+    pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    pkcs11_token: str = ""  # the token's label
+    pkcs11_pin_file: str = ""  # a file holding the user PIN (first line), mode 0600
+    timeout_s: float = 10.0  # per escrow call
+    # Unwrapped DEKs are kept this long, then asked for again: a revocation at the escrow
+    # takes effect within this time.
+    cache_lifetime_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in ESCROW_BACKENDS:
+            raise ConfigError(f"escrow.backend must be one of {list(ESCROW_BACKENDS)}, not "
+                              f"{self.backend!r}")
+        required = {"service": ("address", "ca_file", "cert_file", "key_file"),
+                    "pkcs11": ("pkcs11_module", "pkcs11_token", "pkcs11_pin_file")}
+        missing = [name for name in required.get(self.backend, ()) if not getattr(self, name)]
+        if missing:
+            raise ConfigError(f"escrow.backend = {self.backend!r} needs escrow settings "
+                              f"{missing}; see docs/security.md, 'Escrow backends'")
+        if not (self.timeout_s > 0 and self.cache_lifetime_s > 0):
+            raise ConfigError("escrow.timeout_s and escrow.cache_lifetime_s must be positive")
+
+
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
     """The `[tls]` table: the server's certificate, and client certificates (mutual TLS).
@@ -101,6 +139,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    escrow: EscrowConfig = field(default_factory=EscrowConfig)
 
     @property
     def store_dir(self) -> Path:
@@ -154,7 +193,7 @@ def load_config(
 
 
 def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
-    known = {"data_dir", "listen", "storage", "limits", "gateway", "tls"}
+    known = {"data_dir", "listen", "storage", "limits", "gateway", "tls", "escrow"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known are {sorted(known)}")
@@ -172,7 +211,8 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
     tls = _table(raw, "tls", config.tls, path)
     tls = replace(tls, **{name: str(path.parent / value) for name in _TLS_PATHS
                           if (value := getattr(tls, name)) and not Path(value).is_absolute()})
-    return replace(config, limits=limits, gateway=gateway, tls=tls)
+    escrow = _table(raw, "escrow", config.escrow, path)
+    return replace(config, limits=limits, gateway=gateway, tls=tls, escrow=escrow)
 
 
 _TLS_PATHS = ("cert_file", "key_file", "client_ca_file")

@@ -1,0 +1,87 @@
+"""Errors of the key layer: the master key file, DEK wrapping and the escrow backends.
+
+Each class has a stable `code` (it reaches logs, the admin API and the escrow wire protocol) and
+a message that says what to do next. A message never contains key material, a passphrase or a
+PIN: callers may log it as it is.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DamagedKeyFile",
+    "DekMismatch",
+    "EscrowError",
+    "EscrowRefused",
+    "EscrowUnavailable",
+    "KeyFileExists",
+    "KeyFileMissing",
+    "KeyManagementError",
+    "WeakPassphrase",
+    "WrongPassphrase",
+]
+
+
+class KeyManagementError(Exception):
+    """Base of the key layer's errors. `code` is stable; `message` says what to do."""
+
+    code = "key_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class WrongPassphrase(KeyManagementError):
+    """The passphrase does not open the key file (the file itself is intact)."""
+
+    code = "wrong_passphrase"
+
+
+class WeakPassphrase(KeyManagementError):
+    """A new key file was refused a passphrase that is too short."""
+
+    code = "weak_passphrase"
+
+
+class DamagedKeyFile(KeyManagementError):
+    """The key file is truncated, altered or not a key file at all: restore it from a backup."""
+
+    code = "damaged_key_file"
+
+
+class KeyFileExists(KeyManagementError):
+    """Creating a key file would overwrite an existing one (and lose the key inside it)."""
+
+    code = "key_file_exists"
+
+
+class KeyFileMissing(KeyManagementError):
+    """The key file is not where it was expected."""
+
+    code = "key_file_missing"
+
+
+class DekMismatch(KeyManagementError):
+    """The escrow opened its layer but the master key does not open the inner one: the
+    master.key file belongs to another installation, or the stored DEK was altered."""
+
+    code = "dek_mismatch"
+
+
+class EscrowError(KeyManagementError):
+    """Base of the escrow's errors."""
+
+    code = "escrow_error"
+
+
+class EscrowUnavailable(EscrowError):
+    """The escrow cannot be reached or is not working right now: retry later."""
+
+    code = "escrow_unavailable"
+
+
+class EscrowRefused(EscrowError):
+    """The escrow refused: a revoked or unknown key, a failed authentication or integrity check,
+    or a request it does not accept. Retrying the same request will not help."""
+
+    code = "escrow_refused"

@@ -1,0 +1,182 @@
+"""`herald escrow init|issue-client|serve|audit`: what the escrow's operator runs, on the
+escrow machine. Each returns an exit status; errors say what to do next, never a secret.
+"""
+
+from __future__ import annotations
+
+import getpass
+import signal
+import ssl
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from appliance.keys.errors import KeyManagementError
+from appliance.keys.escrow_service.audit import AuditBroken, AuditLog, verify_audit_log
+from appliance.keys.escrow_service.keystore import Keystore
+from appliance.keys.escrow_service.pki import create_service_pki, issue_client_certificate
+from appliance.keys.escrow_service.server import EscrowServer, EscrowService, server_tls_context
+from appliance.keys.sealed_file import check_new_passphrase
+
+__all__ = ["AUDIT_FILE", "KEYSTORE_FILE", "audit", "init", "issue_client", "keys",
+           "read_passphrase", "revoke", "serve"]
+
+OPERATOR = "operator (herald escrow revoke)"  # the audit log's client for offline revocations
+
+KEYSTORE_FILE = "escrow.keys"
+AUDIT_FILE = "audit.log"
+
+
+def _fail(message: str) -> int:
+    print(f"herald escrow: {message}", file=sys.stderr)
+    return 1
+
+
+def read_passphrase(passphrase_file: str | None, *, new: bool = False) -> str:
+    """From `passphrase_file` (its first line; "-" = standard input), else the terminal
+    (asked twice when `new`)."""
+    if passphrase_file == "-":
+        return sys.stdin.readline().rstrip("\r\n")
+    if passphrase_file is not None:
+        try:
+            with open(passphrase_file, encoding="utf-8") as file:
+                return file.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise SystemExit(f"herald escrow: cannot read the passphrase file "
+                             f"{passphrase_file}: {exc.strerror}") from None
+    first = getpass.getpass("Escrow passphrase: ")
+    if new and getpass.getpass("Again: ") != first:
+        raise SystemExit("herald escrow: the passphrases differ; nothing was created")
+    return first
+
+
+def init(directory: Path, passphrase: str, hosts: list[str]) -> int:
+    try:
+        check_new_passphrase(passphrase)
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        if (directory / KEYSTORE_FILE).exists():
+            return _fail(f"{directory} already holds an escrow; choose another --dir")
+        create_service_pki(directory, passphrase, hosts)
+        Keystore.create(directory / KEYSTORE_FILE, passphrase)
+    except KeyManagementError as exc:
+        return _fail(exc.message)
+    except OSError as exc:
+        return _fail(f"cannot write to {directory}: {exc.strerror}")
+    print(f"escrow created in {directory} (server certificate for {', '.join(hosts)}).\n"
+          f"Never leave this machine: {KEYSTORE_FILE}, ca.key, server.key, {AUDIT_FILE}.\n"
+          f"Next: herald escrow issue-client --dir {directory} --name APPLIANCE --out DIR,\n"
+          f"then herald escrow serve --dir {directory} --listen HOST:PORT")
+    return 0
+
+
+def issue_client(directory: Path, passphrase: str, name: str, out: Path) -> int:
+    try:
+        issue_client_certificate(directory, passphrase, name, out)
+    except KeyManagementError as exc:
+        return _fail(exc.message)
+    except OSError as exc:
+        return _fail(f"{exc.filename}: {exc.strerror}; is {directory} an escrow directory "
+                     f"(herald escrow init)?")
+    print(f"client certificate for {name!r} written to {out}: copy client.crt, client.key and "
+          f"ca.crt to the appliance (client.key privately) and set them in its [escrow] table.")
+    return 0
+
+
+def serve(directory: Path, passphrase: str, host: str, port: int) -> int:
+    try:
+        keystore = Keystore.open(directory / KEYSTORE_FILE, passphrase)
+    except KeyManagementError as exc:
+        return _fail(exc.message)
+    try:
+        tls = server_tls_context(directory, passphrase)
+        audit_log = AuditLog(directory / AUDIT_FILE)
+    except AuditBroken as exc:
+        keystore.close()
+        return _fail(str(exc))
+    except ssl.SSLError:
+        keystore.close()
+        return _fail(f"cannot load server.crt/server.key in {directory}; were they made by "
+                     f"herald escrow init with this passphrase?")
+    except OSError as exc:
+        keystore.close()
+        return _fail(f"{exc.filename}: {exc.strerror}; is {directory} an escrow directory "
+                     f"(herald escrow init)?")
+    try:
+        server = EscrowServer((host, port), tls, EscrowService(keystore, audit_log))
+    except OSError as exc:
+        audit_log.close()
+        keystore.close()
+        return _fail(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --listen")
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever, which runs in this very thread: hand it off.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    bound_port = server.socket.getsockname()[1]
+    print(f"escrow serving on {host}:{bound_port}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        audit_log.close()
+        keystore.close()
+    print("escrow stopped", flush=True)
+    return 0
+
+
+def keys(directory: Path, passphrase: str) -> int:
+    """List the key ids and their states (the service must be stopped: it holds the file)."""
+    try:
+        keystore = Keystore.open(directory / KEYSTORE_FILE, passphrase)
+    except KeyManagementError as exc:
+        return _fail(exc.message)
+    try:
+        for key_id, (state, owner) in keystore.key_states().items():
+            print(f"{key_id:<40} {state:<8} {owner}")
+    finally:
+        keystore.close()
+    return 0
+
+
+def revoke(directory: Path, passphrase: str, key_id: str) -> int:
+    """Revoke `key_id` on the escrow machine itself, with the service stopped; audited."""
+    try:
+        keystore = Keystore.open(directory / KEYSTORE_FILE, passphrase)
+    except KeyManagementError as exc:
+        return _fail(exc.message)
+    try:
+        audit_log = AuditLog(directory / AUDIT_FILE)
+    except AuditBroken as exc:
+        keystore.close()
+        return _fail(str(exc))
+    try:
+        try:
+            keystore.revoke(key_id, None)
+        except KeyManagementError as exc:
+            audit_log.append(OPERATOR, "revoke", key_id[:128], "refused")
+            return _fail(exc.message)
+        audit_log.append(OPERATOR, "revoke", key_id, "ok")
+    finally:
+        audit_log.close()
+        keystore.close()
+    print(f"escrow key {key_id!r} revoked: what it wrapped can never be opened again. Destroy "
+          f"any copy of {KEYSTORE_FILE} older than this moment, or the revocation is not final.")
+    return 0
+
+
+def audit(directory: Path) -> int:
+    report = verify_audit_log(directory / AUDIT_FILE)
+    for entry in report.entries:
+        print(f"{entry['seq']:>6} {entry['time']} {entry['op']:<10} {entry['key_id']:<24} "
+              f"{entry['outcome']:<12} {entry['client']}")
+    if report.problem is not None:
+        return _fail(f"the audit log does not verify: {report.problem}. Keep the file as "
+                     f"evidence.")
+    print(f"{len(report.entries)} entries; the chain verifies. Head: {report.head}\n"
+          f"Note the head down elsewhere: if a later check does not find it as the 'prev' of "
+          f"entry {len(report.entries) + 1}, lines were cut off the end.")
+    return 0

@@ -1,0 +1,220 @@
+"""`Pkcs11Escrow`: escrow keys kept in a PKCS#11 token (an HSM; tested against SoftHSM2).
+
+One AES-256 secret key object per key id (label = key id; sensitive, never extractable).
+`wrap` and `unwrap` are AES-GCM computed inside the token, with the caller's aad; the nonce is
+random (96 bits) and travels in front of the ciphertext:
+
+    wrapped = 0x01 | nonce (12) | ciphertext | tag (16)
+
+`revoke` destroys the key object and leaves a data object (label = key id, application
+"herald-escrow-revoked") as a tombstone, so that `status` can tell "revoked" from "missing" and
+a revoked key id is never created again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+from pkcs11.mechanisms import GCMParams
+
+from appliance.keys.errors import EscrowRefused, EscrowUnavailable
+from appliance.keys.escrow import MAX_WRAP_BYTES, KeyState, check_key_id
+
+__all__ = ["Pkcs11Escrow"]
+
+_VERSION = b"\x01"
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+_TOMBSTONE_APPLICATION = "herald-escrow-revoked"
+# The token, its session or the device is gone: the same request may work later.
+_UNAVAILABLE = (p11.DeviceError, p11.DeviceMemory, p11.DeviceRemoved, p11.SessionClosed,
+                p11.SessionHandleInvalid, p11.TokenNotPresent, p11.TokenNotRecognised,
+                p11.HostMemory, p11.UserNotLoggedIn, p11.SessionCount)
+_T = TypeVar("_T")
+
+
+class Pkcs11Escrow:
+    """The `Escrow` over one token of a PKCS#11 module. Thread-safe: one session, one lock.
+
+    Raises `EscrowUnavailable` when the module cannot be loaded or the token is not there,
+    `EscrowRefused` for a wrong or locked PIN.
+    """
+
+    def __init__(self, module_path: str, token_label: str, pin: str) -> None:
+        self._module_path = module_path
+        self._token_label = token_label
+        self._pin = pin
+        self._lock = threading.Lock()
+        self._session: Any = None
+        with self._lock:
+            self._open_session()
+
+    # -- Escrow -------------------------------------------------------------------------------
+
+    def create_key(self, key_id: str) -> None:
+        check_key_id(key_id)
+
+        def create(session: Any) -> None:
+            if self._key(session, key_id) is not None or self._tombstone(session, key_id):
+                raise EscrowRefused(f"the escrow key {key_id!r} exists or was revoked; "
+                                    f"choose a new key id")
+            session.generate_key(KeyType.AES, 256, label=key_id, store=True, template={
+                Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False, Attribute.ENCRYPT: True, Attribute.DECRYPT: True,
+                Attribute.WRAP: False, Attribute.UNWRAP: False,
+            })
+
+        self._run(create)
+
+    def wrap(self, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
+        check_key_id(key_id)
+        if len(plaintext) > MAX_WRAP_BYTES:
+            raise EscrowRefused(f"at most {MAX_WRAP_BYTES} bytes can be wrapped at once")
+        nonce = os.urandom(_NONCE_BYTES)
+
+        def wrap(session: Any) -> bytes:
+            key = self._active_key(session, key_id)
+            sealed: bytes = key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
+                                        mechanism_param=GCMParams(nonce, aad))
+            return _VERSION + nonce + sealed
+
+        return self._run(wrap)
+
+    def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
+        check_key_id(key_id)
+        refused = EscrowRefused(f"the escrow key {key_id!r} does not open this data with this "
+                                f"associated data: it was altered or belongs elsewhere")
+        if (len(wrapped) < 1 + _NONCE_BYTES + _TAG_BYTES
+                or len(wrapped) > MAX_WRAP_BYTES + 64 or wrapped[:1] != _VERSION):
+            raise refused
+        nonce, sealed = wrapped[1:1 + _NONCE_BYTES], wrapped[1 + _NONCE_BYTES:]
+
+        def unwrap(session: Any) -> bytes:
+            key = self._active_key(session, key_id)
+            try:
+                plain: bytes = key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
+                                           mechanism_param=GCMParams(nonce, aad))
+            except _UNAVAILABLE:
+                raise
+            except p11.PKCS11Error:
+                # Tokens report a failed GCM tag variously (SoftHSM2: CKR_GENERAL_ERROR).
+                raise refused from None
+            return plain
+
+        return self._run(unwrap)
+
+    def revoke(self, key_id: str) -> None:
+        check_key_id(key_id)
+
+        def revoke(session: Any) -> None:
+            key = self._key(session, key_id)
+            if key is None:
+                if self._tombstone(session, key_id):
+                    return
+                raise EscrowRefused(f"there is no escrow key {key_id!r} to revoke; check "
+                                    f"the key id")
+            # The tombstone first: a crash between the two leaves a revoked key that still
+            # exists, which a second revoke finishes, never a missing key that could be recreated.
+            if not self._tombstone(session, key_id):
+                session.create_object({
+                    Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True, Attribute.LABEL: key_id,
+                    Attribute.APPLICATION: _TOMBSTONE_APPLICATION, Attribute.VALUE: b"",
+                })
+            key.destroy()
+
+        self._run(revoke)
+
+    def status(self, key_id: str) -> KeyState:
+        check_key_id(key_id)
+
+        def status(session: Any) -> KeyState:
+            if self._tombstone(session, key_id):
+                return "revoked"
+            return "active" if self._key(session, key_id) is not None else "missing"
+
+        return self._run(status)
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_session()
+
+    # -- the session ---------------------------------------------------------------------------
+
+    def _run(self, action: Callable[[Any], _T]) -> _T:
+        """Run `action(session)` under the lock, translating PKCS#11 errors in one place."""
+        with self._lock:
+            if self._session is None:
+                self._open_session()
+            try:
+                return action(self._session)
+            except _UNAVAILABLE as exc:
+                self._close_session()  # opened afresh by the next call
+                raise EscrowUnavailable(f"the PKCS#11 token {self._token_label!r} stopped "
+                                        f"answering ({type(exc).__name__}); check the HSM and "
+                                        f"retry") from None
+            except p11.PKCS11Error as exc:
+                raise EscrowRefused(f"the PKCS#11 token {self._token_label!r} refused the "
+                                    f"operation ({type(exc).__name__})") from None
+
+    def _open_session(self) -> None:
+        try:
+            lib = pkcs11.lib(self._module_path)
+        except (RuntimeError, OSError) as exc:
+            raise EscrowUnavailable(f"cannot load the PKCS#11 module {self._module_path}: "
+                                    f"{type(exc).__name__}; check the path and that the HSM "
+                                    f"software is installed") from None
+        try:
+            token = lib.get_token(token_label=self._token_label)
+            self._session = token.open(user_pin=self._pin, rw=True)
+        except (p11.NoSuchToken, *_UNAVAILABLE):
+            raise EscrowUnavailable(f"no PKCS#11 token labelled {self._token_label!r} is "
+                                    f"present; check the label (softhsm2-util --show-slots) "
+                                    f"and the HSM") from None
+        except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange):
+            raise EscrowRefused(f"the PIN of the PKCS#11 token {self._token_label!r} is "
+                                f"wrong; check the PIN file") from None
+        except p11.PinLocked:
+            raise EscrowRefused(f"the PIN of the PKCS#11 token {self._token_label!r} is "
+                                f"locked; the token's security officer must unlock it") from None
+        except p11.PKCS11Error as exc:
+            raise EscrowUnavailable(f"cannot open a session on the PKCS#11 token "
+                                    f"{self._token_label!r} ({type(exc).__name__}); check the "
+                                    f"token and its label") from None
+
+    def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            # A session that went away with its device has nothing left to release.
+            with contextlib.suppress(p11.PKCS11Error):
+                session.close()
+
+    @staticmethod
+    def _key(session: Any, key_id: str) -> Any:
+        keys = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                         Attribute.LABEL: key_id}))
+        if len(keys) > 1:
+            raise EscrowRefused(f"the token holds {len(keys)} keys labelled {key_id!r}; "
+                                f"an operator must remove the extra ones")
+        return keys[0] if keys else None
+
+    @staticmethod
+    def _tombstone(session: Any, key_id: str) -> bool:
+        return any(True for _ in session.get_objects({
+            Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: key_id,
+            Attribute.APPLICATION: _TOMBSTONE_APPLICATION}))
+
+    def _active_key(self, session: Any, key_id: str) -> Any:
+        key = self._key(session, key_id)
+        if key is None:
+            state = "revoked" if self._tombstone(session, key_id) else "missing"
+            raise EscrowRefused(f"the escrow key {key_id!r} is {state}; data wrapped by it "
+                                f"cannot be opened")
+        return key
