@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 
 from appliance.config import Config
+from appliance.keys.errors import KeyManagementError
+from appliance.keys.unlock import KeyedEngine, open_engine
 from appliance.writer import wall_clock_ms
 from engine import (
     CreateGroup,
@@ -40,11 +42,6 @@ __all__ = [
 ]
 
 
-def _open(config: Config) -> Engine:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    return Engine(config.store_dir, map_size=config.map_size_bytes, limits=config.limits)
-
-
 def read_password(from_stdin: bool, whose: str = "the new user") -> str:
     """A password: one line of stdin, or asked twice on the terminal."""
     if from_stdin:
@@ -55,28 +52,45 @@ def read_password(from_stdin: bool, whose: str = "the new user") -> str:
     return first
 
 
-def _run(config: Config, action: Callable[[Engine], str]) -> int:
+def run_keyed(config: Config, action: Callable[[KeyedEngine], str]) -> int:
+    """Open the data directory's store with its keys, run `action`, print what it returns;
+    the exit code (1 with a message saying what to do for any refusal)."""
     try:
-        engine = _open(config)
+        keyed = open_engine(config)
+    except KeyManagementError as exc:
+        print(f"herald: {exc.message}", file=sys.stderr)
+        return 1
     except HeraldError as exc:
         print(f"herald: cannot open the store in {config.data_dir}: {exc.message}", file=sys.stderr)
         return 1
     try:
-        print(action(engine))
+        print(action(keyed))
     except HeraldError as exc:
         print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
         return 1
+    except KeyManagementError as exc:
+        print(f"herald: {exc.message}", file=sys.stderr)
+        return 1
     finally:
-        engine.close()
+        keyed.close()
     return 0
 
 
-def add_tenant(config: Config, name: str) -> int:
-    def action(engine: Engine) -> str:
-        tenant = engine.apply(CreateTenant(name=name), wall_clock_ms()).tenant  # type: ignore[union-attr]
-        return f"tenant {name!r} created (id {tenant})"
+def _run(config: Config, action: Callable[[Engine], str]) -> int:
+    return run_keyed(config, lambda keyed: action(keyed.engine))
 
-    return _run(config, action)
+
+def add_tenant(config: Config, name: str) -> int:
+    """Create a tenant and, in a sealed store, its first data key (at the escrow too)."""
+    def action(keyed: KeyedEngine) -> str:
+        engine = keyed.engine
+        tenant = engine.apply(CreateTenant(name=name), wall_clock_ms()).tenant  # type: ignore[union-attr]
+        if keyed.manager is None:
+            return f"tenant {name!r} created (id {tenant})"
+        epoch = keyed.manager.rotate(tenant)
+        return f"tenant {name!r} created (id {tenant}), its data key at epoch {epoch}"
+
+    return run_keyed(config, action)
 
 
 def add_user(config: Config, tenant_name: str, login: str, display_name: str, password: str) -> int:

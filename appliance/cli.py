@@ -47,6 +47,46 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, metavar="FILE",
                        help="PEM private key of --tls-cert (overrides tls.key_file)")
 
+    init = commands.add_parser(
+        "init", help="create this appliance's master key (first start)",
+        description="Create the master key (sealed by a passphrase you choose: asked twice, "
+                    "or [keys] passphrase_file) and the appliance id in the data directory, "
+                    "after checking that the configured escrow answers. Says what to back up.")
+    _add_config_flags(init)
+
+    keys = commands.add_parser(
+        "keys", help="tenant data keys: status, rotate, revoke, shred",
+        description="Operate the tenants' data keys (docs/security.md, 'Rotation, revocation, "
+                    "shredding'). Needs the master key's passphrase and the escrow.")
+    keys_cmds = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    keys_status = keys_cmds.add_parser("status", help="each tenant's key epochs and states",
+                                       description="List each tenant's key epochs and states.")
+    _add_config_flags(keys_status)
+    keys_rotate = keys_cmds.add_parser(
+        "rotate", help="start a new key epoch for a tenant",
+        description="Start a new key epoch: new messages are sealed under a fresh data key; "
+                    "older ones stay readable under theirs. Nothing is rewritten.")
+    _add_config_flags(keys_rotate)
+    keys_rotate.add_argument("--tenant", required=True, help="tenant name")
+    keys_shred = keys_cmds.add_parser(
+        "shred", help="destroy one old key epoch of a tenant (irreversible)",
+        description="Destroy the data key of one retired epoch (and its escrow key): the "
+                    "messages sealed under it can never be read again. Rotate first to shred "
+                    "the current epoch.")
+    _add_config_flags(keys_shred)
+    keys_shred.add_argument("--tenant", required=True, help="tenant name")
+    keys_shred.add_argument("--epoch", required=True, type=int, help="the epoch to destroy")
+    keys_shred.add_argument("--confirm", default="", metavar="TENANT",
+                            help="the tenant's name again: shredding cannot be undone")
+    keys_revoke = keys_cmds.add_parser(
+        "revoke", help="revoke a tenant's escrow keys: its data is gone for good",
+        description="Revoke every escrow key of a tenant: none of its stored data can be read "
+                    "again, by anyone. Other tenants are unaffected. Irreversible.")
+    _add_config_flags(keys_revoke)
+    keys_revoke.add_argument("--tenant", required=True, help="tenant name")
+    keys_revoke.add_argument("--confirm", default="", metavar="TENANT",
+                             help="the tenant's name again: revocation cannot be undone")
+
     cert = commands.add_parser("cert", help="make TLS certificates",
                                description="Make TLS certificates for wss://.")
     cert_cmds = cert.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -241,6 +281,18 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.serve import serve
 
         return serve(config, demo=args.demo)
+    if args.command in ("init", "keys"):
+        from appliance import key_commands
+
+        if args.command == "init":
+            return key_commands.init(config)
+        if args.action == "status":
+            return key_commands.key_status(config)
+        if args.action == "rotate":
+            return key_commands.rotate(config, args.tenant)
+        if args.action == "shred":
+            return key_commands.shred(config, args.tenant, args.epoch, args.confirm)
+        return key_commands.revoke(config, args.tenant, args.confirm)
     from appliance import accounts
 
     if args.command == "tenant":

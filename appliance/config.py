@@ -13,11 +13,12 @@ from typing import Any
 from engine import Limits
 
 __all__ = [
-    "DEFAULT_PORT", "Config", "ConfigError", "EscrowConfig", "GatewayConfig", "TlsConfig",
-    "load_config",
+    "CONFIG_IN_DATA_DIR", "DEFAULT_PORT", "Config", "ConfigError", "EscrowConfig",
+    "GatewayConfig", "KeysConfig", "TlsConfig", "load_config",
 ]
 
 DEFAULT_PORT = 8470
+CONFIG_IN_DATA_DIR = "herald.toml"
 
 
 class ConfigError(Exception):
@@ -82,6 +83,7 @@ class EscrowConfig:
     pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
     pkcs11_token: str = ""  # the token's label
     pkcs11_pin_file: str = ""  # a file holding the user PIN (first line), mode 0600
+    softhsm2_conf: str = ""  # with SoftHSM2: its configuration file (sets SOFTHSM2_CONF)
     timeout_s: float = 10.0  # per escrow call
     # Unwrapped DEKs are kept this long, then asked for again: a revocation at the escrow
     # takes effect within this time.
@@ -99,6 +101,16 @@ class EscrowConfig:
                               f"{missing}; see docs/security.md, 'Escrow backends'")
         if not (self.timeout_s > 0 and self.cache_lifetime_s > 0):
             raise ConfigError("escrow.timeout_s and escrow.cache_lifetime_s must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    """The `[keys]` table: the appliance's master key file and how to unlock it
+    (docs/security.md, "The master key"). Relative paths in a configuration file are relative
+    to that file's folder."""
+
+    master_key_file: str = ""  # default: DATA_DIR/master.key
+    passphrase_file: str = ""  # its first line unlocks the master key; else asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +152,12 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     escrow: EscrowConfig = field(default_factory=EscrowConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+
+    @property
+    def master_key_path(self) -> Path:
+        return Path(self.keys.master_key_file) if self.keys.master_key_file else (
+            self.data_dir / "master.key")
 
     @property
     def store_dir(self) -> Path:
@@ -169,9 +187,16 @@ def load_config(
 ) -> Config:
     """Defaults, then the TOML file at `path` (if given), then the flags given.
 
+    Without `path`, a `herald.toml` in the data directory (`--data-dir`, else ./var) is read
+    if there is one: `herald serve --demo` writes its escrow and key settings there, so that
+    the other commands find them.
+
     Raises `ConfigError` for an unreadable file, unknown keys or values of the wrong type.
     """
     config = Config()
+    if path is None:
+        beside = (data_dir or config.data_dir) / CONFIG_IN_DATA_DIR
+        path = beside if beside.is_file() else None
     if path is not None:
         try:
             raw = tomllib.loads(path.read_text())
@@ -193,7 +218,7 @@ def load_config(
 
 
 def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
-    known = {"data_dir", "listen", "storage", "limits", "gateway", "tls", "escrow"}
+    known = {"data_dir", "listen", "storage", "limits", "gateway", "tls", "escrow", "keys"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known are {sorted(known)}")
@@ -212,7 +237,13 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
     tls = replace(tls, **{name: str(path.parent / value) for name in _TLS_PATHS
                           if (value := getattr(tls, name)) and not Path(value).is_absolute()})
     escrow = _table(raw, "escrow", config.escrow, path)
-    return replace(config, limits=limits, gateway=gateway, tls=tls, escrow=escrow)
+    keys = _table(raw, "keys", config.keys, path)
+    keys = replace(keys, **{name: str(path.parent / value) for name in _KEYS_PATHS
+                            if (value := getattr(keys, name)) and not Path(value).is_absolute()})
+    return replace(config, limits=limits, gateway=gateway, tls=tls, escrow=escrow, keys=keys)
+
+
+_KEYS_PATHS = ("master_key_file", "passphrase_file")
 
 
 _TLS_PATHS = ("cert_file", "key_file", "client_ca_file")

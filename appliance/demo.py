@@ -6,6 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
+from appliance.keys.manager import KeyManager
 from engine import (
     CreateGroup,
     CreateTenant,
@@ -21,15 +22,17 @@ DEMO_TENANT = "demo"
 _USERS = (("alice", "Alice Chen"), ("bob", "Bob Li"))
 
 
-def ensure_demo(engine: Engine, data_dir: Path, now_ms: int) -> str | None:
-    """Create the demo tenant, two users, a direct conversation and a group, if the store has
-    no tenant yet. Returns the text to print (credentials), or None when nothing was created."""
+def ensure_demo(engine: Engine, keys: KeyManager, data_dir: Path, now_ms: int) -> str | None:
+    """Create the demo tenant (with its first data key), two users, a direct conversation and
+    a group, if the store has no tenant yet. Returns the text to print (credentials), or None
+    when nothing was created."""
     credentials_file = data_dir / "demo-credentials.txt"
     if engine.tenants():
         if credentials_file.exists():
             return f"Demo logins are in {credentials_file}."
         return None
     tenant = engine.apply(CreateTenant(name=DEMO_TENANT), now_ms).tenant  # type: ignore[union-attr]
+    keys.rotate(tenant)
     lines = [f"Demo tenant {DEMO_TENANT!r} created. Log in with:"]
     users = []
     for login, name in _USERS:

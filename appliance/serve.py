@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from typing import Any
 
 import trio
 
 from appliance.config import Config, ConfigError
 from appliance.demo import ensure_demo
+from appliance.demo_keys import prepare_demo_keys
+from appliance.keys.errors import KeyManagementError
+from appliance.keys.manager import KeyManager, TenantKeyStatus
+from appliance.keys.unlock import open_engine
 from appliance.server import Server
 from appliance.tls import plaintext_refusal, server_context
 from appliance.writer import wall_clock_ms
@@ -18,6 +23,8 @@ from engine import Engine, HeraldError
 __all__ = ["describe_store", "serve"]
 
 log = logging.getLogger("herald")
+
+KEY_REFRESH_MAX_INTERVAL_S = 5.0
 
 
 def describe_store(engine: Engine) -> str:
@@ -48,19 +55,33 @@ def serve(config: Config, *, demo: bool = False) -> int:
         print(f"herald: {exc}", file=sys.stderr)
         return 2
     try:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = Engine(config.store_dir, map_size=config.map_size_bytes, limits=config.limits)
+        if demo:
+            config, notice = prepare_demo_keys(config)
+            if notice:
+                print(notice, flush=True)
+        keyed = open_engine(config)
+    except KeyManagementError as exc:
+        print(f"herald: {exc.message}", file=sys.stderr)
+        return 1
     except (HeraldError, OSError) as exc:
         print(f"herald: cannot open the store in {config.data_dir}: {exc}", file=sys.stderr)
         return 1
+    engine, manager = keyed.engine, keyed.manager
     try:
+        if manager is None:
+            print(f"herald: the store in {config.store_dir} was created without encryption, "
+                  f"and Herald serves only sealed stores: start with a new data directory "
+                  f"('herald init --data-dir DIR', or 'make run' after moving {config.data_dir}"
+                  f" away)", file=sys.stderr)
+            return 1
         print(f"Herald store at {config.store_dir.resolve()}: {describe_store(engine)}", flush=True)
+        print(describe_keys(manager.status()), flush=True)
         if demo:
-            created = ensure_demo(engine, config.data_dir, wall_clock_ms())
+            created = ensure_demo(engine, manager, config.data_dir, wall_clock_ms())
             if created:
                 print(created, flush=True)
         try:
-            trio.run(_run, config, engine)
+            trio.run(_run, config, engine, manager)
         except ConfigError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
@@ -70,23 +91,54 @@ def serve(config: Config, *, demo: bool = False) -> int:
                   file=sys.stderr)
             return 1
     finally:
-        engine.close()
+        keyed.close()
     print("Herald stopped.", flush=True)
     return 0
 
 
-async def _run(config: Config, engine: Engine) -> None:
+def describe_keys(statuses: list[TenantKeyStatus]) -> str:
+    if not statuses:
+        return "Keys: no tenants yet."
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status.state] = counts.get(status.state, 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    return f"Keys: tenants {summary} (herald keys status shows each)."
+
+
+async def _refresh_keys(manager: KeyManager, interval_s: float) -> None:
+    """Pick up tenants and epochs added by other processes, and ask the escrow again before
+    DEKs expire (KeyManager.refresh); the escrow calls block, so they run in a thread."""
+    last: dict[int, str] = {s.tenant: s.state for s in manager.status()}
+    while True:
+        await trio.sleep(interval_s)
+        statuses = await trio.to_thread.run_sync(manager.refresh)
+        for status in statuses:
+            if last.get(status.tenant) != status.state:
+                log.info("tenant=%s keys=%s %s", status.tenant, status.state, status.detail)
+                last[status.tenant] = status.state
+
+
+async def _run(config: Config, engine: Engine, manager: KeyManager) -> None:
     server = Server(config, engine)
+    interval_s = min(KEY_REFRESH_MAX_INTERVAL_S, config.escrow.cache_lifetime_s / 4)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(server.run)
-            url = config.url_for_port(port)
-            print(f"Herald is listening at {url}", flush=True)
-            trust = " --ca CA_FILE" if config.tls.enabled else ""
-            print(f"Chat from another terminal: .venv/bin/herald chat --url {url}{trust} "
-                  f"--tenant demo --login alice", flush=True)
-            print("Press Ctrl-C to stop.", flush=True)
-            async for signum in signals:
-                log.info("signal=%s: stopping", signal.Signals(signum).name)
-                server.request_stop()
-                break
+        async with trio.open_nursery() as keys:
+            keys.start_soon(_refresh_keys, manager, interval_s)
+            await _serve_until_signal(config, server, signals)
+            keys.cancel_scope.cancel()
+
+
+async def _serve_until_signal(config: Config, server: Server, signals: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.run)
+        url = config.url_for_port(port)
+        print(f"Herald is listening at {url}", flush=True)
+        trust = " --ca CA_FILE" if config.tls.enabled else ""
+        print(f"Chat from another terminal: .venv/bin/herald chat --url {url}{trust} "
+              f"--tenant demo --login alice", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        async for signum in signals:
+            log.info("signal=%s: stopping", signal.Signals(signum).name)
+            server.request_stop()
+            break

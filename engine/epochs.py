@@ -65,7 +65,8 @@ class KeyEpochs:
 
     def add(self, txn: Any, op: AddKeyEpoch, now_ms: int) -> KeyEpochAdded:
         """The caller checked that the tenant exists. Raises `Invalid` (empty or oversized
-        wrapped DEK or key id), `CapacityExceeded` when the tenant has used every epoch."""
+        wrapped DEK or key id), `Conflict` (`op.epoch` given and not the next one),
+        `CapacityExceeded` when the tenant has used every epoch."""
         if not 1 <= len(op.wrapped_dek) <= MAX_WRAPPED_DEK_BYTES:
             raise Invalid(f"a wrapped data key must be 1 to {MAX_WRAPPED_DEK_BYTES} bytes")
         if not 1 <= len(op.key_id) <= MAX_KEY_ID_CHARS:
@@ -74,6 +75,10 @@ class KeyEpochs:
         epoch = unpack_last_id(existing[-1][0]) + 1 if existing else 1
         if epoch > MAX_EPOCH:
             raise CapacityExceeded(f"tenant {op.tenant} has used all {MAX_EPOCH:,} key epochs")
+        if op.epoch and op.epoch != epoch:
+            # The appliance bound its wrap to the epoch it expected: another process added one
+            # in between, and this wrapped DEK would not open under the epoch it would get.
+            raise Conflict(f"tenant {op.tenant}'s next key epoch is {epoch}, not {op.epoch}")
         for key, record in existing:
             if record.state is EpochState.ACTIVE:
                 self._put(txn, key, msgspec.structs.replace(record, state=EpochState.RETIRED))

@@ -200,6 +200,7 @@ class AddKeyEpoch(_Op, frozen=True, kw_only=True):
     tenant: int
     wrapped_dek: bytes
     key_id: str  # the escrow key that wraps it
+    epoch: int = 0  # when not 0, the epoch the wrap was bound to: refused unless it is next
 
 
 class ShredKeyEpoch(_Op, frozen=True, kw_only=True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from appliance.config import EscrowConfig
 from appliance.keys.errors import EscrowError
 from appliance.keys.escrow import Escrow
@@ -22,6 +24,10 @@ def open_escrow(config: EscrowConfig) -> Escrow | None:
                              timeout_s=config.timeout_s)
     if config.backend == "pkcs11":
         from appliance.keys.pkcs11_escrow import Pkcs11Escrow
+
+        if config.softhsm2_conf:
+            # SoftHSM2 reads it once, when the module loads in this process.
+            os.environ["SOFTHSM2_CONF"] = config.softhsm2_conf
 
         try:
             with open(config.pkcs11_pin_file, encoding="utf-8") as file:

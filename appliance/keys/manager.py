@@ -12,6 +12,7 @@ until its keys lapse, then is unavailable (`key_unavailable`) until the escrow i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from appliance.keys.dek import unwrap_dek, wrap_dek
 from appliance.keys.errors import EscrowRefused, EscrowUnavailable
 from appliance.keys.escrow import Escrow
-from engine import AddKeyEpoch, Engine, Keyring, ShredKeyEpoch
+from engine import AddKeyEpoch, Engine, EpochState, Keyring, ShredKeyEpoch
 
 __all__ = ["KeyManager", "TenantKeyStatus", "escrow_key_id"]
 
@@ -30,15 +31,17 @@ log = logging.getLogger("herald.keys")
 DEK_BYTES = 32
 
 
-def escrow_key_id(appliance_id: str, tenant: int) -> str:
-    """The escrow's name for a tenant's key: unique across appliances sharing one escrow."""
-    return f"herald-{appliance_id}-t{tenant}"
+def escrow_key_id(appliance_id: str, tenant: int, epoch: int) -> str:
+    """The escrow's name for the key of one epoch of a tenant, unique across appliances that
+    share one escrow. A key per epoch lets a shred destroy the epoch's escrow key too: the
+    store may keep the deleted wrapped DEK in free pages for a while, and backups keep it."""
+    return f"herald-{appliance_id}-t{tenant}-e{epoch}"
 
 
 @dataclass(frozen=True, slots=True)
 class TenantKeyStatus:
     tenant: int
-    state: str  # "available" | "unavailable" | "revoked" | "no_key"
+    state: str  # "available" | "unavailable" | "revoked" | "partial" | "no_key"
     current_epoch: int
     epochs: int  # epochs whose DEK is in memory now
     detail: str = ""
@@ -66,40 +69,61 @@ class KeyManager:
         self._now_ms = now_ms
         self._clock = clock
         self._status: dict[int, TenantKeyStatus] = {}
+        self._expiry: dict[tuple[int, int], float] = {}  # (tenant, epoch) -> monotonic time
 
     # -- loading ------------------------------------------------------------------------------
 
     def load_all(self) -> list[TenantKeyStatus]:
         """Unwrap and install the keys of every tenant; one tenant's failure spares the rest."""
+        return [self.load_tenant(tenant, force=True) for tenant, _ in self._engine.tenants()]
+
+    def refresh(self) -> list[TenantKeyStatus]:
+        """Pick up new tenants and epochs (another process may have added them), and unwrap
+        again the DEKs past half their lifetime: the escrow is asked about each DEK about
+        twice per lifetime, and a revocation acts within one lifetime."""
         return [self.load_tenant(tenant) for tenant, _ in self._engine.tenants()]
 
-    def load_tenant(self, tenant: int) -> TenantKeyStatus:
-        """Unwrap every live epoch of `tenant` and install it with a fresh expiry."""
-        epochs = [(e, r) for e, r in self._engine.key_epochs(tenant) if r.state != "shredded"]
+    def load_tenant(self, tenant: int, *, force: bool = False) -> TenantKeyStatus:
+        """Unwrap the live epochs of `tenant` (all with `force`, else those not installed or
+        past half their lifetime) and install them with a fresh expiry."""
+        epochs = [e for e in self._engine.key_epochs(tenant) if e.state != EpochState.SHREDDED]
         if not epochs:
             return self._note(TenantKeyStatus(tenant, "no_key", 0, 0,
                                               "no data key yet: herald keys rotate creates one"))
-        current = max(epoch for epoch, _ in epochs)
-        expires_at = self._clock() + self._lifetime_s
-        installed = 0
-        try:
-            for epoch, record in epochs:
-                dek = unwrap_dek(self._master_key, self._escrow, record.key_id, tenant, epoch,
-                                 record.wrapped_dek)
-                self._keyring.install(tenant, epoch, dek, expires_at=expires_at)
-                installed += 1
-        except EscrowRefused as refused:
-            # The escrow will not open this tenant's keys again: forget them now rather than
-            # at expiry. Other tenants are untouched.
-            self._keyring.forget(tenant)
-            log.warning("tenant=%s escrow refused its key: %s", tenant, refused)
-            return self._note(TenantKeyStatus(tenant, "revoked", current, 0, str(refused)))
-        except EscrowUnavailable as unreachable:
-            log.warning("tenant=%s escrow unreachable; keys lapse at their expiry: %s",
+        current = max(e.epoch for e in epochs if e.state == EpochState.ACTIVE)
+        now = self._clock()
+        renew_before = now + self._lifetime_s / 2
+        refused: list[str] = []
+        unreachable = ""
+        for entry in epochs:
+            if not force and self._expiry.get((tenant, entry.epoch), 0.0) > renew_before:
+                continue
+            try:
+                dek = unwrap_dek(self._master_key, self._escrow, entry.key_id, tenant,
+                                 entry.epoch, entry.wrapped_dek)
+            except EscrowRefused as exc:
+                # The escrow will not open this key again: forget it now, not at expiry.
+                self._keyring.forget(tenant, entry.epoch)
+                self._expiry.pop((tenant, entry.epoch), None)
+                refused.append(f"epoch {entry.epoch}: {exc.message}")
+                continue
+            except EscrowUnavailable as exc:
+                unreachable = exc.message  # what is installed stays until it expires
+                break
+            self._keyring.install(tenant, entry.epoch, dek, expires_at=now + self._lifetime_s)
+            self._expiry[tenant, entry.epoch] = now + self._lifetime_s
+        self._keyring.set_current(tenant, current)
+        installed = len(self._keyring.installed(tenant))
+        if refused:
+            log.warning("tenant=%s escrow refused keys: %s", tenant, "; ".join(refused))
+            state = "revoked" if current not in self._keyring.installed(tenant) else "partial"
+            return self._note(TenantKeyStatus(tenant, state, current, installed,
+                                              "; ".join(refused)))
+        if unreachable:
+            log.warning("tenant=%s escrow unreachable; its keys lapse at expiry: %s",
                         tenant, unreachable)
             return self._note(TenantKeyStatus(tenant, "unavailable", current, installed,
-                                              str(unreachable)))
-        self._keyring.set_current(tenant, current)
+                                              unreachable))
         return self._note(TenantKeyStatus(tenant, "available", current, installed))
 
     def _note(self, status: TenantKeyStatus) -> TenantKeyStatus:
@@ -115,37 +139,40 @@ class KeyManager:
         """Start a new key epoch for `tenant` (its first, for a new tenant): a fresh DEK,
         wrapped under the master key and the tenant's escrow key. Old epochs stay readable.
         Returns the new epoch."""
-        key_id = escrow_key_id(self._appliance_id, tenant)
+        epochs = self._engine.key_epochs(tenant)
+        epoch = max((e.epoch for e in epochs), default=0) + 1
+        key_id = escrow_key_id(self._appliance_id, tenant, epoch)
         if self._escrow.status(key_id) == "missing":
             self._escrow.create_key(key_id)
-        epochs = self._engine.key_epochs(tenant)
-        epoch = max((e for e, _ in epochs), default=0) + 1
         dek = os.urandom(DEK_BYTES)
         wrapped = wrap_dek(self._master_key, self._escrow, key_id, tenant, epoch, dek)
-        added = self._engine.apply(
+        # Installed before the epoch commits, so that writes work the moment it does.
+        expires_at = self._clock() + self._lifetime_s
+        self._keyring.install(tenant, epoch, dek, expires_at=expires_at)
+        self._expiry[tenant, epoch] = expires_at
+        self._engine.apply(
             AddKeyEpoch(tenant=tenant, epoch=epoch, wrapped_dek=wrapped, key_id=key_id),
             self._now_ms(),
         )
-        assert added.epoch == epoch  # type: ignore[union-attr]
-        self._keyring.install(tenant, epoch, dek, expires_at=self._clock() + self._lifetime_s)
-        self._keyring.set_current(tenant, epoch)
-        self.load_tenant(tenant)
+        installed = len(self._keyring.installed(tenant))
+        self._note(TenantKeyStatus(tenant, "available", epoch, installed))
         return epoch
 
     def shred(self, tenant: int, epoch: int) -> None:
-        """Destroy the DEK of one epoch: its records can never be read again."""
+        """Destroy the DEK of one epoch: its records can never be read again. The engine
+        deletes its wrapped DEK, and the escrow destroys the epoch's escrow key."""
+        key_id = next((e.key_id for e in self._engine.key_epochs(tenant) if e.epoch == epoch), "")
         self._engine.apply(ShredKeyEpoch(tenant=tenant, epoch=epoch), self._now_ms())
-        self._keyring.forget(tenant, epoch)
+        if key_id:
+            with contextlib.suppress(EscrowRefused):  # revoked already: the outcome holds
+                self._escrow.revoke(key_id)
 
     def revoke(self, tenant: int) -> None:
         """Destroy the tenant's escrow key: none of its stored data can be read again."""
-        epochs = self._engine.key_epochs(tenant)
-        key_ids = {record.key_id for _, record in epochs} or {
-            escrow_key_id(self._appliance_id, tenant)}
-        for key_id in sorted(key_ids):
-            try:
-                self._escrow.revoke(key_id)
-            except EscrowRefused:
-                pass  # revoked before, or never created: the outcome asked for holds
+        for entry in self._engine.key_epochs(tenant):
+            if entry.key_id:
+                with contextlib.suppress(EscrowRefused):  # revoked before: the outcome holds
+                    self._escrow.revoke(entry.key_id)
         self._keyring.forget(tenant)
-        self._note(TenantKeyStatus(tenant, "revoked", 0, 0, "escrow key revoked"))
+        self._expiry = {k: v for k, v in self._expiry.items() if k[0] != tenant}
+        self._note(TenantKeyStatus(tenant, "revoked", 0, 0, "escrow keys revoked"))

@@ -1,0 +1,102 @@
+"""`herald init` and `herald keys status|rotate|revoke|shred`: the key operations, on the data
+directory (docs/security.md, "Rotation, revocation, shredding"). A running server picks up
+what they change within `KEY_REFRESH_MAX_INTERVAL_S` (5 s) or the DEK cache lifetime."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+
+from appliance.accounts import run_keyed
+from appliance.config import Config
+from appliance.keys.errors import KeyManagementError
+from appliance.keys.unlock import KeyedEngine, initialize, read_passphrase
+
+__all__ = ["init", "key_status", "revoke", "rotate", "shred"]
+
+
+def init(config: Config) -> int:
+    try:
+        passphrase = read_passphrase(config, confirm=True)
+        print(initialize(config, passphrase))
+    except KeyManagementError as exc:
+        print(f"herald: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sealed(keyed: KeyedEngine) -> None:
+    if keyed.manager is None:
+        raise KeyManagementError("this store is not sealed (created without encryption): it "
+                                 "has no keys to manage")
+
+
+def _when(ms: int) -> str:
+    if not ms:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def key_status(config: Config) -> int:
+    """Every tenant's key epochs, their states, and whether this process could unwrap them."""
+    def action(keyed: KeyedEngine) -> str:
+        _sealed(keyed)
+        assert keyed.manager is not None
+        statuses = {s.tenant: s for s in keyed.manager.status()}
+        lines = []
+        for tenant, record in keyed.engine.tenants():
+            status = statuses.get(tenant)
+            state = status.state if status else "unknown"
+            detail = f" ({status.detail})" if status and status.detail else ""
+            lines.append(f"tenant {record.name} (id {tenant}): keys {state}{detail}")
+            for epoch in keyed.engine.key_epochs(tenant):
+                shredded = f"  shredded {_when(epoch.shredded_ms)}" if epoch.shredded_ms else ""
+                lines.append(f"  epoch {epoch.epoch:<4} {epoch.state:<9} created "
+                             f"{_when(epoch.created_ms)}  {epoch.seals:>12,} records sealed"
+                             f"{shredded}")
+        return "\n".join(lines) if lines else "no tenants yet"
+
+    return run_keyed(config, action)
+
+
+def rotate(config: Config, tenant_name: str) -> int:
+    def action(keyed: KeyedEngine) -> str:
+        _sealed(keyed)
+        assert keyed.manager is not None
+        tenant = keyed.engine.find_tenant(tenant_name)
+        epoch = keyed.manager.rotate(tenant)
+        return (f"tenant {tenant_name!r}: new data key, epoch {epoch}; older epochs stay "
+                f"readable (nothing is re-encrypted)")
+
+    return run_keyed(config, action)
+
+
+def shred(config: Config, tenant_name: str, epoch: int, confirm: str) -> int:
+    def action(keyed: KeyedEngine) -> str:
+        _sealed(keyed)
+        assert keyed.manager is not None
+        if confirm != tenant_name:
+            raise KeyManagementError(f"shredding cannot be undone: repeat the tenant's name "
+                                     f"with --confirm {tenant_name} to go ahead")
+        tenant = keyed.engine.find_tenant(tenant_name)
+        keyed.manager.shred(tenant, epoch)
+        return (f"tenant {tenant_name!r}: epoch {epoch} shredded; the messages sealed under "
+                f"it can never be read again")
+
+    return run_keyed(config, action)
+
+
+def revoke(config: Config, tenant_name: str, confirm: str) -> int:
+    def action(keyed: KeyedEngine) -> str:
+        _sealed(keyed)
+        assert keyed.manager is not None
+        if confirm != tenant_name:
+            raise KeyManagementError(f"revoking cannot be undone: repeat the tenant's name "
+                                     f"with --confirm {tenant_name} to go ahead")
+        tenant = keyed.engine.find_tenant(tenant_name)
+        keyed.manager.revoke(tenant)
+        return (f"tenant {tenant_name!r}: escrow keys revoked; none of its stored data can be "
+                f"read again. A running server stops serving it within the DEK cache lifetime "
+                f"(escrow.cache_lifetime_s).")
+
+    return run_keyed(config, action)

@@ -1,0 +1,164 @@
+"""Opening the store with its keys: the master key, the escrow, the keyring and the manager.
+
+A data directory is sealed when it has a master key file (`herald init` makes one). Every
+store `herald init` or `herald serve --demo` creates is sealed. A store created before
+encryption existed (no master key beside it) still opens, plain, for the account commands
+and the tests; `herald serve` refuses it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from appliance.config import Config
+from appliance.keys.backends import open_escrow
+from appliance.keys.errors import EscrowError, KeyFileMissing, KeyManagementError
+from appliance.keys.escrow import Escrow
+from appliance.keys.manager import KeyManager
+from appliance.keys.master import create_master_key, load_master_key
+from appliance.writer import wall_clock_ms
+from engine import Engine, Keyring
+
+__all__ = [
+    "APPLIANCE_ID_FILE",
+    "KeyedEngine",
+    "NotInitialized",
+    "initialize",
+    "name_key",
+    "open_engine",
+    "read_passphrase",
+]
+
+APPLIANCE_ID_FILE = "appliance-id"
+_NAME_KEY_INFO = b"herald-name-key-v1"
+
+
+class NotInitialized(KeyManagementError):
+    code = "not_initialized"
+
+
+def name_key(master_key: bytes) -> bytes:
+    """The key that blinds login names in the store's index, derived from the master key so
+    that the engine never holds the master key itself."""
+    return HKDF(hashes.SHA256(), 32, salt=None, info=_NAME_KEY_INFO).derive(master_key)
+
+
+def read_passphrase(config: Config, *, confirm: bool = False) -> str:
+    """The master key's passphrase: the first line of `[keys] passphrase_file`, or asked for
+    on the terminal (twice with `confirm`)."""
+    if config.keys.passphrase_file:
+        try:
+            with open(config.keys.passphrase_file, encoding="utf-8") as file:
+                return file.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise KeyManagementError(
+                f"cannot read the passphrase file {config.keys.passphrase_file}: {exc.strerror};"
+                f" check [keys] passphrase_file") from None
+    if not sys.stdin.isatty():
+        raise KeyManagementError(
+            "the master key's passphrase is needed and there is no terminal to ask on: set "
+            "[keys] passphrase_file in the configuration")
+    first = getpass.getpass("Master key passphrase: ")
+    if confirm and getpass.getpass("Again: ") != first:
+        raise KeyManagementError("the passphrases differ; nothing was created")
+    return first
+
+
+@dataclass
+class KeyedEngine:
+    """An open engine and, for a sealed store, what keeps its keys."""
+
+    engine: Engine
+    manager: KeyManager | None
+    escrow: Escrow | None
+
+    def close(self) -> None:
+        self.engine.close()
+        if self.escrow is not None:
+            self.escrow.close()
+
+
+def _open_escrow(config: Config) -> Escrow:
+    escrow = open_escrow(config.escrow)
+    if escrow is None:
+        raise KeyManagementError(
+            "no escrow is configured: set the [escrow] table (an HSM through PKCS#11, or "
+            "herald escrow serve run by the third party); see docs/security.md")
+    return escrow
+
+
+def open_engine(config: Config, *, passphrase: str | None = None) -> KeyedEngine:
+    """Open the data directory's store: sealed, with every tenant's keys loaded, when it has a
+    master key; plain when it is an old plain store. Raises `NotInitialized` for a directory
+    with neither, `KeyManagementError` for a wrong passphrase or an escrow problem."""
+    kwargs = {"map_size": config.map_size_bytes, "limits": config.limits}
+    if not config.master_key_path.exists():
+        if (config.store_dir / "data.mdb").exists():
+            return KeyedEngine(Engine(config.store_dir, **kwargs), None, None)  # type: ignore[arg-type]
+        raise NotInitialized(
+            f"{config.data_dir} has no master key: run 'herald init' first (or 'make run' / "
+            f"'herald serve --demo' to try Herald)")
+    master_key = load_master_key(config.master_key_path, passphrase or read_passphrase(config))
+    escrow = _open_escrow(config)
+    try:
+        keyring = Keyring(name_key=name_key(master_key))
+        engine = Engine(config.store_dir, keyring=keyring, **kwargs)  # type: ignore[arg-type]
+    except BaseException:
+        escrow.close()
+        raise
+    manager = KeyManager(
+        engine, keyring, escrow, master_key, _appliance_id(config),
+        lifetime_s=config.escrow.cache_lifetime_s, now_ms=wall_clock_ms,
+    )
+    manager.load_all()
+    return KeyedEngine(engine, manager, escrow)
+
+
+def _appliance_id(config: Config) -> str:
+    try:
+        return (config.data_dir / APPLIANCE_ID_FILE).read_text().strip()
+    except OSError:
+        raise KeyFileMissing(
+            f"{config.data_dir / APPLIANCE_ID_FILE} is missing: it names this appliance's "
+            f"keys at the escrow; restore it from the backup made after 'herald init'") from None
+
+
+def initialize(config: Config, passphrase: str) -> str:
+    """`herald init`: the master key and the appliance id, after checking that the escrow
+    answers. Returns what to tell the administrator."""
+    if config.master_key_path.exists():
+        raise KeyManagementError(
+            f"{config.master_key_path} exists: this appliance is initialized already")
+    if (config.store_dir / "data.mdb").exists():
+        raise KeyManagementError(
+            f"{config.store_dir} holds a store created without encryption; Herald cannot seal "
+            f"it in place: initialize a new data directory")
+    escrow = _open_escrow(config)
+    try:
+        escrow.status("herald-init-probe")  # reachable, and accepts our credentials
+    except EscrowError as exc:
+        raise KeyManagementError(f"the escrow did not answer as it should: {exc.message}") from None
+    finally:
+        escrow.close()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    id_path = config.data_dir / APPLIANCE_ID_FILE
+    if not id_path.exists():
+        fd = os.open(id_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(8) + "\n")
+    create_master_key(config.master_key_path, passphrase)
+    return (
+        f"Herald initialized in {config.data_dir}.\n"
+        f"Back up NOW, to a place other than this machine:\n"
+        f"  {config.master_key_path}  (the master key, sealed by your passphrase)\n"
+        f"  {id_path}  (names this appliance's keys at the escrow)\n"
+        f"and keep the passphrase apart from them. Without the master key file AND its "
+        f"passphrase AND the escrow, the stored messages can never be read again."
+    )
