@@ -73,7 +73,8 @@ ESCROW_BACKENDS = ("none", "pkcs11", "service")
 @dataclass(frozen=True, slots=True)
 class EscrowConfig:
     """The `[escrow]` table: which third party holds the tenants' escrow keys, and how to reach
-    it (docs/security.md, "Escrow backends"). Paths are best given absolute."""
+    it (docs/security.md, "Escrow backends"). Relative paths in a configuration file are
+    relative to that file's folder."""
 
     backend: str = "none"  # "pkcs11" (an HSM) or "service" (herald escrow serve)
     address: str = ""  # service: HOST:PORT of `herald escrow serve`
@@ -237,6 +238,10 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
     tls = replace(tls, **{name: str(path.parent / value) for name in _TLS_PATHS
                           if (value := getattr(tls, name)) and not Path(value).is_absolute()})
     escrow = _table(raw, "escrow", config.escrow, path)
+    escrow = replace(escrow, **{
+        name: str(path.parent / value) for name in _ESCROW_PATHS
+        if (value := getattr(escrow, name)) and not Path(value).is_absolute()
+    })
     keys = _table(raw, "keys", config.keys, path)
     keys = replace(keys, **{name: str(path.parent / value) for name in _KEYS_PATHS
                             if (value := getattr(keys, name)) and not Path(value).is_absolute()})
@@ -244,6 +249,7 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
 
 
 _KEYS_PATHS = ("master_key_file", "passphrase_file")
+_ESCROW_PATHS = ("ca_file", "cert_file", "key_file", "pkcs11_pin_file", "softhsm2_conf")
 
 
 _TLS_PATHS = ("cert_file", "key_file", "client_ca_file")

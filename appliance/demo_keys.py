@@ -21,10 +21,12 @@ from appliance.config import CONFIG_IN_DATA_DIR, Config, load_config
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.unlock import initialize
 
-__all__ = ["DEMO_KEYS_DIR", "SOFTHSM_MODULE", "prepare_demo_keys"]
+__all__ = ["DEMO_KEYS_DIR", "SOFTHSM_MODULES", "prepare_demo_keys"]
 
 DEMO_KEYS_DIR = "demo-keys"
-SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so",
+                   "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+                   "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")
 _TOKEN = "herald-demo"
 WARNING = (
     "DEMO KEYS: the escrow is a SoftHSM2 token in {dir}, with its PIN and the master key's "
@@ -47,7 +49,8 @@ def prepare_demo_keys(config: Config) -> tuple[Config, str | None]:
     settings = data_dir / CONFIG_IN_DATA_DIR
     notice = None
     if not config.master_key_path.exists():
-        if shutil.which("softhsm2-util") is None or not Path(SOFTHSM_MODULE).exists():
+        module = next((m for m in SOFTHSM_MODULES if Path(m).exists()), None)
+        if shutil.which("softhsm2-util") is None or module is None:
             raise KeyManagementError(
                 "the demo keeps its escrow key in a SoftHSM2 token, and softhsm2 is not "
                 "installed: run 'make run' (it installs it) or 'apt-get install softhsm2'")
@@ -73,7 +76,7 @@ def prepare_demo_keys(config: Config) -> tuple[Config, str | None]:
             "# Written by 'herald serve --demo': the demo's escrow and master key settings.\n"
             "[escrow]\n"
             'backend = "pkcs11"\n'
-            f'pkcs11_module = "{SOFTHSM_MODULE}"\n'
+            f'pkcs11_module = "{module}"\n'
             f'pkcs11_token = "{_TOKEN}"\n'
             f'pkcs11_pin_file = "{keys_dir / "hsm-pin"}"\n'
             f'softhsm2_conf = "{conf}"\n'

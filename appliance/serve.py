@@ -81,7 +81,7 @@ def serve(config: Config, *, demo: bool = False) -> int:
             if created:
                 print(created, flush=True)
         try:
-            trio.run(_run, config, engine, manager)
+            trio.run(_run, config, engine, manager, demo)
         except ConfigError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
@@ -119,24 +119,27 @@ async def _refresh_keys(manager: KeyManager, interval_s: float) -> None:
                 last[status.tenant] = status.state
 
 
-async def _run(config: Config, engine: Engine, manager: KeyManager) -> None:
+async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool) -> None:
     server = Server(config, engine)
     interval_s = min(KEY_REFRESH_MAX_INTERVAL_S, config.escrow.cache_lifetime_s / 4)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as keys:
             keys.start_soon(_refresh_keys, manager, interval_s)
-            await _serve_until_signal(config, server, signals)
+            await _serve_until_signal(config, server, signals, demo)
             keys.cancel_scope.cancel()
 
 
-async def _serve_until_signal(config: Config, server: Server, signals: Any) -> None:
+async def _serve_until_signal(
+    config: Config, server: Server, signals: Any, demo: bool
+) -> None:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.run)
         url = config.url_for_port(port)
         print(f"Herald is listening at {url}", flush=True)
         trust = " --ca CA_FILE" if config.tls.enabled else ""
-        print(f"Chat from another terminal: .venv/bin/herald chat --url {url}{trust} "
-              f"--tenant demo --login alice", flush=True)
+        who = "--tenant demo --login alice" if demo else "--tenant TENANT --login LOGIN"
+        print(f"Chat from another terminal: .venv/bin/herald chat --url {url}{trust} {who}",
+              flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         async for signum in signals:
             log.info("signal=%s: stopping", signal.Signals(signum).name)

@@ -7,14 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from engine import Engine
+from keyed_dirs import keyed_data_dir
 
 HERALD = [sys.executable, "-m", "appliance.cli"]
 COMMANDS = [
     [], ["serve"], ["tenant"], ["tenant", "add"], ["tenant", "list"], ["user"], ["user", "add"],
     ["user", "list"], ["user", "passwd"], ["user", "disable"], ["user", "enable"],
-    ["user", "sessions"], ["user", "revoke-sessions"], ["group"], ["group", "add"],
+    ["user", "sessions"], ["user", "revoke-sessions"], ["group"], ["group", "add"], ["init"],
+    ["keys"], ["keys", "status"], ["keys", "rotate"], ["keys", "shred"], ["keys", "revoke"],
+    ["cert"], ["cert", "selfsigned"], ["escrow"], ["chat"],
 ]
 
 
@@ -31,8 +32,21 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert result.stdout.startswith("usage: herald")
 
 
+def _in_store(data: str, script: str) -> str:
+    """Run `script` in a child process with `keyed` opened on `data` (with its keys: the
+    SoftHSM2 escrow must not be loaded in the pytest process); its stdout."""
+    code = ("from appliance.config import load_config\n"
+            "from appliance.keys.unlock import open_engine\n"
+            f"keyed = open_engine(load_config(data_dir=__import__('pathlib').Path({data!r})))\n"
+            "engine = keyed.engine\n" + script + "\nkeyed.close()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_accounts_created_from_the_command_line_can_be_read_back(tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
+    data = str(keyed_data_dir(tmp_path / "data"))
     assert herald("tenant", "add", "--data-dir", data, "acme").returncode == 0
     for login in ("alice", "bob"):
         result = herald("user", "add", "--data-dir", data, "--tenant", "acme", login,
@@ -46,18 +60,15 @@ def test_accounts_created_from_the_command_line_can_be_read_back(tmp_path: Path)
     listing = herald("user", "list", "--data-dir", data, "--tenant", "acme")
     assert "alice" in listing.stdout and "Bob" in listing.stdout
 
-    engine = Engine(tmp_path / "data" / "hot")
-    try:
-        tenant = engine.find_tenant("acme")
-        alice = engine.authenticate(tenant, "alice", "a long enough password")
-        (group,) = engine.conversations(tenant, alice)
-        assert (group.title, group.role, group.member_count) == ("Project X", "owner", 2)
-    finally:
-        engine.close()
+    out = _in_store(data, "tenant = engine.find_tenant('acme')\n"
+                          "alice = engine.authenticate(tenant, 'alice', 'a long enough password')\n"
+                          "(group,) = engine.conversations(tenant, alice)\n"
+                          "print(group.title, group.role, group.member_count)")
+    assert out.strip() == "Project X owner 2"
 
 
 def test_refusals_exit_non_zero_and_say_what_went_wrong(tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
+    data = str(keyed_data_dir(tmp_path / "data"))
     assert herald("tenant", "add", "--data-dir", data, "acme").returncode == 0
     again = herald("tenant", "add", "--data-dir", data, "acme")
     assert again.returncode == 1 and "exists already" in again.stderr
@@ -79,7 +90,7 @@ def test_a_bad_configuration_file_is_refused_with_the_reason(tmp_path: Path) -> 
 def test_user_lifecycle_commands_change_the_store_and_refuse_unknown_users(
     tmp_path: Path,
 ) -> None:
-    data = str(tmp_path / "data")
+    data = str(keyed_data_dir(tmp_path / "data"))
     assert herald("tenant", "add", "--data-dir", data, "acme").returncode == 0
     assert herald("user", "add", "--data-dir", data, "--tenant", "acme", "alice",
                   "--password-stdin", stdin="a long enough password\n").returncode == 0
@@ -97,18 +108,10 @@ def test_user_lifecycle_commands_change_the_store_and_refuse_unknown_users(
     unknown = herald("user", "revoke-sessions", "--data-dir", data, "--tenant", "acme", "zed")
     assert unknown.returncode == 1 and "(not_found)" in unknown.stderr
 
-    engine = Engine(tmp_path / "data" / "hot")
-    try:
-        tenant = engine.find_tenant("acme")
-        record = engine.user(tenant, engine.find_user(tenant, "alice"))
-        assert record.disabled
-    finally:
-        engine.close()
+    find_alice = "tenant = engine.find_tenant('acme')\nalice = engine.find_user(tenant, 'alice')\n"
+    assert _in_store(data, find_alice + "print(engine.user(tenant, alice).disabled)") == "True\n"
     assert herald("user", "enable", "--data-dir", data, "--tenant", "acme",
                   "alice").returncode == 0
-    engine = Engine(tmp_path / "data" / "hot")
-    try:
-        tenant = engine.find_tenant("acme")
-        assert engine.authenticate(tenant, "alice", "the next password")
-    finally:
-        engine.close()
+    out = _in_store(data, find_alice + "print(engine.authenticate(tenant, 'alice', "
+                                       "'the next password') == alice)")
+    assert out == "True\n"
