@@ -57,19 +57,17 @@ def run_keyed(config: Config, action: Callable[[KeyedEngine], str]) -> int:
     the exit code (1 with a message saying what to do for any refusal)."""
     try:
         keyed = open_engine(config)
-    except KeyManagementError as exc:
-        print(f"herald: {exc.message}", file=sys.stderr)
-        return 1
     except HeraldError as exc:
         print(f"herald: cannot open the store in {config.data_dir}: {exc.message}", file=sys.stderr)
         return 1
-    try:
-        print(action(keyed))
-    except HeraldError as exc:
-        print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
-        return 1
     except KeyManagementError as exc:
         print(f"herald: {exc.message}", file=sys.stderr)
+        return 1
+    try:
+        print(action(keyed))
+    except (HeraldError, KeyManagementError) as exc:
+        code = f" ({exc.code})" if isinstance(exc, HeraldError) else ""
+        print(f"herald: {exc.message}{code}", file=sys.stderr)
         return 1
     finally:
         keyed.close()

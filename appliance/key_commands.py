@@ -31,6 +31,12 @@ def _sealed(keyed: KeyedEngine) -> None:
                                  "has no keys to manage")
 
 
+def _check_confirmed(confirm: str, tenant_name: str, what: str) -> None:
+    if confirm != tenant_name:
+        raise KeyManagementError(f"{what} cannot be undone: repeat the tenant's name with "
+                                 f"--confirm {tenant_name} to go ahead")
+
+
 def _when(ms: int) -> str:
     if not ms:
         return "-"
@@ -75,9 +81,7 @@ def shred(config: Config, tenant_name: str, epoch: int, confirm: str) -> int:
     def action(keyed: KeyedEngine) -> str:
         _sealed(keyed)
         assert keyed.manager is not None
-        if confirm != tenant_name:
-            raise KeyManagementError(f"shredding cannot be undone: repeat the tenant's name "
-                                     f"with --confirm {tenant_name} to go ahead")
+        _check_confirmed(confirm, tenant_name, "shredding")
         tenant = keyed.engine.find_tenant(tenant_name)
         keyed.manager.shred(tenant, epoch)
         return (f"tenant {tenant_name!r}: epoch {epoch} shredded; the messages sealed under "
@@ -90,9 +94,7 @@ def revoke(config: Config, tenant_name: str, confirm: str) -> int:
     def action(keyed: KeyedEngine) -> str:
         _sealed(keyed)
         assert keyed.manager is not None
-        if confirm != tenant_name:
-            raise KeyManagementError(f"revoking cannot be undone: repeat the tenant's name "
-                                     f"with --confirm {tenant_name} to go ahead")
+        _check_confirmed(confirm, tenant_name, "revoking")
         tenant = keyed.engine.find_tenant(tenant_name)
         keyed.manager.revoke(tenant)
         return (f"tenant {tenant_name!r}: escrow keys revoked; none of its stored data can be "
