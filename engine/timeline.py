@@ -8,7 +8,8 @@ the sender's cursor; nothing is written per recipient.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import msgspec
 
@@ -16,6 +17,7 @@ from engine.errors import Conflict, Forbidden, Invalid, NotFound, NotMember
 from engine.hotstore import HotStore
 from engine.keys import pack_ids
 from engine.limits import Limits
+from engine.message_cache import CachedMessage, MessageCache
 from engine.ops import Append, Appended
 from engine.records import (
     MemberRecord,
@@ -39,6 +41,10 @@ _pack_ids3 = struct.Struct(">QQQ").pack
 _MESSAGES = b"messages"  # table names, which a sealer binds each record to
 _MEMBERS = b"members"
 _USER_KINDS = frozenset({MessageKind.TEXT, MessageKind.BOT, MessageKind.RECALL})
+# A scan of at most this many seqs first asks the cache for all of them, and skips the LMDB
+# cursor when it has every one (more than the largest page, sync's per-conversation share and
+# a fanout's run; a longer scan, rare, opens what the cache lacks without that shortcut).
+_MAX_CACHED_RUN = 1024
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -54,11 +60,24 @@ class Page(msgspec.Struct, frozen=True):
 
 
 class Timeline:
-    def __init__(self, store: HotStore, sealer: RecordSealer, limits: Limits) -> None:
+    def __init__(
+        self, store: HotStore, sealer: RecordSealer, limits: Limits,
+        cache: MessageCache | None = None, epoch_of: Callable[[bytes], int] | None = None,
+    ) -> None:
+        """With `cache`, reads serve opened messages from it and fill it; `epoch_of` names
+        the key epoch of a stored (opened) record, which each entry keeps. The engine collects
+        the messages a batch appends in `appended` and fills the cache once they commit."""
         self._store = store
         self._dbs = store.dbs
         self._sealer = sealer
         self._limits = limits
+        self._cache = cache
+        self._epoch_of = epoch_of or (lambda stored: 0)
+        # (key, opened message) of each message written in the current write transaction;
+        # None without a cache. Only the engine's writer (one at a time) touches it.
+        self.appended: list[tuple[bytes, CachedMessage]] | None = (
+            None if cache is None else []
+        )
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode_message = msgspec.msgpack.Decoder(Message).decode
         self._decode_member = msgspec.msgpack.Decoder(MemberRecord).decode
@@ -142,10 +161,17 @@ class Timeline:
             body=op.body, mentions=op.mentions, ref=op.ref,
         )
         key = _pack_ids3(op.tenant, op.conv, seq)
-        txn.put(
-            key, self._sealer.seal(_MESSAGES, key, self._encode(message)), db=self._dbs.messages
-        )
+        record = self._encode(message)
+        sealed = self._sealer.seal(_MESSAGES, key, record)
+        txn.put(key, sealed, db=self._dbs.messages)
         txn.put(_pack_ids2(op.tenant, op.conv), pack_head(seq, ts), db=self._dbs.heads)
+        appended = self.appended
+        if appended is not None:
+            # Decoded back, not `message` itself: a read must give the very values an
+            # uncached one would (an op built by hand may carry a list or a plain str).
+            opened = CachedMessage(self._decode_message(record), len(record),
+                                   self._epoch_of(sealed))
+            appended.append((key, opened))
         return seq, ts
 
     def _check_recall(self, txn: Any, op: Append, role: Role, head_seq: int) -> None:
@@ -260,12 +286,68 @@ class Timeline:
         if last < first:
             return [], 0
         limit = (2**63) if max_bytes is None else max_bytes
-        used = 0
         strict = not at_least_one
+        cache = self._cache
+        if cache is None:
+            return self._scan_store(txn, tenant, conv, first, last, limit, strict,
+                                    newest_first, {}, None)
+        hits: dict[bytes, CachedMessage] = {}
+        if last - first < _MAX_CACHED_RUN:
+            keys = [_pack_ids3(tenant, conv, seq) for seq in range(first, last + 1)]
+            found = cache.lookup(keys)
+            # Every seq of the range cached, and none past this snapshot's head (the cache may
+            # hold messages committed after it began): the store would return exactly these.
+            if None not in found and last <= self.head(txn, tenant, conv)[0]:
+                complete = cast(list[CachedMessage], found)
+                return self._serve_cached(cache, keys[0][:8], complete, limit, strict,
+                                          newest_first)
+            hits = {key: entry for key, entry in zip(keys, found, strict=True)
+                    if entry is not None}
+        generation = cache.generation  # before opening anything (engine.message_cache)
+        opened: list[tuple[bytes, CachedMessage]] = []
+        out, used = self._scan_store(txn, tenant, conv, first, last, limit, strict,
+                                     newest_first, hits, opened)
+        if opened:
+            cache.fill(opened, generation)
+        return out, used
+
+    @staticmethod
+    def _serve_cached(
+        cache: MessageCache, tenant: bytes, entries: list[CachedMessage], limit: int,
+        strict: bool, newest_first: bool,
+    ) -> tuple[list[Message], int]:
+        """`_scan_store` over a range the cache holds whole, in the same order, with the same
+        byte budget, and each epoch's key checked before its first message is counted (as
+        the store path opens a record before it weighs it)."""
+        usable: set[int] = set()
+        out: list[Message] = []
+        used = 0
+        for entry in reversed(entries) if newest_first else entries:
+            if entry.epoch not in usable:
+                cache.check(tenant, entry.epoch)
+                usable.add(entry.epoch)
+            if used + entry.record_bytes > limit and (out or strict):
+                break
+            used += entry.record_bytes
+            out.append(entry.message)
+        if newest_first:
+            out.reverse()
+        return out, used
+
+    def _scan_store(
+        self, txn: Any, tenant: int, conv: int, first: int, last: int, limit: int,
+        strict: bool, newest_first: bool, hits: dict[bytes, CachedMessage],
+        opened: list[tuple[bytes, CachedMessage]] | None,
+    ) -> tuple[list[Message], int]:
+        """The scan over the LMDB cursor: a record in `hits` is served from there (its epoch
+        checked), any other is opened and decoded, and added to `opened` when given."""
+        used = 0
         start = _pack_ids3(tenant, conv, first)
         stop = _pack_ids3(tenant, conv, last)
         sealer_open = self._sealer.open
         decode = self._decode_message
+        epoch_of = self._epoch_of
+        usable: set[int] = set()
         out: list[Message] = []
         with txn.cursor(db=self._dbs.messages) as cur:
             if newest_first:
@@ -274,27 +356,40 @@ class Timeline:
                         return out, used
                 elif cur.key() > stop and not cur.prev():
                     return out, used
-                for key, value in cur.iterprev():
-                    if key < start:
-                        break
+                pairs = cur.iterprev()
+            elif cur.set_range(start):
+                pairs = iter(cur)
+            else:
+                return out, used
+            for key, value in pairs:
+                if key < start if newest_first else key > stop:
+                    break
+                entry = hits.get(key) if hits else None
+                if entry is None:
                     record = sealer_open(_MESSAGES, key, value)
-                    if used + len(record) > limit and (out or strict):
+                    size = len(record)
+                    if used + size > limit and (out or strict):
                         break
-                    used += len(record)
-                    out.append(decode(record))
-                out.reverse()
-                return out, used
-            if not cur.set_range(start):
-                return out, used
-            for key, value in cur:
-                if key > stop:
-                    break
-                record = sealer_open(_MESSAGES, key, value)
-                if used + len(record) > limit and (out or strict):
-                    break
-                used += len(record)
-                out.append(decode(record))
+                    message = decode(record)
+                    if opened is not None:
+                        opened.append((key, CachedMessage(message, size, epoch_of(value))))
+                else:
+                    if entry.epoch not in usable:
+                        self._check_key(start[:8], entry.epoch)
+                        usable.add(entry.epoch)
+                    size = entry.record_bytes
+                    if used + size > limit and (out or strict):
+                        break
+                    message = entry.message
+                used += size
+                out.append(message)
+        if newest_first:
+            out.reverse()
         return out, used
+
+    def _check_key(self, tenant: bytes, epoch: int) -> None:
+        if self._cache is not None:
+            self._cache.check(tenant, epoch)
 
     def page_after(
         self, txn: Any, tenant: int, conv: int, after: int, limit: int,
