@@ -77,6 +77,9 @@ class MessageCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
     def lookup(self, keys: Sequence[bytes]) -> list[CachedMessage | None]:
         """The entries of `keys` (None where absent), each made the most recently used. The
         caller must `check` an entry's epoch before it hands the message out."""
