@@ -226,6 +226,12 @@ class Engine:
         """The cache of opened messages (for metrics and tests); None when disabled."""
         return self._cache
 
+    def drop_unreadable_messages(self) -> int:
+        """Free the cached plaintexts whose DEK has expired; returns how many. A read finds
+        an expired DEK by itself (and refuses, and frees that epoch's entries); this lets
+        the appliance free them at once, e.g. on the timer that renews its keys."""
+        return 0 if self._cache is None else self._cache.drop_unusable()
+
     def close(self) -> None:
         """Close the store and empty the message cache; later calls raise `EngineClosed`."""
         self._store.close()

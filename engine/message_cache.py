@@ -1,23 +1,27 @@
 """A bounded cache of opened messages: decrypted and decoded, so that hot pages skip both.
 
 Messages never change once appended (a recall is a new message) and seqs are gapless, so an
-entry, keyed by the message's LMDB key (tenant|conv|seq), is never stale; what can go stale is
-the right to read it. In a sealed store every entry keeps the key epoch its record was sealed
-under, and every read of an entry asks the keyring first (`KeyCheck`): a DEK that was forgotten,
-has expired or was shredded refuses a cached message with the same `KeyUnavailable` as the
-stored record. `drop` (called when the keyring forgets a DEK or shreds an epoch) frees the
-plaintexts at once. docs/security.md "Opened messages in memory" has the trade-off.
+entry, keyed by tenant, conversation and seq, is never stale; what can go stale is the right
+to read it. In a sealed store every entry keeps the key epoch its record was sealed under, and
+every read of an entry asks the keyring first (`KeyCheck`): a DEK that was forgotten, has
+expired or was shredded refuses a cached message with the same `KeyUnavailable` as the stored
+record. `drop` (called when the keyring forgets a DEK or shreds an epoch) frees the plaintexts
+at once. docs/security.md "Opened messages in memory" has the trade-off.
 
-Bounded by approximate bytes (the record's size plus a fixed cost per entry), least recently
-used out first. The engine's calls run in several threads (reads are concurrent, the keyring is
-told to forget from the appliance's thread), so every compound change holds one lock.
+Entries are grouped per conversation, and the conversations kept in least-recently-used order:
+a page is one lookup and one promotion, then a dict get per seq (a promotion per message cost
+as much as decoding it). Bounded by approximate bytes (each record's size plus a fixed cost per
+entry): past the bound the least recently used conversations go whole; a conversation that
+alone passes the bound loses its oldest-cached entries. The engine's calls run in several
+threads (reads are concurrent, the keyring is told to forget from the appliance's thread), so
+every change holds one lock; a read's dict gets need none (each is atomic under the GIL).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from engine.errors import Invalid, KeyUnavailable
@@ -43,11 +47,25 @@ class CachedMessage(NamedTuple):
     epoch: int  # the key epoch it was sealed under; PLAIN_EPOCH in a plain store
 
 
-class MessageCache:
-    """Opened messages by LMDB key, at most `max_bytes` of them (approximately).
+class _Conversation:
+    """The cached messages of one conversation, by seq, in the order they were cached."""
 
-    `key_check` is None for a plain store (nothing to check). Raises `Invalid` for a negative
-    bound; 0 makes a cache that holds nothing (the engine then makes none at all).
+    __slots__ = ("cost", "entries")
+
+    def __init__(self) -> None:
+        self.entries: dict[int, CachedMessage] = {}
+        self.cost = 0
+
+
+def _cost(entry: CachedMessage) -> int:
+    return entry.record_bytes + ENTRY_OVERHEAD_BYTES
+
+
+class MessageCache:
+    """Opened messages by (tenant|conv key, seq), at most `max_bytes` of them
+    (approximately). `key_check` is None for a plain store (nothing to check). Raises
+    `Invalid` for a negative bound; 0 makes a cache that holds nothing (the engine then
+    makes none at all).
     """
 
     def __init__(self, max_bytes: int, key_check: KeyCheck | None) -> None:
@@ -55,8 +73,10 @@ class MessageCache:
             raise Invalid("the message cache size cannot be negative")
         self.max_bytes = max_bytes
         self._key_check = key_check
-        self._entries: OrderedDict[bytes, CachedMessage] = OrderedDict()
+        # tenant|conv (16 bytes, as in the `heads` table) -> its entries; LRU first
+        self._convs: OrderedDict[bytes, _Conversation] = OrderedDict()
         self._bytes = 0
+        self._count = 0
         self._lock = threading.Lock()
         # Bumped by every drop. A reader or writer notes it before it opens or seals anything
         # and fills only if it has not moved: a message opened with a DEK that was forgotten
@@ -75,21 +95,26 @@ class MessageCache:
         return self._bytes
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
     def __contains__(self, key: object) -> bool:
-        return key in self._entries
+        """Whether the message stored under LMDB key `key` (tenant|conv|seq) is cached."""
+        if not isinstance(key, bytes) or len(key) != 24:
+            return False
+        conv = self._convs.get(key[:16])
+        return conv is not None and int.from_bytes(key[16:], "big") in conv.entries
 
-    def lookup(self, keys: Sequence[bytes]) -> list[CachedMessage | None]:
-        """The entries of `keys` (None where absent), each made the most recently used. The
-        caller must `check` an entry's epoch before it hands the message out."""
-        entries = self._entries
+    def lookup(self, conv_key: bytes, first: int, last: int) -> list[CachedMessage | None] | None:
+        """The entries of seqs first..last of conversation `conv_key` (tenant|conv), None
+        where absent, or None when nothing of it is cached; the conversation becomes the most
+        recently used. The caller must `check` an entry's epoch before it hands it out."""
         with self._lock:
-            found = [entries.get(key) for key in keys]
-            for key, entry in zip(keys, found, strict=True):
-                if entry is not None:
-                    entries.move_to_end(key)
-        return found
+            conv = self._convs.get(conv_key)
+            if conv is None:
+                return None
+            self._convs.move_to_end(conv_key)
+        get = conv.entries.get
+        return [get(seq) for seq in range(first, last + 1)]
 
     def check(self, tenant: bytes, epoch: int) -> None:
         """Raise `KeyUnavailable` (and drop the epoch's entries) when the DEK of (packed
@@ -105,46 +130,109 @@ class MessageCache:
 
     # -- changes -------------------------------------------------------------------------------
 
-    def fill(self, entries: Iterable[tuple[bytes, CachedMessage]], generation: int) -> None:
-        """Add opened messages, evicting the least recently used past the bound; nothing if
-        a drop happened since `generation` was noted. An entry bigger than the whole bound is
-        not kept."""
+    def fill(self, entries: Iterable[tuple[bytes, int, CachedMessage]], generation: int) -> None:
+        """Add opened messages as (tenant|conv key, seq, entry), evicting past the bound;
+        nothing if a drop happened since `generation` was noted. An entry bigger than the
+        whole bound is not kept."""
         limit = self.max_bytes
-        cache = self._entries
+        convs = self._convs
         with self._lock:
             if generation != self._generation:
                 return
-            used = self._bytes
-            for key, entry in entries:
-                cost = entry.record_bytes + ENTRY_OVERHEAD_BYTES
+            used, count = self._bytes, self._count
+            conv_key = b""
+            conv = _Conversation()
+            for key, seq, entry in entries:
+                cost = _cost(entry)
                 if cost > limit:
                     continue
-                old = cache.pop(key, None)
+                if key != conv_key:
+                    conv_key = key
+                    found = convs.get(key)
+                    if found is None:
+                        found = convs[key] = _Conversation()
+                    else:
+                        convs.move_to_end(key)
+                    conv = found
+                old = conv.entries.pop(seq, None)
                 if old is not None:
-                    used -= old.record_bytes + ENTRY_OVERHEAD_BYTES
-                cache[key] = entry
+                    conv.cost -= _cost(old)
+                    used -= _cost(old)
+                    count -= 1
+                conv.entries[seq] = entry
+                conv.cost += cost
                 used += cost
-                while used > limit:
-                    _, evicted = cache.popitem(last=False)
-                    used -= evicted.record_bytes + ENTRY_OVERHEAD_BYTES
-            self._bytes = used
+                count += 1
+                if used > limit:
+                    used, count = self._evict(used, count, conv_key)
+            self._bytes, self._count = used, count
 
-    def drop(self, tenant: bytes, epoch: int | None = None) -> None:
-        """Remove every entry of (packed) `tenant`, or only those of `epoch`. Walks the whole
-        cache: keys are forgotten and epochs shredded rarely, and never on a read path."""
-        cache = self._entries
+    def _evict(self, used: int, count: int, filling: bytes) -> tuple[int, int]:
+        """Least recently used conversations out, whole, until under the bound; the one
+        being filled last, and then only its oldest-cached entries. Holds the lock."""
+        convs = self._convs
+        limit = self.max_bytes
+        while used > limit:
+            key, conv = next(iter(convs.items()))
+            if key != filling:
+                del convs[key]
+                used -= conv.cost
+                count -= len(conv.entries)
+                continue
+            for seq in list(conv.entries):  # dict order: the order they were cached
+                entry = conv.entries.pop(seq)
+                conv.cost -= _cost(entry)
+                used -= _cost(entry)
+                count -= 1
+                if used <= limit:
+                    break
+            if not conv.entries:
+                del convs[key]
+        return used, count
+
+    def drop(self, tenant: bytes, epoch: int | None = None) -> int:
+        """Remove every entry of (packed) `tenant`, or only those of `epoch`; returns how
+        many. Walks the tenant's conversations: keys are forgotten and epochs shredded
+        rarely, and never on a read path."""
+        convs = self._convs
+        dropped = 0
         with self._lock:
             self._generation += 1
-            doomed = [
-                key for key, entry in cache.items()
-                if key[:8] == tenant and (epoch is None or entry.epoch == epoch)
-            ]
-            for key in doomed:
-                self._bytes -= cache.pop(key).record_bytes + ENTRY_OVERHEAD_BYTES
+            for key in [k for k in convs if k[:8] == tenant]:
+                conv = convs[key]
+                if epoch is None:
+                    doomed = list(conv.entries)
+                else:
+                    doomed = [seq for seq, e in conv.entries.items() if e.epoch == epoch]
+                for seq in doomed:
+                    cost = _cost(conv.entries.pop(seq))
+                    conv.cost -= cost
+                    self._bytes -= cost
+                dropped += len(doomed)
+                if not conv.entries:
+                    del convs[key]
+            self._count -= dropped
+        return dropped
+
+    def drop_unusable(self) -> int:
+        """Remove the entries whose DEK is no longer usable (expired: nothing announces
+        that); returns how many. One key check per (tenant, epoch) held."""
+        if self._key_check is None:
+            return 0
+        with self._lock:
+            held = {(key[:8], entry.epoch)
+                    for key, conv in self._convs.items() for entry in conv.entries.values()}
+        dropped = 0
+        for tenant, epoch in held:
+            try:
+                self._key_check(tenant, epoch)
+            except KeyUnavailable:
+                dropped += self.drop(tenant, epoch)
+        return dropped
 
     def clear(self) -> None:
         """Remove everything (the engine closes)."""
         with self._lock:
             self._generation += 1
-            self._entries.clear()
-            self._bytes = 0
+            self._convs.clear()
+            self._bytes = self._count = 0

@@ -38,6 +38,13 @@ _DEDUPE = struct.Struct(">QQQ")  # conv, seq, ts
 # append packs six keys, and the dispatch was a tenth of its CPU (docs/benchmarks.md).
 _pack_ids2 = struct.Struct(">QQ").pack
 _pack_ids3 = struct.Struct(">QQQ").pack
+_SEQ = struct.Struct(">Q")
+
+
+def _seq_of(key: bytes) -> int:
+    """The seq of a `messages` key (tenant|conv|seq)."""
+    return int(_SEQ.unpack_from(key, 16)[0])
+
 _MESSAGES = b"messages"  # table names, which a sealer binds each record to
 _MEMBERS = b"members"
 _USER_KINDS = frozenset({MessageKind.TEXT, MessageKind.BOT, MessageKind.RECALL})
@@ -75,7 +82,7 @@ class Timeline:
         self._epoch_of = epoch_of or (lambda stored: 0)
         # (key, opened message) of each message written in the current write transaction;
         # None without a cache. Only the engine's writer (one at a time) touches it.
-        self.appended: list[tuple[bytes, CachedMessage]] | None = (
+        self.appended: list[tuple[bytes, int, CachedMessage]] | None = (
             None if cache is None else []
         )
         self._encode = msgspec.msgpack.Encoder().encode
@@ -164,14 +171,15 @@ class Timeline:
         record = self._encode(message)
         sealed = self._sealer.seal(_MESSAGES, key, record)
         txn.put(key, sealed, db=self._dbs.messages)
-        txn.put(_pack_ids2(op.tenant, op.conv), pack_head(seq, ts), db=self._dbs.heads)
+        conv_key = _pack_ids2(op.tenant, op.conv)
+        txn.put(conv_key, pack_head(seq, ts), db=self._dbs.heads)
         appended = self.appended
         if appended is not None:
             # Decoded back, not `message` itself: a read must give the very values an
             # uncached one would (an op built by hand may carry a list or a plain str).
             opened = CachedMessage(self._decode_message(record), len(record),
                                    self._epoch_of(sealed))
-            appended.append((key, opened))
+            appended.append((conv_key, seq, opened))
         return seq, ts
 
     def _check_recall(self, txn: Any, op: Append, role: Role, head_seq: int) -> None:
@@ -291,20 +299,19 @@ class Timeline:
         if cache is None:
             return self._scan_store(txn, tenant, conv, first, last, limit, strict,
                                     newest_first, {}, None)
-        hits: dict[bytes, CachedMessage] = {}
-        if last - first < _MAX_CACHED_RUN:
-            keys = [_pack_ids3(tenant, conv, seq) for seq in range(first, last + 1)]
-            found = cache.lookup(keys)
+        conv_key = _pack_ids2(tenant, conv)
+        hits: dict[int, CachedMessage] = {}
+        found = cache.lookup(conv_key, first, last) if last - first < _MAX_CACHED_RUN else None
+        if found is not None:
             # Every seq of the range cached, and none past this snapshot's head (the cache may
             # hold messages committed after it began): the store would return exactly these.
             if None not in found and last <= self.head(txn, tenant, conv)[0]:
                 complete = cast(list[CachedMessage], found)
-                return self._serve_cached(cache, keys[0][:8], complete, limit, strict,
+                return self._serve_cached(cache, conv_key[:8], complete, limit, strict,
                                           newest_first)
-            hits = {key: entry for key, entry in zip(keys, found, strict=True)
-                    if entry is not None}
+            hits = {entry.message.seq: entry for entry in found if entry is not None}
         generation = cache.generation  # before opening anything (engine.message_cache)
-        opened: list[tuple[bytes, CachedMessage]] = []
+        opened: list[tuple[bytes, int, CachedMessage]] = []
         out, used = self._scan_store(txn, tenant, conv, first, last, limit, strict,
                                      newest_first, hits, opened)
         if opened:
@@ -316,28 +323,34 @@ class Timeline:
         cache: MessageCache, tenant: bytes, entries: list[CachedMessage], limit: int,
         strict: bool, newest_first: bool,
     ) -> tuple[list[Message], int]:
-        """`_scan_store` over a range the cache holds whole, in the same order, with the same
-        byte budget, and each epoch's key checked before its first message is counted (as
-        the store path opens a record before it weighs it)."""
+        """`_scan_store` over a range the cache holds whole: the same messages, byte budget
+        and refusals. The store path opens each record (checking its key) before it weighs
+        it, so keys are checked in scan order up to the first message past the budget."""
+        ordered = entries[::-1] if newest_first else entries
+        total = sum([entry.record_bytes for entry in ordered])
+        if total <= limit:  # the usual case: the whole range fits, every record is opened
+            for epoch in dict.fromkeys([entry.epoch for entry in ordered]):
+                cache.check(tenant, epoch)
+            return [entry.message for entry in entries], total
         usable: set[int] = set()
         out: list[Message] = []
         used = 0
-        for entry in reversed(entries) if newest_first else entries:
-            if entry.epoch not in usable:
-                cache.check(tenant, entry.epoch)
-                usable.add(entry.epoch)
-            if used + entry.record_bytes > limit and (out or strict):
+        for message, size, epoch in ordered:
+            if epoch not in usable:
+                cache.check(tenant, epoch)
+                usable.add(epoch)
+            if used + size > limit and (out or strict):
                 break
-            used += entry.record_bytes
-            out.append(entry.message)
+            used += size
+            out.append(message)
         if newest_first:
             out.reverse()
         return out, used
 
     def _scan_store(
         self, txn: Any, tenant: int, conv: int, first: int, last: int, limit: int,
-        strict: bool, newest_first: bool, hits: dict[bytes, CachedMessage],
-        opened: list[tuple[bytes, CachedMessage]] | None,
+        strict: bool, newest_first: bool, hits: dict[int, CachedMessage],
+        opened: list[tuple[bytes, int, CachedMessage]] | None,
     ) -> tuple[list[Message], int]:
         """The scan over the LMDB cursor: a record in `hits` is served from there (its epoch
         checked), any other is opened and decoded, and added to `opened` when given."""
@@ -364,7 +377,7 @@ class Timeline:
             for key, value in pairs:
                 if key < start if newest_first else key > stop:
                     break
-                entry = hits.get(key) if hits else None
+                entry = hits.get(_seq_of(key)) if hits else None
                 if entry is None:
                     record = sealer_open(_MESSAGES, key, value)
                     size = len(record)
@@ -372,7 +385,8 @@ class Timeline:
                         break
                     message = decode(record)
                     if opened is not None:
-                        opened.append((key, CachedMessage(message, size, epoch_of(value))))
+                        opened.append((key[:16], message.seq,
+                                       CachedMessage(message, size, epoch_of(value))))
                 else:
                     if entry.epoch not in usable:
                         self._check_key(start[:8], entry.epoch)

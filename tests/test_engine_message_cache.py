@@ -409,9 +409,9 @@ def test_a_fill_noted_before_a_drop_is_discarded() -> None:
     entry = CachedMessage(Message(3, 7, 0, "c", MessageKind.TEXT, "secret"), 20, 1)
     generation = cache.generation
     cache.drop(pack_id(1))
-    cache.fill([(key, entry)], generation)
+    cache.fill([(key[:16], 3, entry)], generation)
     assert key not in cache and len(cache) == 0
-    cache.fill([(key, entry)], cache.generation)
+    cache.fill([(key[:16], 3, entry)], cache.generation)
     assert key in cache
 
 
@@ -526,3 +526,39 @@ def test_the_cache_can_be_disabled_and_refuses_a_negative_size(tmp_path: Path) -
     eng.close()
     with pytest.raises(Invalid):
         Engine(tmp_path / "b", message_cache_bytes=-1)
+
+
+def test_expired_plaintexts_can_be_freed_without_a_read(box: Box, password_hash: str) -> None:
+    acme, globex = box.org("acme", password_hash), box.org("globex", password_hash)
+    acme_conv, globex_conv = chat(box.engine, acme, 3), chat(box.engine, globex, 3)
+    box.install(acme.tenant, 1, expires_at=box.clock.now + 5)
+    assert box.engine.drop_unreadable_messages() == 0
+    box.clock.now += 5
+    assert box.engine.drop_unreadable_messages() == 4
+    assert not any(entries_of(box.cache, acme.tenant, acme_conv, range(1, 5)))
+    assert all(entries_of(box.cache, globex.tenant, globex_conv, range(1, 5)))
+
+
+def test_the_least_recently_read_conversation_goes_first(tmp_path: Path) -> None:
+    eng = Engine(tmp_path / "s", map_size=MAP_SIZE_BYTES, message_cache_bytes=0)
+    try:
+        org = create_org(eng, "acme")
+        a, b, c = (chat(eng, org, 9, prefix) for prefix in "abc")
+    finally:
+        eng.close()
+    sizes = 10 * (ENTRY_OVERHEAD_BYTES + 40)
+    eng = Engine(tmp_path / "s", map_size=MAP_SIZE_BYTES, message_cache_bytes=2 * sizes)
+    try:
+        cache = eng.message_cache
+        assert cache is not None
+        eng.messages(org.tenant, a, 1, 10)
+        eng.messages(org.tenant, b, 1, 10)
+        eng.messages(org.tenant, a, 1, 10)  # a is now the more recently used
+        assert len(cache) == 20
+        eng.messages(org.tenant, c, 1, 10)
+        assert all(entries_of(cache, org.tenant, a, range(1, 11)))
+        assert not any(entries_of(cache, org.tenant, b, range(1, 11)))
+        assert all(entries_of(cache, org.tenant, c, range(1, 11)))
+        assert cache.bytes_used <= 2 * sizes
+    finally:
+        eng.close()
