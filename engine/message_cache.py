@@ -22,12 +22,17 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
 from engine.errors import Invalid, KeyUnavailable
 from engine.records import Message
 
-__all__ = ["DEFAULT_MESSAGE_CACHE_BYTES", "ENTRY_OVERHEAD_BYTES", "CachedMessage", "MessageCache"]
+__all__ = [
+    "DEFAULT_MESSAGE_CACHE_BYTES",
+    "ENTRY_OVERHEAD_BYTES",
+    "PLAIN_EPOCH",
+    "CachedMessage",
+    "MessageCache",
+]
 
 DEFAULT_MESSAGE_CACHE_BYTES = 64 * 2**20
 # What an entry costs beyond its record's bytes: the Message object and its strings' headers,
@@ -41,10 +46,11 @@ PLAIN_EPOCH = 0  # the "epoch" of a plain store's entries: no key to check
 KeyCheck = Callable[[bytes, int], object]
 
 
-class CachedMessage(NamedTuple):
-    message: Message
-    record_bytes: int  # the opened record's size: what a scan's byte budget counts
-    epoch: int  # the key epoch it was sealed under; PLAIN_EPOCH in a plain store
+# (message, record bytes, key epoch): the opened record's size is what a scan's byte budget
+# counts; the epoch is the one it was sealed under (PLAIN_EPOCH in a plain store). A plain
+# tuple, not a NamedTuple: a cold page builds 50 of them, and NamedTuple's constructor is
+# Python code.
+CachedMessage = tuple[Message, int, int]
 
 
 class _Conversation:
@@ -58,7 +64,7 @@ class _Conversation:
 
 
 def _cost(entry: CachedMessage) -> int:
-    return entry.record_bytes + ENTRY_OVERHEAD_BYTES
+    return entry[1] + ENTRY_OVERHEAD_BYTES
 
 
 class MessageCache:
@@ -143,7 +149,7 @@ class MessageCache:
             conv_key = b""
             conv = _Conversation()
             for key, seq, entry in entries:
-                cost = _cost(entry)
+                cost = entry[1] + ENTRY_OVERHEAD_BYTES
                 if cost > limit:
                     continue
                 if key != conv_key:
@@ -203,7 +209,7 @@ class MessageCache:
                 if epoch is None:
                     doomed = list(conv.entries)
                 else:
-                    doomed = [seq for seq, e in conv.entries.items() if e.epoch == epoch]
+                    doomed = [seq for seq, e in conv.entries.items() if e[2] == epoch]
                 for seq in doomed:
                     cost = _cost(conv.entries.pop(seq))
                     conv.cost -= cost
@@ -220,7 +226,7 @@ class MessageCache:
         if self._key_check is None:
             return 0
         with self._lock:
-            held = {(key[:8], entry.epoch)
+            held = {(key[:8], entry[2])
                     for key, conv in self._convs.items() for entry in conv.entries.values()}
         dropped = 0
         for tenant, epoch in held:

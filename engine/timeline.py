@@ -17,7 +17,7 @@ from engine.errors import Conflict, Forbidden, Invalid, NotFound, NotMember
 from engine.hotstore import HotStore
 from engine.keys import pack_ids
 from engine.limits import Limits
-from engine.message_cache import CachedMessage, MessageCache
+from engine.message_cache import PLAIN_EPOCH, CachedMessage, MessageCache
 from engine.ops import Append, Appended
 from engine.records import (
     MemberRecord,
@@ -72,14 +72,15 @@ class Timeline:
         cache: MessageCache | None = None, epoch_of: Callable[[bytes], int] | None = None,
     ) -> None:
         """With `cache`, reads serve opened messages from it and fill it; `epoch_of` names
-        the key epoch of a stored (opened) record, which each entry keeps. The engine collects
+        the key epoch of a stored (opened) record, which each entry keeps (None: a plain
+        store, whose entries have PLAIN_EPOCH). The engine collects
         the messages a batch appends in `appended` and fills the cache once they commit."""
         self._store = store
         self._dbs = store.dbs
         self._sealer = sealer
         self._limits = limits
         self._cache = cache
-        self._epoch_of = epoch_of or (lambda stored: 0)
+        self._epoch_of = epoch_of
         # (key, opened message) of each message written in the current write transaction;
         # None without a cache. Only the engine's writer (one at a time) touches it.
         self.appended: list[tuple[bytes, int, CachedMessage]] | None = (
@@ -177,8 +178,8 @@ class Timeline:
         if appended is not None:
             # Decoded back, not `message` itself: a read must give the very values an
             # uncached one would (an op built by hand may carry a list or a plain str).
-            opened = CachedMessage(self._decode_message(record), len(record),
-                                   self._epoch_of(sealed))
+            epoch = PLAIN_EPOCH if self._epoch_of is None else self._epoch_of(sealed)
+            opened = (self._decode_message(record), len(record), epoch)
             appended.append((conv_key, seq, opened))
         return seq, ts
 
@@ -309,7 +310,7 @@ class Timeline:
                 complete = cast(list[CachedMessage], found)
                 return self._serve_cached(cache, conv_key[:8], complete, limit, strict,
                                           newest_first)
-            hits = {entry.message.seq: entry for entry in found if entry is not None}
+            hits = {entry[0].seq: entry for entry in found if entry is not None}
         generation = cache.generation  # before opening anything (engine.message_cache)
         opened: list[tuple[bytes, int, CachedMessage]] = []
         out, used = self._scan_store(txn, tenant, conv, first, last, limit, strict,
@@ -327,11 +328,11 @@ class Timeline:
         and refusals. The store path opens each record (checking its key) before it weighs
         it, so keys are checked in scan order up to the first message past the budget."""
         ordered = entries[::-1] if newest_first else entries
-        total = sum([entry.record_bytes for entry in ordered])
+        total = sum([entry[1] for entry in ordered])
         if total <= limit:  # the usual case: the whole range fits, every record is opened
-            for epoch in dict.fromkeys([entry.epoch for entry in ordered]):
+            for epoch in dict.fromkeys([entry[2] for entry in ordered]):
                 cache.check(tenant, epoch)
-            return [entry.message for entry in entries], total
+            return [entry[0] for entry in entries], total
         usable: set[int] = set()
         out: list[Message] = []
         used = 0
@@ -357,6 +358,7 @@ class Timeline:
         used = 0
         start = _pack_ids3(tenant, conv, first)
         stop = _pack_ids3(tenant, conv, last)
+        conv_key = start[:16]
         sealer_open = self._sealer.open
         decode = self._decode_message
         epoch_of = self._epoch_of
@@ -385,16 +387,15 @@ class Timeline:
                         break
                     message = decode(record)
                     if opened is not None:
-                        opened.append((key[:16], message.seq,
-                                       CachedMessage(message, size, epoch_of(value))))
+                        epoch = epoch_of(value) if epoch_of is not None else PLAIN_EPOCH
+                        opened.append((conv_key, message.seq, (message, size, epoch)))
                 else:
-                    if entry.epoch not in usable:
-                        self._check_key(start[:8], entry.epoch)
-                        usable.add(entry.epoch)
-                    size = entry.record_bytes
+                    message, size, epoch = entry
+                    if epoch not in usable:
+                        self._check_key(conv_key[:8], epoch)
+                        usable.add(epoch)
                     if used + size > limit and (out or strict):
                         break
-                    message = entry.message
                 used += size
                 out.append(message)
         if newest_first:

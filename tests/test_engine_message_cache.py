@@ -406,7 +406,7 @@ def test_a_fill_noted_before_a_drop_is_discarded() -> None:
     the drop that was meant to remove them."""
     cache = MessageCache(2**20, None)
     key = pack_ids(1, 2, 3)
-    entry = CachedMessage(Message(3, 7, 0, "c", MessageKind.TEXT, "secret"), 20, 1)
+    entry: CachedMessage = (Message(3, 7, 0, "c", MessageKind.TEXT, "secret"), 20, 1)
     generation = cache.generation
     cache.drop(pack_id(1))
     cache.fill([(key[:16], 3, entry)], generation)
