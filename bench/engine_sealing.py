@@ -177,6 +177,38 @@ def render(appends: list[dict[str, Any]], pages: list[dict[str, Any]],
     return "\n".join(lines).rstrip()
 
 
+def merge_reps(reps: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """`measure_appends` figures of one repetition each, as if measured in one call."""
+    out = []
+    for per_size in zip(*reps, strict=True):
+        plain = [run for figures in per_size for run in figures["plain_runs"]]
+        sealed = [run for figures in per_size for run in figures["sealed_runs"]]
+        ratios = [s / p for s, p in zip(sealed, plain, strict=True)]
+        out.append({
+            "batch": per_size[0]["batch"],
+            "plain_appends_per_s": round(statistics.median(plain)),
+            "sealed_appends_per_s": round(statistics.median(sealed)),
+            "cost": round(1 - statistics.median(ratios), 3),
+            "plain_runs": plain,
+            "sealed_runs": sealed,
+        })
+    return out
+
+
+def cache_insert_cost(appends: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Append throughput lost to filling the cache: 1 - on/off, per side, paired by
+    repetition (the two settings took turns)."""
+    out = []
+    for off, on in zip(appends["off"], appends["on"], strict=True):
+        row: dict[str, Any] = {"batch": off["batch"]}
+        for side in ("plain", "sealed"):
+            ratios = [b / a for a, b in zip(off[f"{side}_runs"], on[f"{side}_runs"],
+                                            strict=True)]
+            row[side] = round(1 - statistics.median(ratios), 3)
+        out.append(row)
+    return out
+
+
 def reopen(engine: Engine, cache_bytes: int) -> Engine:
     path, keyring = engine.path, engine.keyring
     engine.close()
@@ -210,11 +242,22 @@ def main(args: argparse.Namespace, corpus: ModuleType, sizes: tuple[int, ...]) -
             ), "both stores must number the same world alike"
             rng = random.Random(args.seed + 1)
             fill_both(plain, sealed, world, rng)
+            if args.only in ("all", "appends"):
+                # Cache off and on take turns per repetition (reopened each time: an "on"
+                # repetition starts with an empty cache that its appends fill), so that both
+                # settings see the same machine noise.
+                per_rep: dict[str, list[list[dict[str, Any]]]] = {mode: [] for mode in modes}
+                for rep in range(args.reps):
+                    for mode in modes if rep % 2 == 0 else modes[::-1]:
+                        plain = reopen(plain, settings[mode])
+                        sealed = reopen(sealed, settings[mode])
+                        progress(f"appends rep {rep + 1}: message cache {mode}")
+                        per_rep[mode].append(
+                            measure_appends(plain, sealed, world, rng, 1, sizes))
+                appends = {mode: merge_reps(runs) for mode, runs in per_rep.items()}
             for mode in modes:
                 plain, sealed = reopen(plain, settings[mode]), reopen(sealed, settings[mode])
                 progress(f"message cache {mode} ({settings[mode]:,} bytes)")
-                if args.only in ("all", "appends"):
-                    appends[mode] = measure_appends(plain, sealed, world, rng, args.reps, sizes)
                 if args.only in ("all", "reads"):
                     if settings[mode]:
                         warm(plain, world)
@@ -250,10 +293,15 @@ def main(args: argparse.Namespace, corpus: ModuleType, sizes: tuple[int, ...]) -
             "measured": f"{latest['cost_vs_plain_uncached']:.1%}",
             "met": latest["cost_vs_plain_uncached"] <= TARGET_PAGE_COST,
         })
+    insert_cost = cache_insert_cost(appends) if len(appends) == 2 else []
     elapsed = time.perf_counter() - started
     for mode in modes:
         print(f"\n### message cache {mode}\n")
         print(render(appends.get(mode, []), pages.get(mode, []), []))
+    if insert_cost:
+        print("\n| batch | appends/s lost to the cache, plain | sealed |\n|---:|---:|---:|")
+        for row in insert_cost:
+            print(f"| {row['batch']} | {row['plain']:.1%} | {row['sealed']:.1%} |")
     print("\n" + render([], [], targets))
     print(f"\n{args.reps} repetitions, medians; run took {elapsed:.0f} s")
     if args.json:
@@ -265,6 +313,7 @@ def main(args: argparse.Namespace, corpus: ModuleType, sizes: tuple[int, ...]) -
             "seed": args.seed,
             "appends": appends,
             "pages": pages,
+            "cache_insert_cost": insert_cost,
             "targets": targets,
             "elapsed_s": round(elapsed, 1),
         }

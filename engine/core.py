@@ -27,7 +27,7 @@ from engine.hotstore import DEFAULT_MAP_SIZE_BYTES, HotStore
 from engine.keys import pack_ids
 from engine.limits import Limits
 from engine.membership import MemberList, Membership
-from engine.message_cache import DEFAULT_MESSAGE_CACHE_BYTES, MessageCache
+from engine.message_cache import DEFAULT_MESSAGE_CACHE_BYTES, CachedMessage, MessageCache
 from engine.ops import (
     AddKeyEpoch,
     AddMembers,
@@ -258,32 +258,31 @@ class Engine:
         results: list[Result | HeraldError] = []
         # Messages the batch writes reach the cache only once it commits; a refused op's are
         # cut from the list as its writes vanish (its nested transaction, or it wrote nothing).
-        appended = self._timeline.appended
-        generation = 0 if self._cache is None else self._cache.generation
-        try:
-            with self._store.write() as txn:
-                for op in ops:
-                    handler = handlers.get(type(op))
-                    if handler is None:
-                        raise TypeError(f"not an engine operation: {op!r}")
-                    mark = 0 if appended is None else len(appended)
-                    try:
-                        if aead is None or type(op) in _ATOMIC_ALONE:
-                            results.append(handler(txn, op, now_ms))
-                        else:
-                            with self._store.nested(txn) as child:
-                                results.append(handler(child, op, now_ms))
-                    except HeraldError as refusal:
-                        results.append(refusal)
-                        if appended is not None:
-                            del appended[mark:]
-                if aead is not None:
-                    self._epochs.add_seals(txn, aead.take_pending())
-            if self._cache is not None and appended:
-                self._cache.fill(appended, generation)
-        finally:
-            if appended is not None:
-                appended.clear()
+        cache = self._cache
+        generation = 0 if cache is None else cache.generation
+        appended: list[tuple[bytes, int, CachedMessage]] | None = None
+        with self._store.write() as txn:
+            if cache is not None:  # a list per transaction, handed over under LMDB's write lock
+                appended = self._timeline.appended = []
+            for op in ops:
+                handler = handlers.get(type(op))
+                if handler is None:
+                    raise TypeError(f"not an engine operation: {op!r}")
+                mark = 0 if appended is None else len(appended)
+                try:
+                    if aead is None or type(op) in _ATOMIC_ALONE:
+                        results.append(handler(txn, op, now_ms))
+                    else:
+                        with self._store.nested(txn) as child:
+                            results.append(handler(child, op, now_ms))
+                except HeraldError as refusal:
+                    results.append(refusal)
+                    if appended is not None:
+                        del appended[mark:]
+            if aead is not None:
+                self._epochs.add_seals(txn, aead.take_pending())
+        if cache is not None and appended:
+            cache.fill(appended, generation)
         if aead is not None:
             self._after_commit(aead.keyring, results)
         return results

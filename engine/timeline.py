@@ -81,11 +81,9 @@ class Timeline:
         self._limits = limits
         self._cache = cache
         self._epoch_of = epoch_of
-        # (key, opened message) of each message written in the current write transaction;
-        # None without a cache. Only the engine's writer (one at a time) touches it.
-        self.appended: list[tuple[bytes, int, CachedMessage]] | None = (
-            None if cache is None else []
-        )
+        # (conv key, seq, opened message) of each message written in the current write
+        # transaction, when the engine hands a list over (it does with a cache); else None.
+        self.appended: list[tuple[bytes, int, CachedMessage]] | None = None
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode_message = msgspec.msgpack.Decoder(Message).decode
         self._decode_member = msgspec.msgpack.Decoder(MemberRecord).decode
