@@ -110,6 +110,15 @@ class MessageCache:
         conv = self._convs.get(key[:16])
         return conv is not None and int.from_bytes(key[16:], "big") in conv.entries
 
+    def recount(self) -> tuple[int, int]:
+        """(entries, bytes) counted afresh from what is held: equal to (`len`,
+        `bytes_used`) unless the running counts went wrong (for tests and debugging)."""
+        with self._lock:
+            convs = list(self._convs.values())
+            for conv in convs:
+                assert conv.cost == sum(_cost(e) for e in conv.entries.values())
+            return (sum(len(c.entries) for c in convs), sum(c.cost for c in convs))
+
     def lookup(self, conv_key: bytes, first: int, last: int) -> list[CachedMessage | None] | None:
         """The entries of seqs first..last of conversation `conv_key` (tenant|conv), None
         where absent, or None when nothing of it is cached; the conversation becomes the most
@@ -140,37 +149,73 @@ class MessageCache:
         """Add opened messages as (tenant|conv key, seq, entry), evicting past the bound;
         nothing if a drop happened since `generation` was noted. An entry bigger than the
         whole bound is not kept."""
-        limit = self.max_bytes
-        convs = self._convs
         with self._lock:
             if generation != self._generation:
                 return
-            used, count = self._bytes, self._count
-            conv_key = b""
-            conv = _Conversation()
-            for key, seq, entry in entries:
-                cost = entry[1] + ENTRY_OVERHEAD_BYTES
-                if cost > limit:
-                    continue
-                if key != conv_key:
-                    conv_key = key
-                    found = convs.get(key)
-                    if found is None:
-                        found = convs[key] = _Conversation()
-                    else:
-                        convs.move_to_end(key)
-                    conv = found
-                old = conv.entries.pop(seq, None)
-                if old is not None:
-                    conv.cost -= _cost(old)
-                    used -= _cost(old)
-                    count -= 1
-                conv.entries[seq] = entry
-                conv.cost += cost
-                used += cost
-                count += 1
-                if used > limit:
-                    used, count = self._evict(used, count, conv_key)
+            self._fill_locked(entries)
+
+    def _fill_locked(self, entries: Iterable[tuple[bytes, int, CachedMessage]]) -> None:
+        """`fill`, with the lock held and the generation checked."""
+        limit = self.max_bytes
+        convs = self._convs
+        used, count = self._bytes, self._count
+        conv_key = b""
+        conv = _Conversation()
+        for key, seq, entry in entries:
+            cost = entry[1] + ENTRY_OVERHEAD_BYTES
+            if cost > limit:
+                continue
+            if key != conv_key:
+                conv_key = key
+                found = convs.get(key)
+                if found is None:
+                    found = convs[key] = _Conversation()
+                else:
+                    convs.move_to_end(key)
+                conv = found
+            old = conv.entries.pop(seq, None)
+            if old is not None:
+                conv.cost -= _cost(old)
+                used -= _cost(old)
+                count -= 1
+            conv.entries[seq] = entry
+            conv.cost += cost
+            used += cost
+            count += 1
+            if used > limit:
+                used, count = self._evict(used, count, conv_key)
+        self._bytes, self._count = used, count
+
+    def fill_run(
+        self, conv_key: bytes, items: list[tuple[int, CachedMessage]], generation: int
+    ) -> None:
+        """`fill` for messages of one conversation (a scan's misses) as (seq, entry): the
+        same rules, with the per-entry work done by dict operations (a cold page fills 50)."""
+        limit = self.max_bytes
+        with self._lock:
+            if generation != self._generation:
+                return
+            cost = sum([entry[1] for _, entry in items]) + ENTRY_OVERHEAD_BYTES * len(items)
+            if max([entry[1] for _, entry in items]) + ENTRY_OVERHEAD_BYTES > limit:
+                keep = [(s, e) for s, e in items if e[1] + ENTRY_OVERHEAD_BYTES <= limit]
+                if keep:  # rare: a message larger than the whole cache is left out
+                    self._fill_locked([(conv_key, s, e) for s, e in keep])
+                return
+            conv = self._convs.get(conv_key)
+            if conv is None:
+                conv = self._convs[conv_key] = _Conversation()
+            else:
+                self._convs.move_to_end(conv_key)
+            entries = conv.entries
+            replaced = [entries[s] for s, _ in items if s in entries]  # a concurrent fill's
+            if replaced:
+                cost -= sum([e[1] for e in replaced]) + ENTRY_OVERHEAD_BYTES * len(replaced)
+            entries.update(items)
+            conv.cost += cost
+            used = self._bytes + cost
+            count = self._count + len(items) - len(replaced)
+            if used > limit:
+                used, count = self._evict(used, count, conv_key)
             self._bytes, self._count = used, count
 
     def _evict(self, used: int, count: int, filling: bytes) -> tuple[int, int]:

@@ -310,11 +310,11 @@ class Timeline:
                                           newest_first)
             hits = {entry[0].seq: entry for entry in found if entry is not None}
         generation = cache.generation  # before opening anything (engine.message_cache)
-        opened: list[tuple[bytes, int, CachedMessage]] = []
+        opened: list[tuple[int, CachedMessage]] = []
         out, used = self._scan_store(txn, tenant, conv, first, last, limit, strict,
                                      newest_first, hits, opened)
         if opened:
-            cache.fill(opened, generation)
+            cache.fill_run(conv_key, opened, generation)
         return out, used
 
     @staticmethod
@@ -349,7 +349,7 @@ class Timeline:
     def _scan_store(
         self, txn: Any, tenant: int, conv: int, first: int, last: int, limit: int,
         strict: bool, newest_first: bool, hits: dict[int, CachedMessage],
-        opened: list[tuple[bytes, int, CachedMessage]] | None,
+        opened: list[tuple[int, CachedMessage]] | None,
     ) -> tuple[list[Message], int]:
         """The scan over the LMDB cursor: a record in `hits` is served from there (its epoch
         checked), any other is opened and decoded, and added to `opened` when given."""
@@ -357,6 +357,7 @@ class Timeline:
         start = _pack_ids3(tenant, conv, first)
         stop = _pack_ids3(tenant, conv, last)
         conv_key = start[:16]
+        header, epoch = b"", PLAIN_EPOCH  # the last parsed record header, and its epoch
         sealer_open = self._sealer.open
         decode = self._decode_message
         epoch_of = self._epoch_of
@@ -385,8 +386,11 @@ class Timeline:
                         break
                     message = decode(record)
                     if opened is not None:
-                        epoch = epoch_of(value) if epoch_of is not None else PLAIN_EPOCH
-                        opened.append((conv_key, message.seq, (message, size, epoch)))
+                        if epoch_of is not None and value[:5] != header:
+                            # The records of a run nearly always share their header's
+                            # marker and epoch: parse it only when it changes.
+                            header, epoch = value[:5], epoch_of(value)
+                        opened.append((message.seq, (message, size, epoch)))
                 else:
                     message, size, epoch = entry
                     if epoch not in usable:

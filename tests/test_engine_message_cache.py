@@ -107,6 +107,7 @@ class CachedEngineMachine(EngineMachine):
         assert cache is not None
         assert cache.bytes_used <= SMALL_CACHE_BYTES
         assert len(cache) * ENTRY_OVERHEAD_BYTES <= cache.bytes_used
+        assert cache.recount() == (len(cache), cache.bytes_used)
 
 
 def test_a_plain_engine_with_a_small_cache_agrees_with_the_model(password_hash: str) -> None:
@@ -515,6 +516,10 @@ def test_the_cache_keeps_to_its_byte_bound_least_recently_used_out_first(
                                 client_msg_id="huge", body="h" * bound), NOW_MS)
         assert pack_ids(org.tenant, conv, huge.seq) not in cache  # bigger than the bound
         assert eng.messages(org.tenant, conv, huge.seq, huge.seq)[0].body == "h" * bound
+        eng.messages(org.tenant, conv, huge.seq - 5, huge.seq)  # a run holding the huge one
+        assert pack_ids(org.tenant, conv, huge.seq - 1) in cache
+        assert pack_ids(org.tenant, conv, huge.seq) not in cache
+        assert cache.recount() == (len(cache), cache.bytes_used)
     finally:
         eng.close()
         shutil.rmtree(tmp_path / "s", ignore_errors=True)
@@ -560,5 +565,6 @@ def test_the_least_recently_read_conversation_goes_first(tmp_path: Path) -> None
         assert not any(entries_of(cache, org.tenant, b, range(1, 11)))
         assert all(entries_of(cache, org.tenant, c, range(1, 11)))
         assert cache.bytes_used <= 2 * sizes
+        assert cache.recount() == (len(cache), cache.bytes_used)
     finally:
         eng.close()
