@@ -39,7 +39,8 @@ def serve(config: Config, *, demo: bool = False) -> int:
     configure_logging()
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = Engine(config.store_dir, map_size=config.map_size_bytes, limits=config.limits)
+        engine = Engine(config.store_dir, map_size=config.map_size_bytes, limits=config.limits,
+                        message_cache_bytes=config.message_cache_bytes)
     except (HeraldError, OSError) as exc:
         print(f"herald: cannot open the store in {config.data_dir}: {exc}", file=sys.stderr)
         return 1
