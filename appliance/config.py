@@ -149,6 +149,9 @@ class Config:
     listen_host: str = "127.0.0.1"
     listen_port: int = DEFAULT_PORT
     map_size_bytes: int = 64 * 2**30
+    # The engine's cache of opened messages ([storage] message_cache_bytes; 0 turns it off:
+    # docs/security.md "Opened messages in memory"). The engine's own default.
+    message_cache_bytes: int = 64 * 2**20
     limits: Limits = field(default_factory=Limits)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -232,6 +235,11 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
     if "map_size_bytes" in storage:
         size = _typed(storage["map_size_bytes"], int, "storage.map_size_bytes", path)
         config = replace(config, map_size_bytes=size)
+    if "message_cache_bytes" in storage:
+        cache = _typed(storage["message_cache_bytes"], int, "storage.message_cache_bytes", path)
+        if cache < 0:
+            raise ConfigError(f"{path}: storage.message_cache_bytes must be 0 (no cache) or more")
+        config = replace(config, message_cache_bytes=cache)
     limits = _table(raw, "limits", config.limits, path)
     gateway = _table(raw, "gateway", config.gateway, path)
     tls = _table(raw, "tls", config.tls, path)

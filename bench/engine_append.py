@@ -19,7 +19,10 @@ Each figure is the median over --reps repetitions. The corpus generator is loade
 ../shared/bench/chat_corpus.py beside the repository root, or --corpus-module PATH.
 
 `--sealer aead` runs all of the above on a store encrypted at rest; `--sealer both` instead
-compares a plain and a sealed engine in the same run (bench/engine_sealing.py).
+compares a plain and a sealed engine in the same run (bench/engine_sealing.py), with the
+engine's cache of opened messages off and on. `--message-cache-bytes` sizes that cache (the
+engine's default, 64 MiB, holds the whole fill: reads above are then mostly served from it;
+0 measures every read opening its records).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from engine import (  # noqa: E402  (needs the path above)
     UserCreated,
     hash_password,
 )
+from engine.message_cache import DEFAULT_MESSAGE_CACHE_BYTES  # noqa: E402
 
 DEFAULT_CORPUS_MODULE = REPO_ROOT.parent / "shared" / "bench" / "chat_corpus.py"
 
@@ -504,6 +508,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "--sealer both)")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 1 when a target is missed")
+    parser.add_argument("--message-cache-bytes", type=int, default=DEFAULT_MESSAGE_CACHE_BYTES,
+                        help="the engine's cache of opened messages (default "
+                        f"{DEFAULT_MESSAGE_CACHE_BYTES // 2**20} MiB; 0 disables it). With "
+                        "--sealer both: the size of the 'on' runs")
+    parser.add_argument("--cache", choices=("off", "on", "both"), default="both",
+                        help="with --sealer both: measure with the message cache off (every "
+                        "read opens its records), on (warmed before the reads), or both "
+                        "(default)")
     parser.add_argument("--sealer", choices=("plain", "aead", "both"), default="plain",
                         help="plain store (default), sealed store (encryption at rest), or "
                         "both: the cost of sealing, plain and sealed engines side by side at "
@@ -511,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.reps <= 50:
         parser.error("--reps must be 1 to 50")
+    if args.message_cache_bytes < 0:
+        parser.error("--message-cache-bytes cannot be negative (0 disables the cache)")
     try:
         default = (100,) if args.sealer == "both" else BATCH_SIZES
         sizes = tuple(int(x) for x in args.batches.split(",")) if args.batches else default
@@ -529,7 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="herald-bench-", dir=args.dir) as tmp:
         keyring = Keyring() if args.sealer == "aead" else None
-        engine = Engine(Path(tmp) / "engine", map_size=MAP_SIZE_BYTES, keyring=keyring)
+        engine = Engine(Path(tmp) / "engine", map_size=MAP_SIZE_BYTES, keyring=keyring,
+                        message_cache_bytes=args.message_cache_bytes)
         env = lmdb.open(str(Path(tmp) / "raw"), map_size=MAP_SIZE_BYTES, max_dbs=2, sync=True,
                         metasync=True, readahead=False, meminit=False)
         db = env.open_db(b"messages")

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from engine.crypto import AeadSealer, Keyring
+from engine.crypto import AeadSealer, Keyring, sealed_epoch
 from engine.epochs import KeyEpoch, KeyEpochs
 from engine.errors import (
     CorruptData,
@@ -27,6 +27,7 @@ from engine.hotstore import DEFAULT_MAP_SIZE_BYTES, HotStore
 from engine.keys import pack_ids
 from engine.limits import Limits
 from engine.membership import MemberList, Membership
+from engine.message_cache import DEFAULT_MESSAGE_CACHE_BYTES, CachedMessage, MessageCache
 from engine.ops import (
     AddKeyEpoch,
     AddMembers,
@@ -137,6 +138,7 @@ class Engine:
         limits: Limits | None = None,
         sealer: RecordSealer | None = None,
         keyring: Keyring | None = None,
+        message_cache_bytes: int = DEFAULT_MESSAGE_CACHE_BYTES,
     ) -> None:
         """Open the store in directory `path` (created if missing).
 
@@ -144,10 +146,16 @@ class Engine:
         open only with the DEKs installed in the keyring, which `engine.keyring` hands back to
         the appliance. Without one it is plain.
 
+        `message_cache_bytes` bounds the cache of opened messages (engine.message_cache),
+        filled by appends and reads; 0 disables it. In a sealed store a cached message is
+        served only while its DEK is usable, and dropped when the keyring forgets it.
+
         Raises `CorruptData` for a store of an unknown format, or a sealed store opened without
         a keyring (a plain one with one), `Invalid` when the directory cannot hold an LMDB
-        environment or both `sealer` and `keyring` are given.
+        environment, both `sealer` and `keyring` are given, or the cache size is negative.
         """
+        if message_cache_bytes < 0:
+            raise Invalid("message_cache_bytes cannot be negative (0 disables the cache)")
         if keyring is not None:
             if sealer is not None:
                 raise Invalid("give the engine a keyring or a sealer, not both")
@@ -165,7 +173,16 @@ class Engine:
             except HeraldError:
                 self._store.close()  # let go: the store may be opened again with the right key
                 raise
-        self._timeline = Timeline(self._store, sealer, self.limits)
+        self._cache: MessageCache | None = None
+        epoch_of = None
+        if message_cache_bytes:
+            if self._aead is None:
+                self._cache = MessageCache(message_cache_bytes, None)
+            else:
+                self._cache = MessageCache(message_cache_bytes, self._aead.keyring.aead)
+                self._aead.keyring.add_forget_listener(self._cache.drop)
+                epoch_of = sealed_epoch
+        self._timeline = Timeline(self._store, sealer, self.limits, self._cache, epoch_of)
         blind_login = None if self._aead is None else self._aead.keyring.blind_login
         self._membership = Membership(
             self._store, sealer, self.limits, self._timeline, blind_login
@@ -204,9 +221,24 @@ class Engine:
         """The DEKs this engine seals with (the appliance installs them); None when plain."""
         return None if self._aead is None else self._aead.keyring
 
+    @property
+    def message_cache(self) -> MessageCache | None:
+        """The cache of opened messages (for metrics and tests); None when disabled."""
+        return self._cache
+
+    def drop_unreadable_messages(self) -> int:
+        """Free the cached plaintexts whose DEK has expired; returns how many. A read finds
+        an expired DEK by itself (and refuses, and frees that epoch's entries); this lets
+        the appliance free them at once, e.g. on the timer that renews its keys."""
+        return 0 if self._cache is None else self._cache.drop_unusable()
+
     def close(self) -> None:
-        """Close the store; later calls raise `EngineClosed`."""
+        """Close the store and empty the message cache; later calls raise `EngineClosed`."""
         self._store.close()
+        if self._cache is not None:
+            if self._aead is not None:
+                self._aead.keyring.remove_forget_listener(self._cache.drop)
+            self._cache.clear()
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -224,11 +256,19 @@ class Engine:
         handlers = self._handlers
         aead = self._aead
         results: list[Result | HeraldError] = []
+        # Messages the batch writes reach the cache only once it commits; a refused op's are
+        # cut from the list as its writes vanish (its nested transaction, or it wrote nothing).
+        cache = self._cache
+        generation = 0 if cache is None else cache.generation
+        appended: list[tuple[bytes, int, CachedMessage]] | None = None
         with self._store.write() as txn:
+            if cache is not None:  # a list per transaction, handed over under LMDB's write lock
+                appended = self._timeline.appended = []
             for op in ops:
                 handler = handlers.get(type(op))
                 if handler is None:
                     raise TypeError(f"not an engine operation: {op!r}")
+                mark = 0 if appended is None else len(appended)
                 try:
                     if aead is None or type(op) in _ATOMIC_ALONE:
                         results.append(handler(txn, op, now_ms))
@@ -237,8 +277,12 @@ class Engine:
                             results.append(handler(child, op, now_ms))
                 except HeraldError as refusal:
                     results.append(refusal)
+                    if appended is not None:
+                        del appended[mark:]
             if aead is not None:
                 self._epochs.add_seals(txn, aead.take_pending())
+        if cache is not None and appended:
+            cache.fill(appended, generation)
         if aead is not None:
             self._after_commit(aead.keyring, results)
         return results

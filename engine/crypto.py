@@ -36,6 +36,7 @@ __all__ = [
     "SEALED_MARK",
     "AeadSealer",
     "Keyring",
+    "sealed_epoch",
 ]
 
 SEALED_MARK = 0x01  # "sealed v1, AES-256-GCM-SIV"; engine.records.PlainSealer writes 0x00
@@ -56,6 +57,11 @@ _NONCE_END = _HEADER_BYTES + NONCE_BYTES
 _TAG_BYTES = 16
 _MIN_SEALED_BYTES = _NONCE_END + _TAG_BYTES
 _PLAIN_MARK = 0x00
+
+
+def sealed_epoch(stored: bytes) -> int:
+    """The key epoch a sealed record names in its header (the caller has opened it)."""
+    return int(_HEADER.unpack_from(stored)[1])
 
 
 @dataclass(slots=True)
@@ -95,6 +101,10 @@ class Keyring:
         self._keys: dict[bytes, dict[int, _Dek]] = {}  # packed tenant -> epoch -> DEK
         self._current: dict[bytes, int] = {}
         self._shredded: set[tuple[bytes, int]] = set()
+        # Told (packed tenant, epoch or None) after a DEK is dropped: the engine's cache of
+        # opened messages frees their plaintexts. A tuple, replaced whole, so that `forget`
+        # in one thread never iterates a collection another thread is changing.
+        self._forget_listeners: tuple[Callable[[bytes, int | None], object], ...] = ()
 
     def install(self, tenant: int, epoch: int, dek: bytes, expires_at: float | None = None) -> None:
         """Hold `dek` for records of `tenant` sealed under `epoch`, until `expires_at`
@@ -125,10 +135,22 @@ class Keyring:
         packed = pack_id(tenant)
         if epoch is None:
             self._keys.pop(packed, None)
-            return
-        epochs = self._keys.get(packed)
-        if epochs is not None:
-            epochs.pop(epoch, None)
+        else:
+            epochs = self._keys.get(packed)
+            if epochs is not None:
+                epochs.pop(epoch, None)
+        for listener in self._forget_listeners:  # after the DEK is gone, never before
+            listener(packed, epoch)
+
+    def add_forget_listener(self, listener: Callable[[bytes, int | None], object]) -> None:
+        """Call `listener(packed tenant, epoch or None)` whenever `forget` (or
+        `mark_shredded`) drops DEKs, after dropping them: how the engine empties its cache of
+        opened messages."""
+        self._forget_listeners = (*self._forget_listeners, listener)
+
+    def remove_forget_listener(self, listener: Callable[[bytes, int | None], object]) -> None:
+        """Stop calling `listener` (the engine closes); nothing if it was not added."""
+        self._forget_listeners = tuple(x for x in self._forget_listeners if x != listener)
 
     def mark_shredded(self, tenant: int, epoch: int) -> None:
         """Forget the epoch's DEK for good: it can no longer be installed, and its records say

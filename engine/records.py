@@ -105,11 +105,14 @@ class MemberLogEntry(msgspec.Struct, array_like=True, frozen=True):
     role: Role | None
 
 
-class Message(msgspec.Struct, array_like=True, frozen=True):
+class Message(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One message of a conversation's timeline, as stored and as read.
 
     The seq is stored inside the record too (8 bytes) so that a page decodes straight into
-    `Message` values with no second object per message.
+    `Message` values with no second object per message. Not tracked by the cyclic garbage
+    collector (`gc=False`): its fields are ints, strings and a tuple of ints, so it can never
+    be part of a cycle, and the engine's message cache holds up to 100,000 of them, which every
+    full collection would otherwise walk (measured: 2-12% of append throughput at batch 100).
     """
 
     seq: int

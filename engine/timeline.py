@@ -8,7 +8,8 @@ the sender's cursor; nothing is written per recipient.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import msgspec
 
@@ -16,6 +17,7 @@ from engine.errors import Conflict, Forbidden, Invalid, NotFound, NotMember
 from engine.hotstore import HotStore
 from engine.keys import pack_ids
 from engine.limits import Limits
+from engine.message_cache import PLAIN_EPOCH, CachedMessage, MessageCache
 from engine.ops import Append, Appended
 from engine.records import (
     MemberRecord,
@@ -36,9 +38,20 @@ _DEDUPE = struct.Struct(">QQQ")  # conv, seq, ts
 # append packs six keys, and the dispatch was a tenth of its CPU (docs/benchmarks.md).
 _pack_ids2 = struct.Struct(">QQ").pack
 _pack_ids3 = struct.Struct(">QQQ").pack
+_SEQ = struct.Struct(">Q")
+
+
+def _seq_of(key: bytes) -> int:
+    """The seq of a `messages` key (tenant|conv|seq)."""
+    return int(_SEQ.unpack_from(key, 16)[0])
+
 _MESSAGES = b"messages"  # table names, which a sealer binds each record to
 _MEMBERS = b"members"
 _USER_KINDS = frozenset({MessageKind.TEXT, MessageKind.BOT, MessageKind.RECALL})
+# A scan of at most this many seqs first asks the cache for all of them, and skips the LMDB
+# cursor when it has every one (more than the largest page, sync's per-conversation share and
+# a fanout's run; a longer scan, rare, opens what the cache lacks without that shortcut).
+_MAX_CACHED_RUN = 1024
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -54,11 +67,23 @@ class Page(msgspec.Struct, frozen=True):
 
 
 class Timeline:
-    def __init__(self, store: HotStore, sealer: RecordSealer, limits: Limits) -> None:
+    def __init__(
+        self, store: HotStore, sealer: RecordSealer, limits: Limits,
+        cache: MessageCache | None = None, epoch_of: Callable[[bytes], int] | None = None,
+    ) -> None:
+        """With `cache`, reads serve opened messages from it and fill it; `epoch_of` names
+        the key epoch of a stored (opened) record, which each entry keeps (None: a plain
+        store, whose entries have PLAIN_EPOCH). The engine collects
+        the messages a batch appends in `appended` and fills the cache once they commit."""
         self._store = store
         self._dbs = store.dbs
         self._sealer = sealer
         self._limits = limits
+        self._cache = cache
+        self._epoch_of = epoch_of
+        # (conv key, seq, opened message) of each message written in the current write
+        # transaction, when the engine hands a list over (it does with a cache); else None.
+        self.appended: list[tuple[bytes, int, CachedMessage]] | None = None
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode_message = msgspec.msgpack.Decoder(Message).decode
         self._decode_member = msgspec.msgpack.Decoder(MemberRecord).decode
@@ -142,10 +167,18 @@ class Timeline:
             body=op.body, mentions=op.mentions, ref=op.ref,
         )
         key = _pack_ids3(op.tenant, op.conv, seq)
-        txn.put(
-            key, self._sealer.seal(_MESSAGES, key, self._encode(message)), db=self._dbs.messages
-        )
-        txn.put(_pack_ids2(op.tenant, op.conv), pack_head(seq, ts), db=self._dbs.heads)
+        record = self._encode(message)
+        sealed = self._sealer.seal(_MESSAGES, key, record)
+        txn.put(key, sealed, db=self._dbs.messages)
+        conv_key = _pack_ids2(op.tenant, op.conv)
+        txn.put(conv_key, pack_head(seq, ts), db=self._dbs.heads)
+        appended = self.appended
+        if appended is not None:
+            # Decoded back, not `message` itself: a read must give the very values an
+            # uncached one would (an op built by hand may carry a list or a plain str).
+            epoch = PLAIN_EPOCH if self._epoch_of is None else self._epoch_of(sealed)
+            opened = (self._decode_message(record), len(record), epoch)
+            appended.append((conv_key, seq, opened))
         return seq, ts
 
     def _check_recall(self, txn: Any, op: Append, role: Role, head_seq: int) -> None:
@@ -260,12 +293,75 @@ class Timeline:
         if last < first:
             return [], 0
         limit = (2**63) if max_bytes is None else max_bytes
-        used = 0
         strict = not at_least_one
+        cache = self._cache
+        if cache is None:
+            return self._scan_store(txn, tenant, conv, first, last, limit, strict,
+                                    newest_first, {}, None)
+        conv_key = _pack_ids2(tenant, conv)
+        hits: dict[int, CachedMessage] = {}
+        found = cache.lookup(conv_key, first, last) if last - first < _MAX_CACHED_RUN else None
+        if found is not None:
+            # Every seq of the range cached, and none past this snapshot's head (the cache may
+            # hold messages committed after it began): the store would return exactly these.
+            if None not in found and last <= self.head(txn, tenant, conv)[0]:
+                complete = cast(list[CachedMessage], found)
+                return self._serve_cached(cache, conv_key[:8], complete, limit, strict,
+                                          newest_first)
+            hits = {entry[0].seq: entry for entry in found if entry is not None}
+        generation = cache.generation  # before opening anything (engine.message_cache)
+        opened: list[tuple[int, CachedMessage]] = []
+        out, used = self._scan_store(txn, tenant, conv, first, last, limit, strict,
+                                     newest_first, hits, opened)
+        if opened:
+            cache.fill_run(conv_key, opened, generation)
+        return out, used
+
+    @staticmethod
+    def _serve_cached(
+        cache: MessageCache, tenant: bytes, entries: list[CachedMessage], limit: int,
+        strict: bool, newest_first: bool,
+    ) -> tuple[list[Message], int]:
+        """`_scan_store` over a range the cache holds whole: the same messages, byte budget
+        and refusals. The store path opens each record (checking its key) before it weighs
+        it, so keys are checked in scan order up to the first message past the budget."""
+        ordered = entries[::-1] if newest_first else entries
+        total = sum([entry[1] for entry in ordered])
+        if total <= limit:  # the usual case: the whole range fits, every record is opened
+            for epoch in dict.fromkeys([entry[2] for entry in ordered]):
+                cache.check(tenant, epoch)
+            return [entry[0] for entry in entries], total
+        usable: set[int] = set()
+        out: list[Message] = []
+        used = 0
+        for message, size, epoch in ordered:
+            if epoch not in usable:
+                cache.check(tenant, epoch)
+                usable.add(epoch)
+            if used + size > limit and (out or strict):
+                break
+            used += size
+            out.append(message)
+        if newest_first:
+            out.reverse()
+        return out, used
+
+    def _scan_store(
+        self, txn: Any, tenant: int, conv: int, first: int, last: int, limit: int,
+        strict: bool, newest_first: bool, hits: dict[int, CachedMessage],
+        opened: list[tuple[int, CachedMessage]] | None,
+    ) -> tuple[list[Message], int]:
+        """The scan over the LMDB cursor: a record in `hits` is served from there (its epoch
+        checked), any other is opened and decoded, and added to `opened` when given."""
+        used = 0
         start = _pack_ids3(tenant, conv, first)
         stop = _pack_ids3(tenant, conv, last)
+        conv_key = start[:16]
+        header, epoch = b"", PLAIN_EPOCH  # the last parsed record header, and its epoch
         sealer_open = self._sealer.open
         decode = self._decode_message
+        epoch_of = self._epoch_of
+        usable: set[int] = set()
         out: list[Message] = []
         with txn.cursor(db=self._dbs.messages) as cur:
             if newest_first:
@@ -274,27 +370,43 @@ class Timeline:
                         return out, used
                 elif cur.key() > stop and not cur.prev():
                     return out, used
-                for key, value in cur.iterprev():
-                    if key < start:
-                        break
+                pairs = cur.iterprev()
+            elif cur.set_range(start):
+                pairs = iter(cur)
+            else:
+                return out, used
+            for key, value in pairs:
+                if key < start if newest_first else key > stop:
+                    break
+                entry = hits.get(_seq_of(key)) if hits else None
+                if entry is None:
                     record = sealer_open(_MESSAGES, key, value)
-                    if used + len(record) > limit and (out or strict):
+                    size = len(record)
+                    if used + size > limit and (out or strict):
                         break
-                    used += len(record)
-                    out.append(decode(record))
-                out.reverse()
-                return out, used
-            if not cur.set_range(start):
-                return out, used
-            for key, value in cur:
-                if key > stop:
-                    break
-                record = sealer_open(_MESSAGES, key, value)
-                if used + len(record) > limit and (out or strict):
-                    break
-                used += len(record)
-                out.append(decode(record))
+                    message = decode(record)
+                    if opened is not None:
+                        if epoch_of is not None and value[:5] != header:
+                            # The records of a run nearly always share their header's
+                            # marker and epoch: parse it only when it changes.
+                            header, epoch = value[:5], epoch_of(value)
+                        opened.append((message.seq, (message, size, epoch)))
+                else:
+                    message, size, epoch = entry
+                    if epoch not in usable:
+                        self._check_key(conv_key[:8], epoch)
+                        usable.add(epoch)
+                    if used + size > limit and (out or strict):
+                        break
+                used += size
+                out.append(message)
+        if newest_first:
+            out.reverse()
         return out, used
+
+    def _check_key(self, tenant: bytes, epoch: int) -> None:
+        if self._cache is not None:
+            self._cache.check(tenant, epoch)
 
     def page_after(
         self, txn: Any, tenant: int, conv: int, after: int, limit: int,

@@ -20,6 +20,7 @@ def test_the_file_overrides_defaults_and_flags_override_the_file(tmp_path: Path)
     path = tmp_path / "herald.toml"
     path.write_text(
         'data_dir = "/srv/herald"\nlisten = "0.0.0.0:9000"\n'
+        "[storage]\nmessage_cache_bytes = 0\n"
         "[limits]\nmax_body_bytes = 4096\n"
         "[gateway]\nping_interval_s = 10\noutbox_cap_bytes = 8388608\n"
     )
@@ -27,6 +28,7 @@ def test_the_file_overrides_defaults_and_flags_override_the_file(tmp_path: Path)
     assert (config.data_dir, config.listen_host, config.listen_port) == (
         Path("/srv/herald"), "0.0.0.0", 9000)
     assert config.limits.max_body_bytes == 4096
+    assert config.message_cache_bytes == 0 != Config().message_cache_bytes
     assert config.gateway.ping_interval_s == 10.0
     assert config.gateway.outbox_cap_bytes == 8388608
     flagged = load_config(path, data_dir=tmp_path, listen="[::1]:7000")
@@ -44,6 +46,9 @@ def test_the_file_overrides_defaults_and_flags_override_the_file(tmp_path: Path)
         ("[gateway]\noutbox_cap_bytes = 1048576\n",
          "gateway.reply_max_bytes must be between 1 and half of gateway.outbox_cap_bytes"),
         ("listen = [\n", "is not valid TOML"),
+        ("[storage]\nmessage_cache_bytes = -1\n", "storage.message_cache_bytes must be 0"),
+        ('[storage]\nmessage_cache_bytes = "64M"\n',
+         "storage.message_cache_bytes must be an integer"),
     ],
 )
 def test_mistakes_in_the_file_are_refused_with_the_setting_named(

@@ -423,9 +423,13 @@ op_specs = st.one_of(
 
 
 class EngineMachine(RuleBasedStateMachine):
-    def __init__(self, password_hash: str, sealed: bool = False) -> None:
-        """`sealed`: the same run on a store encrypted at rest (a keyring, one key epoch)."""
+    def __init__(
+        self, password_hash: str, sealed: bool = False, message_cache_bytes: int | None = None
+    ) -> None:
+        """`sealed`: the same run on a store encrypted at rest (a keyring, one key epoch).
+        `message_cache_bytes`: the engine's cache of opened messages (None: its default)."""
         super().__init__()
+        self.message_cache_bytes = message_cache_bytes
         self.dir = tempfile.mkdtemp(prefix="herald-props-")
         self.keyring = Keyring(name_key=bytes(32)) if sealed else None
         self.engine = self.open_engine()
@@ -468,7 +472,10 @@ class EngineMachine(RuleBasedStateMachine):
         same(eng.apply_batch(history, now), [self.expect(op) for op in history])
 
     def open_engine(self) -> Engine:
-        return Engine(self.dir, map_size=MAP_SIZE_BYTES, keyring=self.keyring)
+        if self.message_cache_bytes is None:
+            return Engine(self.dir, map_size=MAP_SIZE_BYTES, keyring=self.keyring)
+        return Engine(self.dir, map_size=MAP_SIZE_BYTES, keyring=self.keyring,
+                      message_cache_bytes=self.message_cache_bytes)
 
     def teardown(self) -> None:
         self.engine.close()
@@ -693,8 +700,10 @@ class EngineMachine(RuleBasedStateMachine):
 def test_engine_agrees_with_an_in_memory_model_through_any_operations(
     password_hash: str,
 ) -> None:
+    """With the message cache off: every read opens its records (the cached runs are in
+    tests/test_engine_message_cache.py; the sealed run below uses the default cache)."""
     run_state_machine_as_test(
-        lambda: EngineMachine(password_hash),
+        lambda: EngineMachine(password_hash, message_cache_bytes=0),
         settings=settings(max_examples=100, stateful_step_count=30, deadline=None),
     )
 

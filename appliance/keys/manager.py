@@ -81,7 +81,10 @@ class KeyManager:
         """Pick up new tenants and epochs (another process may have added them), and unwrap
         again the DEKs past half their lifetime: the escrow is asked about each DEK about
         twice per lifetime, and a revocation acts within one lifetime."""
-        return [self.load_tenant(tenant) for tenant, _ in self._engine.tenants()]
+        statuses = [self.load_tenant(tenant) for tenant, _ in self._engine.tenants()]
+        # A key that expires says nothing: drop the opened messages it no longer covers.
+        self._engine.drop_unreadable_messages()
+        return statuses
 
     def load_tenant(self, tenant: int, *, force: bool = False) -> TenantKeyStatus:
         """Unwrap the live epochs of `tenant` (all with `force`, else those not installed or

@@ -98,7 +98,8 @@ def open_engine(config: Config, *, passphrase: str | None = None) -> KeyedEngine
     """Open the data directory's store: sealed, with every tenant's keys loaded, when it has a
     master key; plain when it is an old plain store. Raises `NotInitialized` for a directory
     with neither, `KeyManagementError` for a wrong passphrase or an escrow problem."""
-    kwargs = {"map_size": config.map_size_bytes, "limits": config.limits}
+    kwargs = {"map_size": config.map_size_bytes, "limits": config.limits,
+              "message_cache_bytes": config.message_cache_bytes}
     if not config.master_key_path.exists():
         if (config.store_dir / "data.mdb").exists():
             return KeyedEngine(Engine(config.store_dir, **kwargs), None, None)  # type: ignore[arg-type]
