@@ -2,15 +2,21 @@
 
 Requests hand in operations with a completion callback and go on (no task per request). The
 writer takes whatever is pending (up to `max_batch`), applies it as one batch in a worker thread
-(one transaction, one fsync), then calls each callback with its result, then `on_committed`
-for fanout. A client is therefore acked only after its message is durable, and fanout starts
-only after the commit.
+(one transaction, one fsync), then calls each callback with its result, then `on_committed`,
+which plans the fanout and returns the coroutine function that sends it.
+
+The fanout of one batch runs while the next batch commits (the fsync releases the GIL), so a
+cycle costs about max(commit, fanout), not their sum. What must stay ordered stays ordered:
+a client is acked only after its batch is durable; a batch's fanout is planned after its
+commit and before the next commit starts (so it sees the members as of its own commit); and
+one fanout finishes before the next begins, so pushes keep commit order on every connection.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +24,10 @@ import trio
 
 from engine import CapacityExceeded, Engine, EngineClosed, HeraldError, Operation, Result
 
-__all__ = ["Committed", "Writer", "wall_clock_ms"]
+__all__ = ["Committed", "SendFanout", "Writer", "wall_clock_ms"]
 
 Outcome = Result | HeraldError
+SendFanout = Callable[[], Awaitable[None]]
 
 
 def wall_clock_ms() -> int:
@@ -42,7 +49,7 @@ class Writer:
         self,
         engine: Engine,
         *,
-        on_committed: Callable[[Sequence[Committed]], None],
+        on_committed: Callable[[Sequence[Committed]], SendFanout | None],
         clock_ms: Callable[[], int] = wall_clock_ms,
         max_batch: int = 256,
         max_pending: int = 20_000,
@@ -55,7 +62,6 @@ class Writer:
         self._pending: list[Committed] = []
         self._wakeup = trio.Event()
         self._closing = False
-        self._limiter = trio.CapacityLimiter(1)
         self.batches = 0
         self.ops = 0
 
@@ -97,27 +103,65 @@ class Writer:
         self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup = trio.Event()
-                await self._wakeup.wait()
-                continue
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            ops = [entry.op for entry in batch]
-            try:
-                # Not abandoned on cancellation: a commit in flight always finishes and is acked.
-                outcomes: list[Outcome] = await trio.to_thread.run_sync(
-                    self._engine.apply_batch, ops, self._clock_ms(), limiter=self._limiter
-                )
-            except HeraldError as failure:
-                outcomes = [failure] * len(batch)
-            self.batches += 1
-            self.ops += len(batch)
-            for entry, outcome in zip(batch, outcomes, strict=True):
-                entry.outcome = outcome
-                entry.done(outcome)
-            self._on_committed(batch)
+        """Commit batches until `close`, then return once the last fanout is sent.
+
+        Commits and fanouts are shielded from cancellation: a commit in flight always finishes
+        and is acked, and a fanout never waits for a peer (it only yields between slices).
+        """
+        async with trio.open_nursery() as fanouts:
+            task_status.started()
+            fanout_done = trio.Event()
+            fanout_done.set()
+            while True:
+                if not self._pending:
+                    if self._closing:
+                        await fanout_done.wait()
+                        return
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                    continue
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                with trio.CancelScope(shield=True):
+                    results = await self._commit(batch)
+                    await fanout_done.wait()  # the previous batch's pushes go out first
+                self.batches += 1
+                self.ops += len(batch)
+                for entry, result in zip(batch, results, strict=True):
+                    entry.outcome = result
+                    entry.done(result)
+                send = self._on_committed(batch)
+                if send is not None:
+                    fanout_done = trio.Event()
+                    fanouts.start_soon(self._send, send, fanout_done)
+
+    async def _commit(self, batch: list[Committed]) -> list[Outcome]:
+        """Apply `batch` in a worker thread, started at once (the previous fanout may still be
+        running here meanwhile); a HeraldError refuses the whole batch."""
+        finished = trio.Event()
+        box: list[Any] = []  # the thread's outcome.Outcome: unwrap() returns or raises
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: Any) -> None:  # in the worker thread
+            def report() -> None:
+                box.append(result)
+                finished.set()
+            token.run_sync_soon(report)
+
+        apply = functools.partial(self._engine.apply_batch, [entry.op for entry in batch],
+                                  self._clock_ms())
+        trio.lowlevel.start_thread_soon(apply, deliver, name="herald writer commit")
+        await finished.wait()
+        try:
+            results: list[Outcome] = box[0].unwrap()
+        except HeraldError as failure:
+            return [failure] * len(batch)
+        return results
+
+    @staticmethod
+    async def _send(send: SendFanout, done: trio.Event) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                await send()
+        finally:
+            done.set()
