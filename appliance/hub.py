@@ -3,10 +3,10 @@
 Fanout works per commit, not per message. `on_committed` turns a committed batch into a plan:
 per conversation, the frames the batch adds (each encoded once: JSON, then the WebSocket
 header) joined into one byte string, and the connections that get it. A connection that sent
-some of those messages gets its own join without them (the server never pushes a message back
-to the connection that sent it; the sender's other devices do get it). `send` then pushes ONE
-join per recipient per conversation, with no `await` per delivery, and flushes the touched
-outboxes together, so a recipient gets a commit's frames of a conversation in one `writev`.
+some of those messages gets its own join without them (the server never pushes a message
+back to the connection that sent it; the sender's other devices do get it). Sending the plan
+pushes ONE join per recipient per conversation, with no `await` per delivery, and flushes the
+touched outboxes together: a recipient gets a commit's frames of a conversation in one `writev`.
 
 Planning happens right after the commit and before the writer starts the next one, so the
 recipients are the members as of that commit. Member lists are cached per conversation and
@@ -14,13 +14,13 @@ revalidated against the stored member-list version once per conversation per bat
 changes made by another process (the `herald` CLI) are seen too.
 
 A large fanout is sent in slices of `FANOUT_SLICE_PUSHES` pushes: flush, then a checkpoint,
-so the event loop reads requests in between. The writer runs one plan's `send` at a time, in
+so the event loop reads requests in between. The writer sends one plan at a time, in
 commit order, so a later commit's pushes never overtake an earlier one's on any connection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,7 +30,7 @@ from appliance.outbox import Flusher, Outbox
 from appliance.protocol.frames import MsgPush, ReadPush, WireMessage, encode_frame
 from appliance.protocol.websocket import encode_text_frame
 from appliance.wire import wire_message
-from appliance.writer import Committed
+from appliance.writer import Committed, SendFanout
 from engine import (
     Append,
     Appended,
@@ -130,11 +130,11 @@ class Hub:
         self._members[(tenant, conv)] = (version, members)
         return members
 
-    def on_committed(self, batch: Sequence[Committed]) -> Callable[[], Awaitable[None]] | None:
+    def on_committed(self, batch: Sequence[Committed]) -> SendFanout | None:
         """Flush the acks the writer just queued, then plan the fanout of what `batch` changed.
 
         Returns the coroutine function that sends the plan (None when nobody is to be told).
-        The writer calls this before it starts the next commit, and awaits one `send` at a
+        The writer calls this before it starts the next commit, and runs one of these at a
         time. Raises nothing for what a batch holds: refused operations are skipped.
         """
         self._flusher.flush_all()  # senders refill their window while the fanout runs
@@ -145,7 +145,7 @@ class Hub:
         ]
         if not plan:
             return None
-        return lambda: self.send(plan)
+        return lambda: self._send(plan)
 
     def _frames(self, batch: Sequence[Committed]) -> dict[tuple[int, int], list[_Frame]]:
         """The frames `batch` adds, per conversation, in commit order."""
@@ -230,7 +230,7 @@ class Hub:
         return _Delivery(targets, b"".join(frame.data for frame in to_members), len(to_members),
                          special)
 
-    async def send(self, plan: list[_Delivery]) -> None:
+    async def _send(self, plan: list[_Delivery]) -> None:
         """Push each delivery's joins, in plan order, flushing and yielding to the event loop
         every `slice_pushes` pushes. A join that does not fit an outbox evicts that
         connection (it catches up by sync), as any push past the cap does."""

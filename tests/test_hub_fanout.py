@@ -23,7 +23,7 @@ from servers import RunningServer, running_server, seed_org
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from appliance.connection import Connection
-from engine import Append, CreateGroup, CursorMoved, Engine, MarkRead
+from engine import Append, CreateGroup, CursorMoved, Engine, MarkRead, RemoveMember
 
 
 def _group(engine: Engine, ids: dict[str, int], owner: str, *members: str) -> int:
@@ -239,3 +239,28 @@ async def test_sliced_fanouts_interleaved_with_new_commits_keep_each_conversatio
                         seqs = [f["msg"]["seq"] for f in got[device] if f["conv"] == conv]
                         assert seqs == list(range(2, expected[conv] + 2)), (device, conv)
                     assert all(f["type"] == "msg" and f["conv"] in convs for f in got[device])
+
+
+async def test_a_member_removed_in_a_commit_gets_only_the_message_that_says_so(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with running_server(tmp_path / "data") as running:
+            ids = seed_org(running.engine, "acme", ["alice", "bob", "carol"])
+            group = _group(running.engine, ids, "alice", "bob", "carol")
+            async with _devices(running, ("bob", "phone"), ("carol", "phone"),
+                                ("carol", "laptop")) as sockets:
+                # One commit: a message, carol's removal, another message. The recipients
+                # are the members as of the commit: carol is told of her removal, no more.
+                _submit(running, ids, group, "alice", "before")
+                running.server.services.writer.submit(
+                    RemoveMember(tenant=ids["tenant"], actor=ids["alice"], conv=group,
+                                 user=ids["carol"]), _ignore)
+                _submit(running, ids, group, "alice", "after")
+                bob = await _pushes(sockets[("bob", "phone")], 3)
+                assert [(conv, seq) for conv, seq, _ in bob] == [(group, 2), (group, 3),
+                                                                  (group, 4)]
+                assert (bob[0][2], bob[2][2]) == ("before", "after")
+                for device in (("carol", "phone"), ("carol", "laptop")):
+                    assert await _pushes(sockets[device], 1) == [bob[1]]
+                    await _nothing_queued(sockets[device])
