@@ -5,8 +5,11 @@ writer takes whatever is pending (up to `max_batch`), applies it as one batch in
 (one transaction, one fsync), then calls each callback with its result, then `on_committed`,
 which plans the fanout and returns the coroutine function that sends it.
 
-The fanout of one batch runs while the next batch commits (the fsync releases the GIL), so a
-cycle costs about max(commit, fanout), not their sum. What must stay ordered stays ordered:
+The fanout of a batch runs in the background, in slices, so requests are read meanwhile. The
+next commit starts when that fanout ends, or at once if a full batch (`max_batch`) is already
+waiting: then it overlaps the fanout (the fsync releases the GIL). Overlapping always would
+commit smaller batches, and cost more per delivery (docs/benchmarks.md, "Fanout per commit").
+What must stay ordered stays ordered:
 a client is acked only after its batch is durable; a batch's fanout is planned after its
 commit and before the next commit starts (so it sees the members as of its own commit); and
 one fanout finishes before the next begins, so pushes keep commit order on every connection.
@@ -62,6 +65,8 @@ class Writer:
         self._pending: list[Committed] = []
         self._wakeup = trio.Event()
         self._closing = False
+        self._fanout_done = trio.Event()  # the last batch's fanout has been sent
+        self._fanout_done.set()
         self.batches = 0
         self.ops = 0
 
@@ -79,8 +84,10 @@ class Writer:
             raise EngineClosed("the server is shutting down; reconnect and retry")
         if len(self._pending) >= self._max_pending:
             raise CapacityExceeded("the server is busy; retry shortly")
-        self._pending.append(Committed(op, origin, None, done))  # type: ignore[arg-type]
-        self._wakeup.set()
+        pending = self._pending
+        pending.append(Committed(op, origin, None, done))  # type: ignore[arg-type]
+        if len(pending) == 1 or len(pending) >= self._max_batch:  # what `run` may wait for
+            self._wakeup.set()
 
     async def apply(self, op: Operation, origin: Any = None) -> Result:
         """Submit `op` and wait for its result (for callers that can wait, e.g. the console)."""
@@ -110,21 +117,21 @@ class Writer:
         """
         async with trio.open_nursery() as fanouts:
             task_status.started()
-            fanout_done = trio.Event()
-            fanout_done.set()
             while True:
                 if not self._pending:
                     if self._closing:
-                        await fanout_done.wait()
+                        await self._fanout_done.wait()
                         return
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
+                    await self._wait()
+                    continue
+                if not self._fanout_done.is_set() and len(self._pending) < self._max_batch:
+                    await self._wait()  # for the fanout to end, or for a full batch
                     continue
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 with trio.CancelScope(shield=True):
                     results = await self._commit(batch)
-                    await fanout_done.wait()  # the previous batch's pushes go out first
+                    await self._fanout_done.wait()  # the previous batch's pushes go out first
                 self.batches += 1
                 self.ops += len(batch)
                 for entry, result in zip(batch, results, strict=True):
@@ -132,8 +139,12 @@ class Writer:
                     entry.done(result)
                 send = self._on_committed(batch)
                 if send is not None:
-                    fanout_done = trio.Event()
-                    fanouts.start_soon(self._send, send, fanout_done)
+                    self._fanout_done = trio.Event()
+                    fanouts.start_soon(self._send, send)
+
+    async def _wait(self) -> None:
+        self._wakeup = trio.Event()
+        await self._wakeup.wait()
 
     async def _commit(self, batch: list[Committed]) -> list[Outcome]:
         """Apply `batch` in a worker thread, started at once (the previous fanout may still be
@@ -158,10 +169,10 @@ class Writer:
             return [failure] * len(batch)
         return results
 
-    @staticmethod
-    async def _send(send: SendFanout, done: trio.Event) -> None:
+    async def _send(self, send: SendFanout) -> None:
         try:
             with trio.CancelScope(shield=True):
                 await send()
         finally:
-            done.set()
+            self._fanout_done.set()
+            self._wakeup.set()
