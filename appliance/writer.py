@@ -6,9 +6,10 @@ writer takes whatever is pending (up to `max_batch`), applies it as one batch in
 which plans the fanout and returns the coroutine function that sends it.
 
 The fanout of a batch runs in the background, in slices, so requests are read meanwhile. The
-next commit starts when that fanout ends, or at once if a full batch (`max_batch`) is already
-waiting: then it overlaps the fanout (the fsync releases the GIL). Overlapping always would
-commit smaller batches, and cost more per delivery (docs/benchmarks.md, "Fanout per commit").
+next commit starts when that fanout ends, or at once if `overlap_min_batch` operations are
+already waiting: then it overlaps the fanout (the fsync releases the GIL). Overlapping with
+fewer would commit small batches whose fanouts join few frames, which costs more per
+delivery than it saves (docs/benchmarks.md, "Fanout per commit").
 What must stay ordered stays ordered:
 a client is acked only after its batch is durable; a batch's fanout is planned after its
 commit and before the next commit starts (so it sees the members as of its own commit); and
@@ -27,9 +28,13 @@ import trio
 
 from engine import CapacityExceeded, Engine, EngineClosed, HeraldError, Operation, Result
 
-__all__ = ["Committed", "SendFanout", "Writer", "wall_clock_ms"]
+__all__ = ["OVERLAP_MIN_BATCH", "Committed", "SendFanout", "Writer", "wall_clock_ms"]
 
 Outcome = Result | HeraldError
+# Operations that must be waiting for the next commit to start while a fanout is being sent.
+# 64: the peer and big-group workloads (at most 32 in flight) then never overlap, the 1,000
+# direct senders (hundreds waiting) do; docs/benchmarks.md has the three measured.
+OVERLAP_MIN_BATCH = 64
 SendFanout = Callable[[], Awaitable[None]]
 
 
@@ -56,12 +61,14 @@ class Writer:
         clock_ms: Callable[[], int] = wall_clock_ms,
         max_batch: int = 256,
         max_pending: int = 20_000,
+        overlap_min_batch: int = OVERLAP_MIN_BATCH,
     ) -> None:
         self._engine = engine
         self._on_committed = on_committed
         self._clock_ms = clock_ms
         self._max_batch = max_batch
         self._max_pending = max_pending
+        self._overlap_min_batch = min(overlap_min_batch, max_batch)
         self._pending: list[Committed] = []
         self._wakeup = trio.Event()
         self._closing = False
@@ -86,7 +93,7 @@ class Writer:
             raise CapacityExceeded("the server is busy; retry shortly")
         pending = self._pending
         pending.append(Committed(op, origin, None, done))  # type: ignore[arg-type]
-        if len(pending) == 1 or len(pending) >= self._max_batch:  # what `run` may wait for
+        if len(pending) == 1 or len(pending) >= self._overlap_min_batch:  # what `run` awaits
             self._wakeup.set()
 
     async def apply(self, op: Operation, origin: Any = None) -> Result:
@@ -124,8 +131,9 @@ class Writer:
                         return
                     await self._wait()
                     continue
-                if not self._fanout_done.is_set() and len(self._pending) < self._max_batch:
-                    await self._wait()  # for the fanout to end, or for a full batch
+                if (not self._fanout_done.is_set()
+                        and len(self._pending) < self._overlap_min_batch):
+                    await self._wait()  # for the fanout to end, or for a big enough batch
                     continue
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]

@@ -1,6 +1,6 @@
-"""The writer's pipeline over a real engine: a full batch commits while the previous batch's
-fanout is still being sent, but is acked, planned and fanned out only after that fanout ends;
-a smaller batch waits for the fanout to end.
+"""The writer's pipeline over a real engine: a big enough batch commits while the previous
+batch's fanout is still being sent, but is acked, planned and fanned out only after that
+fanout ends; a smaller batch waits for the fanout to end.
 
 `on_committed` here is a scripted stand-in for the hub that records what the writer asks of it
 and holds a fanout open until the test releases it.
@@ -22,7 +22,7 @@ def _append(org: Org, conv: int, body: str) -> Append:
     return Append(tenant=org.tenant, conv=conv, sender=org.alice, client_msg_id=body, body=body)
 
 
-async def test_a_full_batch_commits_during_a_fanout_and_is_acked_and_planned_after_it(
+async def test_a_big_batch_commits_during_a_fanout_and_is_acked_and_planned_after_it(
     engine: Engine, org: Org,
 ) -> None:
     conv = engine.apply(CreateGroup(tenant=org.tenant, creator=org.alice, title="team",
@@ -47,7 +47,8 @@ async def test_a_full_batch_commits_during_a_fanout_and_is_acked_and_planned_aft
         assert isinstance(outcome, Appended)
         log.append(("acked", outcome.seq))
 
-    writer = Writer(engine, on_committed=on_committed, clock_ms=lambda: NOW_MS, max_batch=1)
+    writer = Writer(engine, on_committed=on_committed, clock_ms=lambda: NOW_MS,
+                    overlap_min_batch=1)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
@@ -71,7 +72,7 @@ async def test_a_full_batch_commits_during_a_fanout_and_is_acked_and_planned_aft
     assert (writer.batches, writer.ops) == (2, 2)
 
 
-async def test_a_batch_short_of_full_waits_for_the_fanout_before_it_commits(
+async def test_a_small_batch_waits_for_the_fanout_before_it_commits(
     engine: Engine, org: Org,
 ) -> None:
     conv = engine.apply(CreateGroup(tenant=org.tenant, creator=org.alice, title="team",
@@ -86,7 +87,8 @@ async def test_a_batch_short_of_full_waits_for_the_fanout_before_it_commits(
                 await release.wait()
         return send
 
-    writer = Writer(engine, on_committed=on_committed, clock_ms=lambda: NOW_MS, max_batch=3)
+    writer = Writer(engine, on_committed=on_committed, clock_ms=lambda: NOW_MS,
+                    overlap_min_batch=3)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
@@ -97,10 +99,10 @@ async def test_a_batch_short_of_full_waits_for_the_fanout_before_it_commits(
                 writer.submit(_append(org, conv, "second"), lambda outcome: None)
                 writer.submit(_append(org, conv, "third"), lambda outcome: None)
                 await trio.testing.wait_all_tasks_blocked()
-                assert (writer.pending, writer.batches) == (2, 1)  # not taken: 2 of 3
+                assert (writer.pending, writer.batches) == (2, 1)  # not taken: 2 < 3
                 writer.submit(_append(org, conv, "fourth"), lambda outcome: None)
                 await trio.testing.wait_all_tasks_blocked()
-                while writer.pending:  # a full batch of 3: taken, and committed meanwhile
+                while writer.pending:  # 3: taken, and committed meanwhile
                     await trio.sleep(0.001)
                 assert fanouts == [1]
             finally:
