@@ -10,10 +10,11 @@ next commit starts when that fanout ends, or at once if `overlap_min_batch` oper
 already waiting: then it overlaps the fanout (the fsync releases the GIL). Overlapping with
 fewer would commit small batches whose fanouts join few frames, which costs more per
 delivery than it saves (docs/benchmarks.md, "Fanout per commit").
-What must stay ordered stays ordered:
-a client is acked only after its batch is durable; a batch's fanout is planned after its
-commit and before the next commit starts (so it sees the members as of its own commit); and
-one fanout finishes before the next begins, so pushes keep commit order on every connection.
+
+What must stay ordered stays ordered: a client is acked only after its batch is durable; a
+batch's fanout is planned after its commit and before the next commit starts (so it sees the
+members as of its own commit); and one fanout finishes before the next begins, so pushes keep
+commit order on every connection.
 """
 
 from __future__ import annotations
