@@ -88,7 +88,7 @@ class Connection:
         """Serve the connection until it closes; never raises for anything the peer does."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.outbox.drain_forever)
+                self.outbox.drain_in(nursery)  # a drain task only while the kernel is full
                 with self._read_scope:
                     await self._read_loop()
                 await self._finish_close()

@@ -2,7 +2,8 @@
 
 Fanout encodes a frame once and pushes the same bytes to every recipient's outbox. `flush()`
 hands everything queued for a connection to the kernel in one `writev`; only when the kernel's
-buffer is full does the rest wait for the connection's drain task, which awaits writability.
+buffer is full does the rest wait for a drain task, which awaits writability and ends once the
+outbox is empty (an idle connection keeps no parked task: docs/benchmarks.md, idle memory).
 An outbox never holds more than its cap: `push` refuses, and the owner closes the connection
 (the client catches up by sync when it returns). PERFORMANCE.md has the figures behind this.
 
@@ -60,7 +61,8 @@ class Outbox:
         self._frames: list[bytes] = self._queue if seal is None else []
         self._queued_bytes = 0
         self._blocked = False
-        self._lot = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None  # where the drain task runs, when needed
+        self._draining = False
         self._emptied = trio.Event()
         self.closed = False
         self.broken = False  # the peer went away mid-write; the owner should close
@@ -132,7 +134,7 @@ class Outbox:
             self._consume(written)
             if self._queue:
                 self._blocked = True
-                self._lot.unpark_all()
+                self._start_drain()
                 return
         if not self._emptied.is_set():
             self._emptied.set()
@@ -167,7 +169,6 @@ class Outbox:
         self._frames.clear()
         self._queued_bytes = 0
         self._emptied.set()
-        self._lot.unpark_all()
 
     def _consume(self, written: int) -> None:
         self._queued_bytes -= written
@@ -180,15 +181,26 @@ class Outbox:
         if written:
             queue[0] = queue[0][written:]
 
-    async def drain_forever(self) -> None:
-        """The connection's drain task: waits for writability whenever the kernel is full."""
-        while not self.closed and not self.broken:
-            if not self._blocked:
-                await self._lot.park()
-                continue
-            await trio.lowlevel.wait_writable(self._fd)
-            self._blocked = False
-            self.flush()
+    # -- the drain task, started only when the kernel's buffer is full ------------------------
+
+    def drain_in(self, nursery: trio.Nursery) -> None:
+        """Run the drain task in `nursery` (the connection's) whenever it is needed. The owner
+        closes the outbox as soon as that nursery is done, so no task is started after it."""
+        self._nursery = nursery
+
+    def _start_drain(self) -> None:
+        if self._nursery is not None and not self._draining:
+            self._draining = True
+            self._nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        try:
+            while self._blocked and not self.closed and not self.broken:
+                await trio.lowlevel.wait_writable(self._fd)
+                self._blocked = False
+                self.flush()
+        finally:
+            self._draining = False
 
     async def wait_empty(self) -> None:
         """Return once everything queued so far has been written (or the socket broke)."""
@@ -205,4 +217,3 @@ class Outbox:
         self._frames.clear()
         self._queued_bytes = 0
         self._emptied.set()
-        self._lot.unpark_all()

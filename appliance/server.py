@@ -22,7 +22,7 @@ from appliance.router import Router
 from appliance.sessions import SessionGuard
 from appliance.tls import TlsChannel, plaintext_refusal, server_context
 from appliance.tokens import retire_legacy_secret
-from appliance.writer import Committed, Writer, wall_clock_ms
+from appliance.writer import Committed, SendFanout, Writer, wall_clock_ms
 from engine import Engine
 
 __all__ = ["Server", "Services"]
@@ -60,9 +60,10 @@ class Server:
         flusher = Flusher()
         hub = Hub(engine, flusher)
 
-        def on_committed(batch: Sequence[Committed]) -> None:
-            hub.on_committed(batch)
+        def on_committed(batch: Sequence[Committed]) -> SendFanout | None:
+            send_fanout = hub.on_committed(batch)
             self.services.sessions.on_committed(batch)
+            return send_fanout
 
         writer = Writer(engine, on_committed=on_committed, clock_ms=clock_ms)
         retire_legacy_secret(config.data_dir)

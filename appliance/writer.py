@@ -2,15 +2,26 @@
 
 Requests hand in operations with a completion callback and go on (no task per request). The
 writer takes whatever is pending (up to `max_batch`), applies it as one batch in a worker thread
-(one transaction, one fsync), then calls each callback with its result, then `on_committed`
-for fanout. A client is therefore acked only after its message is durable, and fanout starts
-only after the commit.
+(one transaction, one fsync), then calls each callback with its result, then `on_committed`,
+which plans the fanout and returns the coroutine function that sends it.
+
+The fanout of a batch runs in the background, in slices, so requests are read meanwhile. The
+next commit starts when that fanout ends, or at once if `overlap_min_batch` operations are
+already waiting: then it overlaps the fanout (the fsync releases the GIL). Overlapping with
+fewer would commit small batches whose fanouts join few frames, which costs more per
+delivery than it saves (docs/benchmarks.md, "Fanout per commit").
+
+What must stay ordered stays ordered: a client is acked only after its batch is durable; a
+batch's fanout is planned after its commit and before the next commit starts (so it sees the
+members as of its own commit); and one fanout finishes before the next begins, so pushes keep
+commit order on every connection.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +29,14 @@ import trio
 
 from engine import CapacityExceeded, Engine, EngineClosed, HeraldError, Operation, Result
 
-__all__ = ["Committed", "Writer", "wall_clock_ms"]
+__all__ = ["OVERLAP_MIN_BATCH", "Committed", "SendFanout", "Writer", "wall_clock_ms"]
 
 Outcome = Result | HeraldError
+# Operations that must be waiting for the next commit to start while a fanout is being sent.
+# 64: the peer and big-group workloads (at most 32 in flight) then never overlap, the 1,000
+# direct senders (hundreds waiting) do; docs/benchmarks.md has the three measured.
+OVERLAP_MIN_BATCH = 64
+SendFanout = Callable[[], Awaitable[None]]
 
 
 def wall_clock_ms() -> int:
@@ -42,20 +58,23 @@ class Writer:
         self,
         engine: Engine,
         *,
-        on_committed: Callable[[Sequence[Committed]], None],
+        on_committed: Callable[[Sequence[Committed]], SendFanout | None],
         clock_ms: Callable[[], int] = wall_clock_ms,
         max_batch: int = 256,
         max_pending: int = 20_000,
+        overlap_min_batch: int = OVERLAP_MIN_BATCH,
     ) -> None:
         self._engine = engine
         self._on_committed = on_committed
         self._clock_ms = clock_ms
         self._max_batch = max_batch
         self._max_pending = max_pending
+        self._overlap_min_batch = min(overlap_min_batch, max_batch)
         self._pending: list[Committed] = []
         self._wakeup = trio.Event()
         self._closing = False
-        self._limiter = trio.CapacityLimiter(1)
+        self._fanout_done = trio.Event()  # the last batch's fanout has been sent
+        self._fanout_done.set()
         self.batches = 0
         self.ops = 0
 
@@ -73,8 +92,10 @@ class Writer:
             raise EngineClosed("the server is shutting down; reconnect and retry")
         if len(self._pending) >= self._max_pending:
             raise CapacityExceeded("the server is busy; retry shortly")
-        self._pending.append(Committed(op, origin, None, done))  # type: ignore[arg-type]
-        self._wakeup.set()
+        pending = self._pending
+        pending.append(Committed(op, origin, None, done))  # type: ignore[arg-type]
+        if len(pending) == 1 or len(pending) >= self._overlap_min_batch:  # what `run` awaits
+            self._wakeup.set()
 
     async def apply(self, op: Operation, origin: Any = None) -> Result:
         """Submit `op` and wait for its result (for callers that can wait, e.g. the console)."""
@@ -97,27 +118,70 @@ class Writer:
         self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup = trio.Event()
-                await self._wakeup.wait()
-                continue
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            ops = [entry.op for entry in batch]
-            try:
-                # Not abandoned on cancellation: a commit in flight always finishes and is acked.
-                outcomes: list[Outcome] = await trio.to_thread.run_sync(
-                    self._engine.apply_batch, ops, self._clock_ms(), limiter=self._limiter
-                )
-            except HeraldError as failure:
-                outcomes = [failure] * len(batch)
-            self.batches += 1
-            self.ops += len(batch)
-            for entry, outcome in zip(batch, outcomes, strict=True):
-                entry.outcome = outcome
-                entry.done(outcome)
-            self._on_committed(batch)
+        """Commit batches until `close`, then return once the last fanout is sent.
+
+        Commits and fanouts are shielded from cancellation: a commit in flight always finishes
+        and is acked, and a fanout never waits for a peer (it only yields between slices).
+        """
+        async with trio.open_nursery() as fanouts:
+            task_status.started()
+            while True:
+                if not self._pending:
+                    if self._closing:
+                        await self._fanout_done.wait()
+                        return
+                    await self._wait()
+                    continue
+                if (not self._fanout_done.is_set()
+                        and len(self._pending) < self._overlap_min_batch):
+                    await self._wait()  # for the fanout to end, or for a big enough batch
+                    continue
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                with trio.CancelScope(shield=True):
+                    results = await self._commit(batch)
+                    await self._fanout_done.wait()  # the previous batch's pushes go out first
+                self.batches += 1
+                self.ops += len(batch)
+                for entry, result in zip(batch, results, strict=True):
+                    entry.outcome = result
+                    entry.done(result)
+                send = self._on_committed(batch)
+                if send is not None:
+                    self._fanout_done = trio.Event()
+                    fanouts.start_soon(self._send, send)
+
+    async def _wait(self) -> None:
+        self._wakeup = trio.Event()
+        await self._wakeup.wait()
+
+    async def _commit(self, batch: list[Committed]) -> list[Outcome]:
+        """Apply `batch` in a worker thread, started at once (the previous fanout may still be
+        running here meanwhile); a HeraldError refuses the whole batch."""
+        finished = trio.Event()
+        box: list[Any] = []  # the thread's outcome.Outcome: unwrap() returns or raises
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: Any) -> None:  # in the worker thread
+            def report() -> None:
+                box.append(result)
+                finished.set()
+            token.run_sync_soon(report)
+
+        apply = functools.partial(self._engine.apply_batch, [entry.op for entry in batch],
+                                  self._clock_ms())
+        trio.lowlevel.start_thread_soon(apply, deliver, name="herald writer commit")
+        await finished.wait()
+        try:
+            results: list[Outcome] = box[0].unwrap()
+        except HeraldError as failure:
+            return [failure] * len(batch)
+        return results
+
+    async def _send(self, send: SendFanout) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                await send()
+        finally:
+            self._fanout_done.set()
+            self._wakeup.set()

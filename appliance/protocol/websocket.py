@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import re
 import struct
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Literal, TypeAlias
 
 import wsproto.utilities
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection as _WsprotoFrames
 from wsproto.connection import ConnectionState as _WsprotoState
 from wsproto.events import (
     AcceptConnection,
@@ -318,10 +318,13 @@ class WebSocketServer:
             raise ValueError(f"allowed_path must start with '/', not {allowed_path!r}")
         self._max_handshake_bytes = max_handshake_bytes
         self._allowed_path = allowed_path
-        self._ws = WSConnection(ConnectionType.SERVER)
+        # The handshake (h11 and its buffers) is dropped once accepted: an idle connection
+        # then keeps only wsproto's frame parser (docs/benchmarks.md, idle memory).
+        self._handshake: WSConnection | None = WSConnection(ConnectionType.SERVER)
+        self._frames: _WsprotoFrames | None = None
         self._gate = _SizeGate(max_message_bytes)
         self._state = WebSocketState.AWAITING_REQUEST
-        self._events: deque[WebSocketEvent] = deque()
+        self._events: list[WebSocketEvent] = []  # an empty list is 56 bytes, a deque 760
         self._error: RemoteProtocolError | None = None
         self._eof = False
         self._handshake_buffer = bytearray()  # the request head, then bytes sent before accept()
@@ -378,10 +381,20 @@ class WebSocketServer:
         broke the protocol; every later call raises it again.
         """
         queue = self._events
-        while queue:
-            yield queue.popleft()
+        taken = 0
+        try:
+            while taken < len(queue):  # the consumer's calls (accept()) may append meanwhile
+                taken += 1
+                yield queue[taken - 1]
+        finally:
+            del queue[:taken]
         if self._error is not None:
             raise self._error.with_traceback(None)
+
+    def _handshaking(self) -> WSConnection:
+        if self._handshake is None:
+            raise LocalProtocolError("the handshake is over")
+        return self._handshake
 
     def _receive_request(self, data: bytes) -> None:
         buffer = self._handshake_buffer
@@ -396,8 +409,9 @@ class WebSocketServer:
         head, self._handshake_buffer = bytes(buffer[: match.end()]), bytearray()
         try:
             with _translated_wsproto_errors():
-                self._ws.receive_data(head)
-                requests = [event for event in self._ws.events() if isinstance(event, Request)]
+                self._handshaking().receive_data(head)
+                requests = [event for event in self._handshaking().events()
+                            if isinstance(event, Request)]
             self._events.append(self._check_request(requests))
         except RemoteProtocolError as exc:
             self._fail(exc)
@@ -428,14 +442,16 @@ class WebSocketServer:
     def _receive_frames(self, data: bytes) -> None:
         allowed, refusal = self._gate.scan(data)
         if allowed:
-            self._ws.receive_data(data if allowed == len(data) else data[:allowed])
+            assert self._frames is not None  # OPEN or LOCAL_CLOSING: accepted
+            self._frames.receive_data(data if allowed == len(data) else data[:allowed])
             self._translate_frames()
         if refusal is not None and self._error is None:
             self._fail(refusal)
 
     def _translate_frames(self) -> None:
         closing = self._state is WebSocketState.LOCAL_CLOSING  # data after our close is dropped
-        for event in self._ws.events():
+        assert self._frames is not None
+        for event in self._frames.events():
             if isinstance(event, TextMessage):
                 if closing:
                     pass
@@ -458,7 +474,7 @@ class WebSocketServer:
             elif isinstance(event, CloseConnection):
                 # wsproto reports a malformed frame as a close event that leaves it OPEN
                 # (ParseFailed.code); only the peer's real close moves it to REMOTE_CLOSING.
-                if self._ws.state is _WsprotoState.OPEN:
+                if self._frames.state is _WsprotoState.OPEN:
                     self._fail(RemoteProtocolError(event.reason or "bad frame", int(event.code)))
                     return
                 self._fragments = bytearray()
@@ -476,8 +492,10 @@ class WebSocketServer:
             raise self._error.with_traceback(None)
         if self._state is not WebSocketState.REQUEST_RECEIVED:
             raise LocalProtocolError(f"cannot accept in state {self._state.name}")
+        handshake = self._handshaking()
         with _translated_wsproto_errors():
-            response = self._ws.send(AcceptConnection(subprotocol=subprotocol))
+            response = handshake.send(AcceptConnection(subprotocol=subprotocol))
+        self._frames, self._handshake = handshake.connection, None
         self._move("accept")
         early, self._handshake_buffer = bytes(self._handshake_buffer), bytearray()
         if early:
@@ -500,8 +518,8 @@ class WebSocketServer:
         if status == 426:  # Upgrade Required: name the version we speak
             headers.append((b"sec-websocket-version", b"13"))
         with _translated_wsproto_errors():
-            response = self._ws.send(RejectConnection(status, headers, has_body=True))
-            response += self._ws.send(RejectData(content, body_finished=True))
+            response = self._handshaking().send(RejectConnection(status, headers, has_body=True))
+            response += self._handshaking().send(RejectData(content, body_finished=True))
         self._move("reject")
         self._handshake_buffer = bytearray()
         return response
