@@ -68,10 +68,12 @@ from engine.records import (
     SessionEnd,
     SessionRecord,
 )
+from engine.reseal import RESEALED_TABLES, ResealProgress
 from engine.sync import ConversationSync, SyncResult
 from engine.timeline import Page
 
 __all__ = [
+    "RESEALED_TABLES",
     "AddKeyEpoch",
     "AddMembers",
     "Append",
@@ -115,6 +117,7 @@ __all__ = [
     "Page",
     "PruneSessions",
     "RemoveMember",
+    "ResealProgress",
     "Result",
     "RevokeSession",
     "RevokeUserSessions",
