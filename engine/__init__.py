@@ -68,12 +68,11 @@ from engine.records import (
     SessionEnd,
     SessionRecord,
 )
-from engine.reseal import RESEALED_TABLES, ResealProgress
+from engine.reseal import ResealProgress
 from engine.sync import ConversationSync, SyncResult
 from engine.timeline import Page
 
 __all__ = [
-    "RESEALED_TABLES",
     "AddKeyEpoch",
     "AddMembers",
     "Append",

@@ -18,7 +18,6 @@ import pytest
 from conftest import NOW_MS, PASSWORD, Org, assert_refusal, create_org, snapshot
 
 from engine import (
-    RESEALED_TABLES,
     AddKeyEpoch,
     AddMembers,
     Append,
@@ -45,6 +44,7 @@ from engine import (
 from engine.crypto import MAX_SEALS_PER_EPOCH
 from engine.keys import pack_ids
 from engine.records import EpochRecord
+from engine.reseal import RESEALED_TABLES
 
 MAP_SIZE_BYTES = 256 * 2**20
 

@@ -13,7 +13,6 @@ import pytest
 from conftest import NOW_MS, PASSWORD, Org, assert_refusal, snapshot
 
 from engine import (
-    RESEALED_TABLES,
     AddKeyEpoch,
     Append,
     Conflict,
@@ -28,6 +27,7 @@ from engine import (
     ShredKeyEpoch,
 )
 from engine.keys import pack_id
+from engine.reseal import RESEALED_TABLES
 
 MAP_SIZE_BYTES = 256 * 2**20
 

@@ -23,7 +23,6 @@ from appliance.keys.dek import unwrap_dek, wrap_dek
 from appliance.keys.errors import EscrowRefused, EscrowUnavailable
 from appliance.keys.escrow import Escrow
 from engine import (
-    RESEALED_TABLES,
     AddKeyEpoch,
     Engine,
     EpochState,
@@ -31,6 +30,7 @@ from engine import (
     KeyUnavailable,
     ShredKeyEpoch,
 )
+from engine.reseal import RESEALED_TABLES
 
 __all__ = ["KeyManager", "TenantKeyStatus", "escrow_key_id"]
 
