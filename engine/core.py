@@ -68,7 +68,7 @@ from engine.records import (
     UserRecord,
     pack_cursor,
 )
-from engine.reseal import MAX_RESEAL_BATCH, Resealer, ResealProgress
+from engine.reseal import MAX_RESEAL_BATCH, RESEALED_TABLES, Resealer, ResealProgress
 from engine.sessions import Sessions
 from engine.sync import SyncResult, sync
 from engine.timeline import Page, Timeline
@@ -131,6 +131,9 @@ class ConversationSummary(msgspec.Struct, frozen=True):
 
 
 class Engine:
+    # The sealed tables a shred must not destroy: re-sealed before an epoch can be shredded.
+    resealed_tables = RESEALED_TABLES
+
     def __init__(
         self,
         path: str | os.PathLike[str],

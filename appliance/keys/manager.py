@@ -30,7 +30,6 @@ from engine import (
     KeyUnavailable,
     ShredKeyEpoch,
 )
-from engine.reseal import RESEALED_TABLES
 
 __all__ = ["KeyManager", "TenantKeyStatus", "escrow_key_id"]
 
@@ -184,7 +183,7 @@ class KeyManager:
         epoch destroys only messages. `progress(table, done, total)` after each batch.
         Resumable: records already under the current epoch are skipped. Returns how many were
         re-sealed; raises `KeyUnavailable` when an old epoch's DEK is not installed."""
-        tables = (*RESEALED_TABLES, "messages") if messages else RESEALED_TABLES
+        tables = self._engine.resealed_tables + (("messages",) if messages else ())
         resealed = 0
         for table in tables:
             pending, _ = self._engine.reseal_pending(tenant, table)
