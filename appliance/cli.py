@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(init)
 
     keys = commands.add_parser(
-        "keys", help="tenant data keys: status, rotate, revoke, shred",
+        "keys", help="tenant data keys: status, rotate, reseal, revoke, shred",
         description="Operate the tenants' data keys (docs/security.md, 'Rotation, revocation, "
                     "shredding'). Needs the master key's passphrase and the escrow.")
     keys_cmds = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -68,11 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "older ones stay readable under theirs. Nothing is rewritten.")
     _add_config_flags(keys_rotate)
     keys_rotate.add_argument("--tenant", required=True, help="tenant name")
+    keys_reseal = keys_cmds.add_parser(
+        "reseal", help="re-seal a tenant's records under its current key epoch",
+        description="Re-encrypt a tenant's users, groups and members (and with --messages its "
+                    "messages) under its current key epoch, in batches, so that older epochs "
+                    "can be shredded without losing accounts. `herald keys rotate` does it for "
+                    "everything but messages. Safe to interrupt and run again.")
+    _add_config_flags(keys_reseal)
+    keys_reseal.add_argument("--tenant", required=True, help="tenant name")
+    keys_reseal.add_argument("--messages", action="store_true",
+                             help="re-seal the messages too (long: progress is shown)")
     keys_shred = keys_cmds.add_parser(
         "shred", help="destroy one old key epoch of a tenant (irreversible)",
         description="Destroy the data key of one retired epoch (and its escrow key): the "
                     "messages sealed under it can never be read again. Rotate first to shred "
-                    "the current epoch.")
+                    "the current epoch; a shred is refused while the epoch still seals users "
+                    "or groups (`herald keys reseal` moves them).")
     _add_config_flags(keys_shred)
     keys_shred.add_argument("--tenant", required=True, help="tenant name")
     keys_shred.add_argument("--epoch", required=True, type=int, help="the epoch to destroy")
@@ -290,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             return key_commands.key_status(config)
         if args.action == "rotate":
             return key_commands.rotate(config, args.tenant)
+        if args.action == "reseal":
+            return key_commands.reseal(config, args.tenant, args.messages)
         if args.action == "shred":
             return key_commands.shred(config, args.tenant, args.epoch, args.confirm)
         return key_commands.revoke(config, args.tenant, args.confirm)

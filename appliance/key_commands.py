@@ -1,6 +1,6 @@
-"""`herald init` and `herald keys status|rotate|revoke|shred`: the key operations, on the data
-directory (docs/security.md, "Rotation, revocation, shredding"). A running server picks up
-what they change within `KEY_REFRESH_MAX_INTERVAL_S` (5 s) or the DEK cache lifetime."""
+"""`herald init` and `herald keys status|rotate|reseal|revoke|shred`: the key operations,
+on the data directory (docs/security.md, "Rotation, revocation, shredding"). A running server
+picks up what they change within `KEY_REFRESH_MAX_INTERVAL_S` (5 s) or the DEK cache lifetime."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from appliance.config import Config
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.unlock import KeyedEngine, initialize, read_passphrase
 
-__all__ = ["init", "key_status", "revoke", "rotate", "shred"]
+__all__ = ["init", "key_status", "reseal", "revoke", "rotate", "shred"]
 
 
 def init(config: Config) -> int:
@@ -71,8 +71,28 @@ def rotate(config: Config, tenant_name: str) -> int:
         assert keyed.manager is not None
         tenant = keyed.engine.find_tenant(tenant_name)
         epoch = keyed.manager.rotate(tenant)
-        return (f"tenant {tenant_name!r}: new data key, epoch {epoch}; older epochs stay "
-                f"readable (nothing is re-encrypted)")
+        return (f"tenant {tenant_name!r}: new data key, epoch {epoch}; its users and groups "
+                f"are re-sealed under it, older messages stay readable under their epochs "
+                f"(`herald keys reseal --messages` moves them too)")
+
+    return run_keyed(config, action)
+
+
+def reseal(config: Config, tenant_name: str, messages: bool) -> int:
+    """Re-seal a tenant's records under its current epoch, showing progress per table."""
+    def action(keyed: KeyedEngine) -> str:
+        _sealed(keyed)
+        assert keyed.manager is not None
+        tenant = keyed.engine.find_tenant(tenant_name)
+
+        def show(table: str, done: int, total: int) -> None:
+            print(f"  {table}: {done:,} / {total:,} records re-sealed", file=sys.stderr)
+
+        count = keyed.manager.reseal(tenant, messages=messages, progress=show)
+        what = "records" if messages else "users, groups and members"
+        return (f"tenant {tenant_name!r}: {count:,} {what} re-sealed under the current epoch; "
+                f"older epochs can now be shredded"
+                + ("" if messages else " (their messages die with them)"))
 
     return run_keyed(config, action)
 

@@ -68,6 +68,7 @@ from engine.records import (
     SessionEnd,
     SessionRecord,
 )
+from engine.reseal import ResealProgress
 from engine.sync import ConversationSync, SyncResult
 from engine.timeline import Page
 
@@ -115,6 +116,7 @@ __all__ = [
     "Page",
     "PruneSessions",
     "RemoveMember",
+    "ResealProgress",
     "Result",
     "RevokeSession",
     "RevokeUserSessions",

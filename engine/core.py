@@ -16,6 +16,7 @@ import msgspec
 from engine.crypto import AeadSealer, Keyring, sealed_epoch
 from engine.epochs import KeyEpoch, KeyEpochs
 from engine.errors import (
+    Conflict,
     CorruptData,
     HeraldError,
     Invalid,
@@ -68,6 +69,7 @@ from engine.records import (
     UserRecord,
     pack_cursor,
 )
+from engine.reseal import MAX_RESEAL_BATCH, RESEALED_TABLES, Resealer, ResealProgress
 from engine.sessions import Sessions
 from engine.sync import SyncResult, sync
 from engine.timeline import Page, Timeline
@@ -130,6 +132,9 @@ class ConversationSummary(msgspec.Struct, frozen=True):
 
 
 class Engine:
+    # The sealed tables a shred must not destroy: re-sealed before an epoch can be shredded.
+    resealed_tables = RESEALED_TABLES
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -165,6 +170,7 @@ class Engine:
         self._store = HotStore(path, map_size=map_size, format_version=sealer.store_format)
         self._aead = sealer if isinstance(sealer, AeadSealer) else None
         self._epochs = KeyEpochs(self._store)
+        self._resealer = None if self._aead is None else Resealer(self._store, self._aead)
         if self._aead is not None:
             try:
                 _check_name_key(self._store, self._aead.keyring)
@@ -333,7 +339,51 @@ class Engine:
 
     def _shred_key_epoch(self, txn: Any, op: ShredKeyEpoch, now_ms: int) -> KeyEpochShredded:
         self._check_sealed()
-        return self._epochs.shred(txn, op, now_ms)
+        assert self._resealer is not None
+        resealer = self._resealer
+
+        def nothing_but_messages() -> None:
+            # Only messages may die with an epoch: accounts and groups must be moved first.
+            held = resealer.first_held(txn, op.tenant, op.epoch)
+            if held is not None:
+                raise Conflict(
+                    f"key epoch {op.epoch} of tenant {op.tenant} still seals records of table "
+                    f"{held}, which a shred would destroy: re-seal them under the current "
+                    f"epoch first (herald keys reseal --tenant {op.tenant}; herald keys rotate "
+                    f"does it)"
+                )
+
+        return self._epochs.shred(txn, op, now_ms, nothing_but_messages)
+
+    def reseal_records(
+        self, tenant: int, table: str, after_key: bytes = b"",
+        max_records: int = MAX_RESEAL_BATCH,
+    ) -> ResealProgress:
+        """Re-seal one batch of `tenant`'s records in `table` (users, convs, members,
+        member_log, or messages) under its current epoch, in one write transaction; continue
+        with `after_key=progress.next_key` until it is empty. Records already under the
+        current epoch are skipped, so it is idempotent and resumable.
+
+        Raises `Invalid` (plain store, unknown table, bad batch size or key), `NotFound` (no
+        such tenant), `KeyUnavailable` (a DEK of the batch or the current one is missing;
+        nothing is written).
+        """
+        self._check_sealed()
+        assert self._resealer is not None and self._aead is not None
+        with self._store.write() as txn:
+            self._membership.tenant(txn, tenant)
+            progress = self._resealer.reseal(txn, tenant, table, after_key, max_records)
+            self._epochs.add_seals(txn, self._aead.take_pending())
+        return progress
+
+    def reseal_pending(self, tenant: int, table: str) -> tuple[int, int]:
+        """(records of `tenant` in `table` not yet under its current epoch, all of them):
+        the progress of a long re-seal."""
+        self._check_sealed()
+        assert self._resealer is not None
+        with self._store.read() as txn:
+            self._membership.tenant(txn, tenant)
+            return self._resealer.count_pending(txn, tenant, table)
 
     def _check_sealed(self) -> None:
         if self._aead is None:

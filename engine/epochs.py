@@ -9,6 +9,7 @@ no user content and must be readable before any DEK is installed: they are store
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -86,9 +87,12 @@ class KeyEpochs:
         self._put(txn, pack_ids(op.tenant, epoch), record)
         return KeyEpochAdded(op.tenant, epoch)
 
-    def shred(self, txn: Any, op: ShredKeyEpoch, now_ms: int) -> KeyEpochShredded:
+    def shred(
+        self, txn: Any, op: ShredKeyEpoch, now_ms: int, guard: Callable[[], None] | None = None
+    ) -> KeyEpochShredded:
         """Raises `NotFound` (no such epoch), `Conflict` (shredded already, or the tenant's
-        current epoch: add a new one first, so that the tenant can still write)."""
+        current epoch: add a new one first, so that the tenant can still write). `guard`
+        runs once the epoch is known to be retired, and may refuse the shred."""
         key = pack_ids(op.tenant, op.epoch) if 1 <= op.epoch <= MAX_EPOCH else b""
         found = txn.get(key, db=self._db) if key else None
         if found is None:
@@ -101,6 +105,8 @@ class KeyEpochs:
                 f"key epoch {op.epoch} is the current epoch of tenant {op.tenant}: add a new "
                 f"epoch (AddKeyEpoch) before shredding it"
             )
+        if guard is not None:
+            guard()
         shredded = msgspec.structs.replace(
             record, wrapped_dek=b"", state=EpochState.SHREDDED, shredded_ms=now_ms
         )

@@ -22,13 +22,21 @@ from dataclasses import dataclass
 from appliance.keys.dek import unwrap_dek, wrap_dek
 from appliance.keys.errors import EscrowRefused, EscrowUnavailable
 from appliance.keys.escrow import Escrow
-from engine import AddKeyEpoch, Engine, EpochState, Keyring, ShredKeyEpoch
+from engine import (
+    AddKeyEpoch,
+    Engine,
+    EpochState,
+    Keyring,
+    KeyUnavailable,
+    ShredKeyEpoch,
+)
 
 __all__ = ["KeyManager", "TenantKeyStatus", "escrow_key_id"]
 
 log = logging.getLogger("herald.keys")
 
 DEK_BYTES = 32
+_RESEAL_BATCH = 1_000  # records per write transaction: short enough not to stall writers
 
 
 def escrow_key_id(appliance_id: str, tenant: int, epoch: int) -> str:
@@ -159,7 +167,41 @@ class KeyManager:
         )
         installed = len(self._keyring.installed(tenant))
         self._note(TenantKeyStatus(tenant, "available", epoch, installed))
+        if len(epochs) > 0:
+            try:
+                self.reseal(tenant)
+            except KeyUnavailable as exc:
+                # The epoch is in place; only the move of old records waits for their keys.
+                log.warning("tenant=%s new epoch %s, but its records were not re-sealed (%s): "
+                            "run `herald keys reseal --tenant %s`", tenant, epoch, exc.message,
+                            tenant)
         return epoch
+
+    def reseal(
+        self, tenant: int, *, messages: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> int:
+        """Re-seal the tenant's users, groups, members and member log (and its messages with
+        `messages`) under its current epoch, in bounded batches, so that shredding an older
+        epoch destroys only messages. `progress(table, done, total)` after each batch.
+        Resumable: records already under the current epoch are skipped. Returns how many were
+        re-sealed; raises `KeyUnavailable` when an old epoch's DEK is not installed."""
+        tables = self._engine.resealed_tables + (("messages",) if messages else ())
+        resealed = 0
+        for table in tables:
+            pending, _ = self._engine.reseal_pending(tenant, table)
+            done, after = 0, b""
+            while pending:
+                batch = self._engine.reseal_records(tenant, table, after, _RESEAL_BATCH)
+                done += batch.resealed
+                after = batch.next_key
+                log.info("tenant=%s reseal %s: %s/%s", tenant, table, done, pending)
+                if progress is not None:
+                    progress(table, done, pending)
+                if not after:
+                    break
+            resealed += done
+        return resealed
 
     def shred(self, tenant: int, epoch: int) -> None:
         """Destroy the DEK of one epoch: its records can never be read again. The engine
