@@ -378,6 +378,11 @@ def test_shredding_an_epoch_drops_and_refuses_only_its_cached_messages(
                body=f"new body {i}") for i in range(4)
     ], NOW_MS)
     assert all(entries_of(box.cache, org.tenant, conv, range(1, 10)))
+    # A shred takes only messages: accounts and groups move to the current epoch first.
+    for table in box.engine.resealed_tables:
+        after = b""
+        while (after := box.engine.reseal_records(org.tenant, table, after).next_key):
+            pass
 
     box.engine.apply(ShredKeyEpoch(tenant=org.tenant, epoch=1), NOW_MS)
 
