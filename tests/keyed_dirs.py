@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance.demo_keys import SOFTHSM_MODULES
+
 HERALD = [sys.executable, "-m", "appliance.cli"]
 PASSPHRASE = "a master key passphrase for tests"
-_MODULES = ("/usr/lib/softhsm/libsofthsm2.so",
-            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-            "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")
 
 
 def herald(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -30,7 +29,7 @@ def herald(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 def keyed_data_dir(data: Path, *, cache_lifetime_s: float = 300.0, init: bool = True) -> Path:
     """Give `data` an escrow (a fresh SoftHSM2 token beside it) and, with `init`, run
     `herald init` on it. Skips loudly only when SoftHSM2 is not installed."""
-    module = next((m for m in _MODULES if os.path.exists(m)), None)
+    module = next((m for m in SOFTHSM_MODULES if os.path.exists(m)), None)
     if shutil.which("softhsm2-util") is None or module is None:
         pytest.skip("SOFTHSM2 IS NOT INSTALLED, so sealed stores are NOT TESTED end to end: "
                     "run `apt-get install softhsm2` (make test tries to) and rerun")
