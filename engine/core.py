@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from engine.crypto import AeadSealer, Keyring, sealed_epoch
+from engine.crypto import AeadSealer, Keyring
 from engine.epochs import KeyEpoch, KeyEpochs
 from engine.errors import (
     Conflict,
@@ -69,7 +69,13 @@ from engine.records import (
     UserRecord,
     pack_cursor,
 )
-from engine.reseal import MAX_RESEAL_BATCH, RESEALED_TABLES, Resealer, ResealProgress
+from engine.reseal import (
+    MAX_RESEAL_BATCH,
+    MESSAGES_TABLE,
+    RESEALED_TABLES,
+    Resealer,
+    ResealProgress,
+)
 from engine.sessions import Sessions
 from engine.sync import SyncResult, sync
 from engine.timeline import Page, Timeline
@@ -164,7 +170,7 @@ class Engine:
         if keyring is not None:
             if sealer is not None:
                 raise Invalid("give the engine a keyring or a sealer, not both")
-            sealer = AeadSealer(keyring)
+            sealer = AeadSealer(keyring, bulk_tables=(MESSAGES_TABLE.encode(),))
         sealer = sealer or PlainSealer()
         self.limits = limits or Limits()
         self._store = HotStore(path, map_size=map_size, format_version=sealer.store_format)
@@ -180,15 +186,14 @@ class Engine:
                 self._store.close()  # let go: the store may be opened again with the right key
                 raise
         self._cache: MessageCache | None = None
-        epoch_of = None
+        keyring = None if self._aead is None else self._aead.keyring
         if message_cache_bytes:
-            if self._aead is None:
+            if keyring is None:
                 self._cache = MessageCache(message_cache_bytes, None)
             else:
-                self._cache = MessageCache(message_cache_bytes, self._aead.keyring.aead)
-                self._aead.keyring.add_forget_listener(self._cache.drop)
-                epoch_of = sealed_epoch
-        self._timeline = Timeline(self._store, sealer, self.limits, self._cache, epoch_of)
+                self._cache = MessageCache(message_cache_bytes, keyring.bulk_aead)
+                keyring.add_forget_listener(self._cache.drop)
+        self._timeline = Timeline(self._store, sealer, self.limits, self._cache, keyring)
         blind_login = None if self._aead is None else self._aead.keyring.blind_login
         self._membership = Membership(
             self._store, sealer, self.limits, self._timeline, blind_login

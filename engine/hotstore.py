@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ class Databases:
 
 
 _DB_NAMES = tuple(Databases.__dataclass_fields__)
+_HEAD_SEQ = struct.Struct(">Q")  # the first field of a `heads` value (engine.records)
 
 
 class HotStore:
@@ -114,6 +116,13 @@ class HotStore:
                 f"the store at {self.path} has format version {version}: its records are plain. "
                 f"Open it without a keyring; sealing an existing store needs a migration that "
                 f"this release does not ship."
+            )
+        if version in (1, 2):
+            raise CorruptData(
+                f"the store at {self.path} has format version {version}, from a development "
+                f"build that stored one message per record; this Herald reads version "
+                f"{expected} (message blocks) and ships no migration from it: move the "
+                f"directory away and create a new store"
             )
         if version != expected:
             raise CorruptData(
@@ -188,12 +197,19 @@ class HotStore:
         return value
 
     def stat(self) -> dict[str, int]:
-        """Entries per named database, plus the file's size in bytes."""
+        """Entries per named database, plus the file's size in bytes. `messages` counts the
+        messages (the heads' seqs: seqs are gapless from 1), `message_blocks` the entries of
+        the messages table. Reads every head: for a banner or a test, not a hot path."""
         self._ensure_open()
         counts: dict[str, int] = {}
         with self._env.begin() as txn:
             for name in _DB_NAMES:
                 counts[name] = int(txn.stat(getattr(self.dbs, name))["entries"])
+            counts["message_blocks"] = counts["messages"]
+            counts["messages"] = sum(
+                _HEAD_SEQ.unpack_from(head)[0]
+                for head in txn.cursor(db=self.dbs.heads).iternext(keys=False)
+            )
         info = self._env.info()
         counts["map_used_bytes"] = int(info["last_pgno"] + 1) * int(self._env.stat()["psize"])
         return counts

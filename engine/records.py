@@ -38,14 +38,16 @@ __all__ = [
     "pack_head",
     "unpack_cursor",
     "unpack_head",
+    "unpack_head_block",
 ]
 
 # Bumped whenever the on-disk layout changes; `HotStore.open` refuses a store it cannot read.
-# A store's version is fixed when it is created: 1 holds plain records, 2 sealed ones (and the
-# `key_epochs` table). A release that reads only version 1 thus refuses a sealed store instead
-# of writing plain records into it.
-FORMAT_VERSION = 1
-SEALED_FORMAT_VERSION = 2
+# A store's version is fixed when it is created: one number for plain records, another for
+# sealed ones (and the `key_epochs` table), so a release that reads only plain stores refuses a
+# sealed one instead of writing plain records into it. 1 and 2 stored one message per record;
+# 3 and 4 store message blocks (engine/blocks.py).
+FORMAT_VERSION = 3
+SEALED_FORMAT_VERSION = 4
 
 
 class Role(enum.StrEnum):
@@ -181,17 +183,27 @@ class PlainSealer:
 
 
 # Heads and cursors are hot, tiny and hold no user content: fixed-width integers, not msgpack.
-_HEAD = struct.Struct(">QQ")  # head seq, server timestamp (ms) of that message
+# head seq, server timestamp (ms) of that message, first seq of the conversation's last block
+_HEAD = struct.Struct(">QQQ")
+_HEAD_SEQ_TS = struct.Struct(">QQ")
 _CURSOR = struct.Struct(">QQ")  # delivered seq, read seq
 
 
-def pack_head(seq: int, ts_ms: int) -> bytes:
-    return _HEAD.pack(seq, ts_ms)
+def pack_head(seq: int, ts_ms: int, block_first: int = 0) -> bytes:
+    """A conversation's head; `block_first` is 0 before its first message."""
+    return _HEAD.pack(seq, ts_ms, block_first)
 
 
 def unpack_head(value: bytes) -> tuple[int, int]:
-    seq, ts = _HEAD.unpack(value)
+    """(head seq, its timestamp)."""
+    seq, ts = _HEAD_SEQ_TS.unpack_from(value)
     return int(seq), int(ts)
+
+
+def unpack_head_block(value: bytes) -> tuple[int, int, int]:
+    """(head seq, its timestamp, first seq of the last message block)."""
+    seq, ts, block_first = _HEAD.unpack(value)
+    return int(seq), int(ts), int(block_first)
 
 
 def pack_cursor(delivered: int, read: int) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from engine.crypto import SEALED_MARK, AeadSealer
+from engine.crypto import BULK_SEALED_MARK, SEALED_MARK, AeadSealer
 from engine.errors import Invalid
 from engine.hotstore import HotStore
 from engine.keys import pack_id
@@ -30,6 +30,7 @@ MESSAGES_TABLE = "messages"
 MAX_RESEAL_BATCH = 10_000  # one write transaction: keeps a batch's time and dirty pages bounded
 
 _EPOCH = struct.Struct(">I")
+_SEALED_MARKS = (SEALED_MARK, BULK_SEALED_MARK)
 
 
 class ResealProgress(msgspec.Struct, frozen=True):
@@ -43,7 +44,7 @@ class ResealProgress(msgspec.Struct, frozen=True):
 
 def sealed_epoch(stored: bytes) -> int | None:
     """The key epoch in a sealed record's header; None for anything else."""
-    if len(stored) < 1 + _EPOCH.size or stored[0] != SEALED_MARK:
+    if len(stored) < 1 + _EPOCH.size or stored[0] not in _SEALED_MARKS:
         return None
     return int(_EPOCH.unpack_from(stored, 1)[0])
 

@@ -1,8 +1,9 @@
 """Conversation timelines: gapless appends (idempotent per sender and client_msg_id), pages.
 
-Read diffusion: a message is written once, under `tenant|conv|seq`, whatever the size of the
-conversation. Each append also rewrites the conversation's 16-byte head, one dedupe entry and
-the sender's cursor; nothing is written per recipient.
+Read diffusion: a message is written once, into the conversation's last message block (keyed
+`tenant|conv|first seq`, engine/blocks.py), whatever the size of the conversation. Each append
+also rewrites the conversation's head, one dedupe entry and the sender's cursor; nothing is
+written per recipient.
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ from typing import Any, cast
 
 import msgspec
 
+from engine.blocks import (
+    BLOCK_MAX_MESSAGES,
+    BLOCK_MAX_STORED_BYTES,
+    BLOCK_RECORD_OVERHEAD,
+    block_index,
+    extend_block,
+    pack_block,
+)
+from engine.crypto import Keyring, sealed_epoch
 from engine.errors import Conflict, Forbidden, Invalid, NotFound, NotMember
 from engine.hotstore import HotStore
 from engine.keys import pack_ids
@@ -29,6 +39,7 @@ from engine.records import (
     pack_head,
     unpack_cursor,
     unpack_head,
+    unpack_head_block,
 )
 
 __all__ = ["Page", "Timeline"]
@@ -42,8 +53,22 @@ _SEQ = struct.Struct(">Q")
 
 
 def _seq_of(key: bytes) -> int:
-    """The seq of a `messages` key (tenant|conv|seq)."""
+    """The first seq of a `messages` key (tenant|conv|first seq of the block)."""
     return int(_SEQ.unpack_from(key, 16)[0])
+
+
+def _seek_block(cur: Any, conv_key: bytes, seq: int) -> bool:
+    """Put `cur` on the block of conversation `conv_key` (tenant|conv) that holds `seq` if
+    stored: the one with the greatest first seq <= `seq`. False when there is none."""
+    target = conv_key + _SEQ.pack(seq)
+    if cur.set_range(target):
+        if cur.key() == target:
+            return True
+        if not cur.prev():
+            return False
+    elif not cur.last():
+        return False
+    return bool(cur.key()[:16] == conv_key)
 
 _MESSAGES = b"messages"  # table names, which a sealer binds each record to
 _MEMBERS = b"members"
@@ -69,18 +94,22 @@ class Page(msgspec.Struct, frozen=True):
 class Timeline:
     def __init__(
         self, store: HotStore, sealer: RecordSealer, limits: Limits,
-        cache: MessageCache | None = None, epoch_of: Callable[[bytes], int] | None = None,
+        cache: MessageCache | None = None, keyring: Keyring | None = None,
     ) -> None:
-        """With `cache`, reads serve opened messages from it and fill it; `epoch_of` names
-        the key epoch of a stored (opened) record, which each entry keeps (None: a plain
-        store, whose entries have PLAIN_EPOCH). The engine collects
-        the messages a batch appends in `appended` and fills the cache once they commit."""
+        """With `cache`, reads serve opened messages from it and fill it; `keyring` (a sealed
+        store's) names the epoch new blocks are sealed under, and each cache entry keeps the
+        epoch of its block (PLAIN_EPOCH in a plain store). The engine collects the messages a
+        batch appends in `appended` and fills the cache once they commit."""
         self._store = store
         self._dbs = store.dbs
         self._sealer = sealer
         self._limits = limits
         self._cache = cache
-        self._epoch_of = epoch_of
+        self._epoch_of: Callable[[bytes], int] | None = None
+        self._write_epoch: Callable[[bytes], int] | None = None
+        if keyring is not None:
+            self._epoch_of = sealed_epoch
+            self._write_epoch = keyring.write_epoch
         # (conv key, seq, opened message) of each message written in the current write
         # transaction, when the engine hands a list over (it does with a cache); else None.
         self.appended: list[tuple[bytes, int, CachedMessage]] | None = None
@@ -127,7 +156,8 @@ class Timeline:
             if txn.get(_pack_ids3(op.tenant, op.conv, mentioned), db=members_db) is None:
                 raise Invalid(f"user {mentioned} is mentioned but is not a member of this "
                               f"conversation")
-        head_seq, head_ts = self.head(txn, op.tenant, op.conv)
+        head = self._head(txn, op.tenant, op.conv)
+        head_seq = head[0]
         if recaller_role is not None:
             self._check_recall(txn, op, recaller_role, head_seq)
         elif op.ref:
@@ -135,7 +165,7 @@ class Timeline:
 
         # The message's seal is this op's first write, and nothing after it can refuse: a
         # missing or expired key leaves no trace without a nested transaction (engine.core).
-        seq, ts = self._write(txn, op, head_seq, head_ts, now_ms)
+        seq, ts = self._write(txn, op, head, now_ms)
         txn.put(dedupe_key, _DEDUPE.pack(op.conv, seq, ts), db=self._dbs.dedupe)
         # The sender has read its own message: its unread count must not grow by it.
         txn.put(
@@ -149,29 +179,47 @@ class Timeline:
         now_ms: int,
     ) -> int:
         """Record a membership event in the timeline, so that every member's sync sees it."""
-        head_seq, head_ts = self.head(txn, tenant, conv)
+        head = self._head(txn, tenant, conv)
         op = Append(
             tenant=tenant, conv=conv, sender=actor, client_msg_id="", body=event,
             kind=MessageKind.SYSTEM, mentions=users,
         )
-        seq, _ = self._write(txn, op, head_seq, head_ts, now_ms)
+        seq, _ = self._write(txn, op, head, now_ms)
         return seq
 
     def _write(
-        self, txn: Any, op: Append, head_seq: int, head_ts: int, now_ms: int
+        self, txn: Any, op: Append, head: tuple[int, int, int], now_ms: int
     ) -> tuple[int, int]:
+        """Append the message after `head` (seq, ts, first seq of the last block): into the
+        last block while it has room and is sealed under the current epoch, else as a new
+        block. The seal comes before the first write, so a missing key leaves no trace."""
+        head_seq, head_ts, block_first = head
         seq = head_seq + 1
         ts = max(now_ms, head_ts)  # timestamps never go backwards within a conversation
         message = Message(
             seq=seq, sender=op.sender, ts=ts, client_msg_id=op.client_msg_id, kind=op.kind,
             body=op.body, mentions=op.mentions, ref=op.ref,
         )
-        key = _pack_ids3(op.tenant, op.conv, seq)
         record = self._encode(message)
-        sealed = self._sealer.seal(_MESSAGES, key, record)
-        txn.put(key, sealed, db=self._dbs.messages)
-        conv_key = _pack_ids2(op.tenant, op.conv)
-        txn.put(conv_key, pack_head(seq, ts), db=self._dbs.heads)
+        messages_db = self._dbs.messages
+        block = None
+        if head_seq and seq - block_first < BLOCK_MAX_MESSAGES:
+            key = _pack_ids3(op.tenant, op.conv, block_first)
+            tail = txn.get(key, db=messages_db)
+            if (
+                tail is not None
+                and len(tail) + len(record) + BLOCK_RECORD_OVERHEAD <= BLOCK_MAX_STORED_BYTES
+                and self._extends(tail, key)
+            ):
+                block = extend_block(self._sealer.open(_MESSAGES, key, tail), record)
+        if block is None:
+            block_first = seq
+            key = _pack_ids3(op.tenant, op.conv, seq)
+            block = pack_block((record,))
+        sealed = self._sealer.seal(_MESSAGES, key, block)
+        txn.put(key, sealed, db=messages_db)
+        conv_key = key[:16]
+        txn.put(conv_key, pack_head(seq, ts, block_first), db=self._dbs.heads)
         appended = self.appended
         if appended is not None:
             # Decoded back, not `message` itself: a read must give the very values an
@@ -180,6 +228,16 @@ class Timeline:
             opened = (self._decode_message(record), len(record), epoch)
             appended.append((conv_key, seq, opened))
         return seq, ts
+
+    def _extends(self, tail: bytes, key: bytes) -> bool:
+        """Whether a new message may join the stored block `tail`: in a sealed store only
+        while the tail is under the tenant's current epoch, so that a block never mixes
+        epochs and shredding one destroys exactly the messages written under it."""
+        write_epoch = self._write_epoch
+        if write_epoch is None:
+            return True
+        assert self._epoch_of is not None
+        return self._epoch_of(tail) == write_epoch(key[:8])
 
     def _check_recall(self, txn: Any, op: Append, role: Role, head_seq: int) -> None:
         if not 1 <= op.ref <= head_seq:
@@ -257,6 +315,13 @@ class Timeline:
             raise NotFound(f"conversation {conv} does not exist")
         return unpack_head(found)
 
+    def _head(self, txn: Any, tenant: int, conv: int) -> tuple[int, int, int]:
+        """`head` and the first seq of the conversation's last block."""
+        found = txn.get(_pack_ids2(tenant, conv), db=self._dbs.heads)
+        if found is None:
+            raise NotFound(f"conversation {conv} does not exist")
+        return unpack_head_block(found)
+
     def cursor(self, txn: Any, tenant: int, user: int, conv: int) -> tuple[int, int]:
         found = txn.get(_pack_ids3(tenant, user, conv), db=self._dbs.user_convs)
         if found is None:
@@ -264,11 +329,17 @@ class Timeline:
         return unpack_cursor(found)
 
     def _get_message(self, txn: Any, tenant: int, conv: int, seq: int) -> Message:
-        key = _pack_ids3(tenant, conv, seq)
-        found = txn.get(key, db=self._dbs.messages)
-        if found is None:
-            raise NotFound(f"message {seq} of conversation {conv} is not stored")
-        return self._decode_message(self._sealer.open(_MESSAGES, key, found))
+        with txn.cursor(db=self._dbs.messages) as cur:
+            if _seek_block(cur, _pack_ids2(tenant, conv), seq):
+                key, stored = cur.item()
+                plaintext = self._sealer.open(_MESSAGES, key, stored)
+                ends, start = block_index(plaintext)
+                i = seq - _seq_of(key)
+                if i < len(ends):
+                    return self._decode_message(
+                        plaintext[start + (ends[i - 1] if i else 0):start + ends[i]]
+                    )
+        raise NotFound(f"message {seq} of conversation {conv} is not stored")
 
     def scan(
         self, txn: Any, tenant: int, conv: int, first: int, last: int,
@@ -351,62 +422,60 @@ class Timeline:
         strict: bool, newest_first: bool, hits: dict[int, CachedMessage],
         opened: list[tuple[int, CachedMessage]] | None,
     ) -> tuple[list[Message], int]:
-        """The scan over the LMDB cursor: a record in `hits` is served from there (its epoch
-        checked), any other is opened and decoded, and added to `opened` when given."""
+        """The scan over the blocks holding first..last: each block is opened (one AEAD call,
+        which checks its key), and each message of the range in it is served from `hits` or
+        decoded, and then added to `opened` when given. Messages are weighed against `limit`
+        one by one, in scan order."""
         used = 0
-        start = _pack_ids3(tenant, conv, first)
-        stop = _pack_ids3(tenant, conv, last)
-        conv_key = start[:16]
-        header, epoch = b"", PLAIN_EPOCH  # the last parsed record header, and its epoch
+        conv_key = _pack_ids2(tenant, conv)
         sealer_open = self._sealer.open
         decode = self._decode_message
         epoch_of = self._epoch_of
-        usable: set[int] = set()
+        epoch = PLAIN_EPOCH
         out: list[Message] = []
         with txn.cursor(db=self._dbs.messages) as cur:
-            if newest_first:
-                if not cur.set_range(stop):
-                    if not cur.last():
-                        return out, used
-                elif cur.key() > stop and not cur.prev():
-                    return out, used
-                pairs = cur.iterprev()
-            elif cur.set_range(start):
-                pairs = iter(cur)
-            else:
+            if not _seek_block(cur, conv_key, last if newest_first else first):
                 return out, used
-            for key, value in pairs:
-                if key < start if newest_first else key > stop:
+            blocks = cur.iterprev() if newest_first else iter(cur)
+            for key, stored in blocks:
+                block_first = _seq_of(key)
+                if key[:16] != conv_key or block_first > last:
                     break
-                entry = hits.get(_seq_of(key)) if hits else None
-                if entry is None:
-                    record = sealer_open(_MESSAGES, key, value)
-                    size = len(record)
-                    if used + size > limit and (out or strict):
-                        break
-                    message = decode(record)
-                    if opened is not None:
-                        if epoch_of is not None and value[:5] != header:
-                            # The records of a run nearly always share their header's
-                            # marker and epoch: parse it only when it changes.
-                            header, epoch = value[:5], epoch_of(value)
-                        opened.append((message.seq, (message, size, epoch)))
-                else:
-                    message, size, epoch = entry
-                    if epoch not in usable:
-                        self._check_key(conv_key[:8], epoch)
-                        usable.add(epoch)
-                    if used + size > limit and (out or strict):
-                        break
-                used += size
-                out.append(message)
+                plaintext = sealer_open(_MESSAGES, key, stored)
+                ends, start = block_index(plaintext)
+                lo = max(first, block_first)
+                hi = min(last, block_first + len(ends) - 1)
+                seqs = range(hi, lo - 1, -1) if newest_first else range(lo, hi + 1)
+                if opened is not None and epoch_of is not None:
+                    epoch = epoch_of(stored)
+                for seq in seqs:
+                    entry = hits.get(seq) if hits else None
+                    if entry is None:
+                        i = seq - block_first
+                        begin = start + (ends[i - 1] if i else 0)
+                        size = start + ends[i] - begin
+                        if used + size > limit and (out or strict):
+                            return self._scanned(out, used, newest_first)
+                        message = decode(plaintext[begin:start + ends[i]])
+                        if opened is not None:
+                            opened.append((seq, (message, size, epoch)))
+                    else:
+                        message, size, _ = entry
+                        if used + size > limit and (out or strict):
+                            return self._scanned(out, used, newest_first)
+                    used += size
+                    out.append(message)
+                if newest_first and block_first <= first:
+                    break
+        return self._scanned(out, used, newest_first)
+
+    @staticmethod
+    def _scanned(
+        out: list[Message], used: int, newest_first: bool
+    ) -> tuple[list[Message], int]:
         if newest_first:
             out.reverse()
         return out, used
-
-    def _check_key(self, tenant: bytes, epoch: int) -> None:
-        if self._cache is not None:
-            self._cache.check(tenant, epoch)
 
     def page_after(
         self, txn: Any, tenant: int, conv: int, after: int, limit: int,

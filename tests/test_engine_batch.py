@@ -246,20 +246,20 @@ def test_reopening_the_store_keeps_everything(engine: Engine, org: Org, direct: 
 def test_a_new_store_records_the_current_format_version(engine: Engine) -> None:
     engine.close()
 
-    assert stored_format_version(engine.path) == FORMAT_VERSION == 1
+    assert stored_format_version(engine.path) == FORMAT_VERSION == 3
 
 
 def test_a_store_of_another_format_version_is_refused_as_corrupt(
     engine: Engine, org: Org
 ) -> None:
     engine.close()
-    set_format_version(engine.path, FORMAT_VERSION + 1)
+    set_format_version(engine.path, FORMAT_VERSION + 2)
 
     with pytest.raises(CorruptData) as refusal:
         Engine(engine.path, map_size=2**24)
 
     assert refusal.value.code == "corrupt_data"
-    assert "format version 2" in refusal.value.message
+    assert "format version 5" in refusal.value.message
     # The refused open let go of the store: it can be migrated and opened in this process.
     set_format_version(engine.path, FORMAT_VERSION)
     reopened = Engine(engine.path, map_size=2**24)
@@ -267,6 +267,20 @@ def test_a_store_of_another_format_version_is_refused_as_corrupt(
         assert reopened.find_user(org.tenant, "alice") == org.alice
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_store_of_one_message_per_record_is_refused_with_what_to_do(
+    engine: Engine, version: int
+) -> None:
+    engine.close()
+    set_format_version(engine.path, version)
+
+    with pytest.raises(CorruptData) as refusal:
+        Engine(engine.path, map_size=2**24)
+
+    assert f"format version {version}" in refusal.value.message
+    assert "move the directory away" in refusal.value.message
 
 
 def test_a_directory_holding_no_lmdb_store_is_invalid(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from engine import (
     NotFound,
     ShredKeyEpoch,
 )
+from engine.blocks import pack_block
 from engine.crypto import MAX_SEALS_PER_EPOCH
 from engine.keys import pack_ids
 from engine.records import EpochRecord
@@ -261,9 +262,13 @@ def moved(two: TwoTenants, table: bytes, source: bytes, target: bytes) -> Engine
     return two.box.reopen()
 
 
+# Each conversation of `two` holds its six messages (the group's creation, then five) in one
+# message block, keyed by its first seq (engine/blocks.py).
+
+
 def test_a_message_copied_to_another_conversation_fails_to_open(two: TwoTenants) -> None:
     t = two.acme.tenant
-    source, target = pack_ids(t, two.acme_conv, 3), pack_ids(t, two.acme_other_conv, 3)
+    source, target = pack_ids(t, two.acme_conv, 1), pack_ids(t, two.acme_other_conv, 1)
     eng = moved(two, b"messages", source, target)
 
     with pytest.raises(CorruptData) as refusal:
@@ -275,16 +280,16 @@ def test_a_message_copied_to_another_conversation_fails_to_open(two: TwoTenants)
 
 def test_a_message_copied_to_another_seq_fails_to_open(two: TwoTenants) -> None:
     t, c = two.acme.tenant, two.acme_conv
-    eng = moved(two, b"messages", pack_ids(t, c, 2), pack_ids(t, c, 4))
+    eng = moved(two, b"messages", pack_ids(t, c, 1), pack_ids(t, c, 4))
 
     with pytest.raises(CorruptData):
         eng.page_after(t, two.acme.alice, c, 0, 10)
-    assert eng.messages(t, c, 2, 2)[0].body == "body 0"
+    assert eng.messages(t, c, 2, 2)[0].body == "body 0"  # the block of seq 1 is intact
 
 
 def test_a_message_copied_to_another_tenant_fails_to_open(two: TwoTenants) -> None:
     a, g = two.acme.tenant, two.globex.tenant
-    eng = moved(two, b"messages", pack_ids(a, two.acme_conv, 2), pack_ids(g, two.globex_conv, 2))
+    eng = moved(two, b"messages", pack_ids(a, two.acme_conv, 1), pack_ids(g, two.globex_conv, 1))
 
     with pytest.raises(CorruptData):
         eng.messages(g, two.globex_conv, 2, 2)
@@ -316,7 +321,7 @@ def test_a_user_record_copied_onto_another_user_fails_to_open(two: TwoTenants) -
 @pytest.mark.parametrize("where", ["nonce", "ciphertext", "tag"])
 def test_a_flipped_bit_fails_to_open(two: TwoTenants, where: str) -> None:
     t, c = two.acme.tenant, two.acme_conv
-    key = pack_ids(t, c, 3)
+    key = pack_ids(t, c, 1)  # the block holding seq 3
     stored = bytearray(raw_get(two.box.path, b"messages", key))
     position = {"nonce": 5, "ciphertext": 17, "tag": len(stored) - 1}[where]
     stored[position] ^= 0x10
@@ -340,13 +345,18 @@ def test_a_plain_record_in_a_sealed_store_is_refused(two: TwoTenants) -> None:
 
 
 def test_the_stored_layout_is_marker_epoch_nonce_ciphertext(two: TwoTenants) -> None:
-    stored = raw_get(two.box.path, b"messages", pack_ids(two.acme.tenant, two.acme_conv, 2))
-    plaintext_bytes = len(msgspec.msgpack.encode(two.box.reopen().messages(
-        two.acme.tenant, two.acme_conv, 2, 2)[0]))
+    t, c = two.acme.tenant, two.acme_conv
+    block = raw_get(two.box.path, b"messages", pack_ids(t, c, 1))
+    user = raw_get(two.box.path, b"users", pack_ids(t, two.acme.alice))
+    eng = two.box.reopen()
+    records = [msgspec.msgpack.encode(m) for m in eng.messages(t, c, 1, 6)]
+    user_bytes = len(msgspec.msgpack.encode(eng.user(t, two.acme.alice)))
 
-    assert stored[0] == 0x01
-    assert struct.unpack(">I", stored[1:5]) == (1,)
-    assert len(stored) == 1 + 4 + 12 + plaintext_bytes + 16
+    # Message blocks: AES-256-GCM under the bulk subkey; everything else AES-256-GCM-SIV.
+    assert (block[0], user[0]) == (0x02, 0x01)
+    assert struct.unpack(">I", block[1:5]) == struct.unpack(">I", user[1:5]) == (1,)
+    assert len(block) == 1 + 4 + 12 + len(pack_block(records)) + 16
+    assert len(user) == 1 + 4 + 12 + user_bytes + 16
 
 
 # -- a store is sealed or plain for life ------------------------------------------------------
@@ -396,8 +406,9 @@ def test_after_rotation_both_epochs_read_and_shredding_the_old_one_loses_only_it
     epochs = eng.key_epochs(org.tenant)
     assert [(e.epoch, e.state) for e in epochs] == [(1, EpochState.RETIRED), (2, EpochState.ACTIVE)]
     eng.close()
-    for seq, epoch in ((old_head, 1), (old_head + 1, 2)):
-        stored = raw_get(sealed.path, b"messages", pack_ids(org.tenant, conv, seq))
+    # A block never mixes epochs: the first message after the rotation starts a new one.
+    for first_seq, epoch in ((1, 1), (old_head + 1, 2)):
+        stored = raw_get(sealed.path, b"messages", pack_ids(org.tenant, conv, first_seq))
         assert struct.unpack(">I", stored[1:5]) == (epoch,)
     eng = sealed.reopen()
 
