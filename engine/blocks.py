@@ -11,9 +11,13 @@ sealing its messages one by one cost `count`: a 50-message page opens 3 or 4 blo
 
 The last block of a conversation (its tail) grows by a rewrite on each append until it holds
 `BLOCK_MAX_MESSAGES` messages or its stored value would pass `BLOCK_MAX_STORED_BYTES`; the next
-append starts a new block. The byte bound keeps a block inside its LMDB leaf page (larger values
-go to overflow pages, which a rewrite would copy and free on every append). A message larger
-than the bound is a block of its own.
+append starts a new block. A message larger than the bound is a block of its own.
+
+The byte bound is one LMDB overflow page: a value up to about 2,000 bytes sits in its leaf page,
+a larger one in overflow pages of its own, which a rewrite copies (the leaf page is copied on
+every append anyway). Bigger blocks mean fewer AEAD calls per page but more bytes decrypted
+that the page does not need and more bytes rewritten per append; docs/storage.md "Message
+blocks" has the measurements behind 4,080.
 """
 
 from __future__ import annotations
@@ -34,9 +38,8 @@ __all__ = [
 ]
 
 BLOCK_MAX_MESSAGES = 64
-# LMDB keeps a value inline in its leaf page up to about 2,000 bytes on 4 KiB pages (a node is at
-# most half a page); this leaves room for the node header and the 24-byte key.
-BLOCK_MAX_STORED_BYTES = 1984
+# One 4 KiB LMDB overflow page holds a value of up to 4,096 - 16 (its header) bytes.
+BLOCK_MAX_STORED_BYTES = 4080
 
 _COUNT = struct.Struct(">H")
 _END = struct.Struct(">I")

@@ -194,6 +194,8 @@ class Engine:
                 self._cache = MessageCache(message_cache_bytes, keyring.bulk_aead)
                 keyring.add_forget_listener(self._cache.drop)
         self._timeline = Timeline(self._store, sealer, self.limits, self._cache, keyring)
+        if keyring is not None:
+            keyring.add_forget_listener(self._timeline.drop_tails)
         blind_login = None if self._aead is None else self._aead.keyring.blind_login
         self._membership = Membership(
             self._store, sealer, self.limits, self._timeline, blind_login
@@ -238,14 +240,19 @@ class Engine:
         return self._cache
 
     def drop_unreadable_messages(self) -> int:
-        """Free the cached plaintexts whose DEK has expired; returns how many. A read finds
-        an expired DEK by itself (and refuses, and frees that epoch's entries); this lets
-        the appliance free them at once, e.g. on the timer that renews its keys."""
+        """Free the cached plaintexts whose DEK has expired (opened messages, and the last
+        blocks appends extend); returns how many messages. A read finds an expired DEK by
+        itself (and refuses, and frees that epoch's entries); this lets the appliance free
+        them at once, e.g. on the timer that renews its keys."""
+        self._timeline.drop_unusable_tails()
         return 0 if self._cache is None else self._cache.drop_unusable()
 
     def close(self) -> None:
         """Close the store and empty the message cache; later calls raise `EngineClosed`."""
         self._store.close()
+        if self._aead is not None:
+            self._aead.keyring.remove_forget_listener(self._timeline.drop_tails)
+        self._timeline.drop_tails()
         if self._cache is not None:
             if self._aead is not None:
                 self._aead.keyring.remove_forget_listener(self._cache.drop)

@@ -23,7 +23,7 @@ from engine.blocks import (
     pack_block,
 )
 from engine.crypto import Keyring, sealed_epoch
-from engine.errors import Conflict, Forbidden, Invalid, NotFound, NotMember
+from engine.errors import Conflict, Forbidden, Invalid, KeyUnavailable, NotFound, NotMember
 from engine.hotstore import HotStore
 from engine.keys import pack_ids
 from engine.limits import Limits
@@ -77,6 +77,9 @@ _USER_KINDS = frozenset({MessageKind.TEXT, MessageKind.BOT, MessageKind.RECALL})
 # cursor when it has every one (more than the largest page, sync's per-conversation share and
 # a fanout's run; a longer scan, rare, opens what the cache lacks without that shortcut).
 _MAX_CACHED_RUN = 1024
+# Last blocks kept opened for appends (at most about 2 KiB of plaintext each, plus the stored
+# value): the conversations being written to.
+_MAX_TAILS = 4096
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -107,9 +110,16 @@ class Timeline:
         self._cache = cache
         self._epoch_of: Callable[[bytes], int] | None = None
         self._write_epoch: Callable[[bytes], int] | None = None
+        # conv key -> (stored last block, its plaintext), sealed stores only: an append then
+        # extends the block it wrote last without decrypting it again. An entry is used only
+        # while the store still holds exactly that value (a rolled-back batch leaves a stale
+        # entry, which then misses); `drop_tails` empties it when the keyring forgets a DEK.
+        self._tails: dict[bytes, tuple[bytes, bytes]] | None = None
+        self._keyring = keyring
         if keyring is not None:
             self._epoch_of = sealed_epoch
             self._write_epoch = keyring.write_epoch
+            self._tails = {}
         # (conv key, seq, opened message) of each message written in the current write
         # transaction, when the engine hands a list over (it does with a cache); else None.
         self.appended: list[tuple[bytes, int, CachedMessage]] | None = None
@@ -211,7 +221,7 @@ class Timeline:
                 and len(tail) + len(record) + BLOCK_RECORD_OVERHEAD <= BLOCK_MAX_STORED_BYTES
                 and self._extends(tail, key)
             ):
-                block = extend_block(self._sealer.open(_MESSAGES, key, tail), record)
+                block = extend_block(self._open_tail(key, tail), record)
         if block is None:
             block_first = seq
             key = _pack_ids3(op.tenant, op.conv, seq)
@@ -219,6 +229,11 @@ class Timeline:
         sealed = self._sealer.seal(_MESSAGES, key, block)
         txn.put(key, sealed, db=messages_db)
         conv_key = key[:16]
+        tails = self._tails
+        if tails is not None:
+            if len(tails) >= _MAX_TAILS and conv_key not in tails:
+                tails.clear()  # simpler than an LRU, and rare: a refill costs one open each
+            tails[conv_key] = (sealed, block)
         txn.put(conv_key, pack_head(seq, ts, block_first), db=self._dbs.heads)
         appended = self.appended
         if appended is not None:
@@ -228,6 +243,31 @@ class Timeline:
             opened = (self._decode_message(record), len(record), epoch)
             appended.append((conv_key, seq, opened))
         return seq, ts
+
+    def _open_tail(self, key: bytes, tail: bytes) -> bytes:
+        """The plaintext of the stored last block `tail` under `key`."""
+        if self._tails is not None:
+            cached = self._tails.get(key[:16])
+            if cached is not None and cached[0] == tail:
+                return cached[1]
+        return self._sealer.open(_MESSAGES, key, tail)
+
+    def drop_tails(self, tenant: bytes | None = None, epoch: int | None = None) -> None:
+        """Forget the plaintexts of last blocks (a keyring forget listener: its arguments
+        are not needed, everything goes)."""
+        if self._tails is not None:
+            self._tails = {}
+
+    def drop_unusable_tails(self) -> None:
+        """Forget the plaintexts of last blocks whose DEK has expired (nothing announces it)."""
+        tails, keyring = self._tails, self._keyring
+        if tails is None or keyring is None:
+            return
+        for conv_key, (stored, _) in list(tails.items()):  # copied in one step
+            try:
+                keyring.dek(conv_key[:8], sealed_epoch(stored))
+            except KeyUnavailable:
+                tails.pop(conv_key, None)
 
     def _extends(self, tail: bytes, key: bytes) -> bool:
         """Whether a new message may join the stored block `tail`: in a sealed store only

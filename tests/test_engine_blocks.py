@@ -86,13 +86,13 @@ def random_bodies(rng: random.Random, count: int) -> list[str]:
     bodies = []
     for _ in range(count):
         shape = rng.random()
-        if shape < 0.05:
-            size = rng.randint(BLOCK_MAX_STORED_BYTES, 3 * BLOCK_MAX_STORED_BYTES)
+        if shape < 0.05:  # ASCII below: a character is a byte, within max_body_bytes
+            size = rng.randint(BLOCK_MAX_STORED_BYTES, BLOCK_MAX_STORED_BYTES + 4000)
         elif shape < 0.25:
             size = rng.randint(200, 900)
         else:
             size = rng.randint(1, 120)
-        alphabet = "消息abc xyz" if rng.random() < 0.3 else "abcdefghij "
+        alphabet = "消息abc xyz" if rng.random() < 0.3 and shape >= 0.05 else "abcdefghij "
         bodies.append("".join(rng.choice(alphabet) for _ in range(size)))
     return bodies
 
@@ -233,3 +233,33 @@ def test_pack_extend_and_index_agree() -> None:
     for damaged in (b"", b"\x00", b"\x00\x02\x00\x00\x00\x01x", block + b"extra"):
         with pytest.raises(CorruptData):
             block_index(damaged)
+
+
+def test_a_batch_that_never_committed_leaves_no_trace_in_the_next_append(tmp_path: Path) -> None:
+    # Appends extend the last block from the plaintext they wrote last (sealed stores keep it):
+    # a batch refused at commit must not lend its messages to the next append.
+    keyring = Keyring()
+    keyring.install(1, 1, os.urandom(32))
+    eng = Engine(tmp_path / "tiny", map_size=2**20, keyring=keyring)
+    try:
+        tenant = eng.apply(CreateTenant(name="acme"), NOW_MS).tenant
+        eng.apply(AddKeyEpoch(tenant=tenant, wrapped_dek=b"w", key_id="ek"), NOW_MS)
+        alice = eng.apply(CreateUser(tenant=tenant, login="alice", display_name="A",
+                                     password_hash=HASH), NOW_MS).user
+        small, big = (eng.apply(CreateGroup(tenant=tenant, creator=alice, title=t), NOW_MS).conv
+                      for t in ("small", "big"))
+        org = Org(tenant, alice, alice, alice, alice)
+        send(eng, org, small, ["a", "b", "c"], batch=3, tag="ok")
+        doomed = [Append(tenant=tenant, conv=small, sender=alice, client_msg_id="lost",
+                         body="lost")]
+        doomed += [Append(tenant=tenant, conv=big, sender=alice, client_msg_id=f"big{i}",
+                          body="x" * 16_000) for i in range(100)]
+
+        with pytest.raises(HeraldError) as refusal:
+            eng.apply_batch(doomed, NOW_MS)
+        assert refusal.value.code == "capacity_exceeded"
+
+        send(eng, org, small, ["kept"], batch=1, tag="after")
+        assert [m.body for m in eng.messages(tenant, small, 2, 10)] == ["a", "b", "c", "kept"]
+    finally:
+        eng.close()

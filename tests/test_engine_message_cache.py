@@ -230,19 +230,20 @@ def test_appends_fill_the_cache_and_a_cached_page_looks_its_key_up_once(
     box: Box, password_hash: str
 ) -> None:
     org = box.org("acme", password_hash)
-    conv = chat(box.engine, org, 60)
-    assert all(entries_of(box.cache, org.tenant, conv, range(1, 62)))
+    conv = chat(box.engine, org, 300)
+    assert all(entries_of(box.cache, org.tenant, conv, range(1, 302)))
 
     cached_page = box.engine.page_before(org.tenant, org.bob, conv, None, 50)
     assert box.lookups(lambda: box.engine.page_before(org.tenant, org.bob, conv, None, 50)) == 1
 
     box.reopen(message_cache_bytes=0)
-    # Uncached, the page opens each message block it spans: one key lookup per block.
-    blocks = box.engine.stats()["message_blocks"]
-    assert 1 < blocks < 50
-    assert box.lookups(lambda: box.engine.page_before(org.tenant, org.bob, conv, None, 50)) > 1
+    # Uncached, the page opens each message block it spans: one key lookup per block. These
+    # short messages fill blocks of BLOCK_MAX_MESSAGES (1-64, ..., 193-256, 257-301): the
+    # latest 50 (252-301) span two.
+    assert box.engine.stats()["message_blocks"] == 5
+    assert box.lookups(lambda: box.engine.page_before(org.tenant, org.bob, conv, None, 50)) == 2
     assert box.engine.page_before(org.tenant, org.bob, conv, None, 50) == cached_page
-    assert [m.body for m in cached_page.messages] == [f"m body {i}" for i in range(10, 60)]
+    assert [m.body for m in cached_page.messages] == [f"m body {i}" for i in range(250, 300)]
 
 
 def test_reads_fill_a_cold_cache_and_the_next_read_is_served_from_it(
