@@ -124,7 +124,8 @@ class KeysConfig:
     pkcs11_token: str = ""  # the token's label
     pkcs11_pin_file: str = ""  # a file holding the user PIN (first line), mode 0600
     pkcs11_key_label: str = "herald-master-key"  # and LABEL-name for the name key
-    softhsm2_conf: str = ""  # with SoftHSM2: its configuration file (sets SOFTHSM2_CONF)
+    # With SoftHSM2: its configuration file (sets SOFTHSM2_CONF); default escrow.softhsm2_conf
+    softhsm2_conf: str = ""
 
     def __post_init__(self) -> None:
         if self.master_key not in MASTER_KEY_PLACES:

@@ -16,7 +16,6 @@ from pathlib import Path
 from appliance.config import Config
 from appliance.keys.errors import DamagedKeyFile, HsmSettingsError, KeyManagementError
 from appliance.keys.master import FileMasterKey, MasterKey, create_master_key, load_master_key
-from appliance.keys.pkcs11_master import NAME_KEY_SUFFIX, Pkcs11MasterKey
 
 __all__ = [
     "HSM_MARKER_FORMAT", "check_hsm_settings", "create_master", "master_key_place", "open_master",
@@ -49,6 +48,8 @@ def open_master(config: Config, passphrase: Callable[[], str]) -> MasterKey:
     if place is None:
         raise KeyManagementError(f"{config.data_dir} has no master key: run 'herald init'")
     marker = _read_marker(config.hsm_master_key_path)
+    from appliance.keys.pkcs11_master import Pkcs11MasterKey  # python-pkcs11 only when used
+
     keys = config.keys
     if (marker["token"], marker["key_label"]) != (keys.pkcs11_token, keys.pkcs11_key_label):
         raise HsmSettingsError(
@@ -70,6 +71,8 @@ def create_master(config: Config, place: str, passphrase: str | None) -> tuple[M
         key = create_master_key(config.master_key_path, passphrase)
         return FileMasterKey(key, config.master_key_path), (
             f"  {config.master_key_path}  (the master key, sealed by your passphrase)\n")
+    from appliance.keys.pkcs11_master import NAME_KEY_SUFFIX, Pkcs11MasterKey
+
     keys = config.keys
     master = Pkcs11MasterKey.create(keys.pkcs11_module, keys.pkcs11_token, _hsm_pin(config),
                                     keys.pkcs11_key_label)
@@ -120,9 +123,12 @@ def check_hsm_settings(config: Config) -> None:
 
 def _hsm_pin(config: Config) -> str:
     check_hsm_settings(config)
-    if config.keys.softhsm2_conf:
-        # SoftHSM2 reads it once, when the module loads in this process.
-        os.environ["SOFTHSM2_CONF"] = config.keys.softhsm2_conf
+    # SoftHSM2 reads its configuration once, when the module loads in this process, which may
+    # be before the escrow's token is opened: so the escrow's setting serves both.
+    softhsm2_conf = config.keys.softhsm2_conf or (
+        config.escrow.softhsm2_conf if config.escrow.backend == "pkcs11" else "")
+    if softhsm2_conf:
+        os.environ["SOFTHSM2_CONF"] = softhsm2_conf
     try:
         with open(config.keys.pkcs11_pin_file, encoding="utf-8") as file:
             return file.readline().rstrip("\r\n")

@@ -111,6 +111,11 @@ class Pkcs11MasterKey:
             raise
         return master
 
+    @property
+    def key_label(self) -> str:
+        """The label of the AES key object (the name key's is this plus "-name")."""
+        return self._key_label
+
     # -- MasterKey ------------------------------------------------------------------------------
 
     def wrap(self, plaintext: bytes, aad: bytes) -> bytes:
