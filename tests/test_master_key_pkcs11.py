@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pkcs11
@@ -19,8 +20,10 @@ from pkcs11 import exceptions as p11
 
 from appliance.keys import DekMismatch, EscrowRefused, dek_aad, unwrap_dek, wrap_dek
 from appliance.keys.errors import HsmTokenMissing, HsmUnavailable, MasterKeyExists, MasterKeyMissing
+from appliance.keys.manager import KeyManager
 from appliance.keys.master import FileMasterKey
 from appliance.keys.pkcs11_master import NAME_KEY_SUFFIX, Pkcs11MasterKey
+from engine import CreateTenant, Engine, Keyring
 
 __all__ = ["escrow_template", "shared_service", "softhsm"]  # fixtures
 
@@ -185,6 +188,35 @@ def test_an_absent_token_or_module_says_which(softhsm: SoftHsm) -> None:
     assert no_module.value.code == "hsm_unavailable"
     for error in (no_token.value, no_module.value):
         assert softhsm.pin not in error.message
+
+
+def test_a_key_object_deleted_under_a_running_manager_makes_tenants_unavailable_not_a_crash(
+    softhsm: SoftHsm, shared_service: RunningEscrow, tmp_path: Path,
+) -> None:
+    label = _label()
+    master = _create(softhsm, label)
+    escrow = shared_service.client()
+    keyring = Keyring(name_key=master.derive_name_key())
+    engine = Engine(tmp_path / "store", map_size=2**26, keyring=keyring)
+    try:
+        manager = KeyManager(engine, keyring, escrow, master, uuid.uuid4().hex[:16],
+                             lifetime_s=300.0, now_ms=lambda: 1_000)
+        tenant = engine.apply(CreateTenant(name="acme"), 1_000).tenant  # type: ignore[union-attr]
+        manager.rotate(tenant)
+        assert manager.load_tenant(tenant, force=True).state == "available"
+
+        session = _raw_session(softhsm)
+        try:
+            session.get_key(label=label, key_type=KeyType.AES).destroy()
+        finally:
+            session.close()
+        status = manager.load_tenant(tenant, force=True)
+        assert status.state == "unavailable" and label in status.detail, status
+        assert keyring.installed(tenant)  # what was installed stays until it expires
+    finally:
+        engine.close()
+        escrow.close()
+        master.close()
 
 
 # -- the key file's formats, pinned: stores made before the seam must keep opening -------------

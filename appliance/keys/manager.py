@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.keys.dek import unwrap_dek, wrap_dek
-from appliance.keys.errors import EscrowRefused, EscrowUnavailable, HsmUnavailable
+from appliance.keys.errors import EscrowRefused, EscrowUnavailable, HsmError
 from appliance.keys.escrow import Escrow
 from appliance.keys.master import MasterKey
 from engine import (
@@ -119,9 +119,9 @@ class KeyManager:
                 self._expiry.pop((tenant, entry.epoch), None)
                 refused.append(f"epoch {entry.epoch}: {exc.message}")
                 continue
-            except (EscrowUnavailable, HsmUnavailable) as exc:
-                # The escrow, or the HSM holding the master key: what is installed stays
-                # until it expires.
+            except (EscrowUnavailable, HsmError) as exc:
+                # The escrow, or the HSM holding the master key (gone, or its key object
+                # deleted under a running server): what is installed stays until it expires.
                 unreachable = exc.message
                 break
             self._keyring.install(tenant, entry.epoch, dek, expires_at=now + self._lifetime_s)
