@@ -15,7 +15,7 @@ import secrets
 import sys
 from dataclasses import dataclass
 
-from appliance.config import Config
+from appliance.config import MASTER_KEY_PLACES, Config
 from appliance.keys.backends import open_escrow
 from appliance.keys.errors import EscrowError, KeyFileMissing, KeyManagementError
 from appliance.keys.escrow import Escrow
@@ -150,6 +150,8 @@ def initialize(config: Config, passphrase: str | None, *, place: str | None = No
     default `[keys] master_key`) and the appliance id, after checking that the escrow
     answers. Returns what to tell the administrator."""
     place = place or config.keys.master_key
+    if place not in MASTER_KEY_PLACES:
+        raise ValueError(f"a master key lives in one of {MASTER_KEY_PLACES}, not {place!r}")
     if place == "pkcs11":
         check_hsm_settings(config)  # before anything is written
     if master_key_place(config) is not None:
