@@ -61,13 +61,12 @@ def run_keyed(config: Config, action: Callable[[KeyedEngine], str]) -> int:
         print(f"herald: cannot open the store in {config.data_dir}: {exc.message}", file=sys.stderr)
         return 1
     except KeyManagementError as exc:
-        print(f"herald: {exc.message}", file=sys.stderr)
+        print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
         return 1
     try:
         print(action(keyed))
     except (HeraldError, KeyManagementError) as exc:
-        code = f" ({exc.code})" if isinstance(exc, HeraldError) else ""
-        print(f"herald: {exc.message}{code}", file=sys.stderr)
+        print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
         return 1
     finally:
         keyed.close()

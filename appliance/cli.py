@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from appliance.config import ConfigError, load_config
+from appliance.config import MASTER_KEY_PLACES, ConfigError, load_config
 
 __all__ = ["build_parser", "main"]
 
@@ -49,10 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser(
         "init", help="create this appliance's master key (first start)",
-        description="Create the master key (sealed by a passphrase you choose: asked twice, "
-                    "or [keys] passphrase_file) and the appliance id in the data directory, "
-                    "after checking that the configured escrow answers. Says what to back up.")
+        description="Create the master key and the appliance id, after checking that the "
+                    "configured escrow answers; says what to back up. The master key goes in "
+                    "a file in the data directory, sealed by a passphrase you choose (asked "
+                    "twice, or [keys] passphrase_file), or with --master-key pkcs11 is "
+                    "generated inside an HSM, never extractable ([keys] pkcs11_* settings; "
+                    "back the token up with the HSM's own procedure).")
     _add_config_flags(init)
+    init.add_argument("--master-key", choices=MASTER_KEY_PLACES, default=None,
+                      help="where to create the master key: 'file' (sealed by a passphrase) or "
+                           "'pkcs11' (an HSM token); default: [keys] master_key, else file")
 
     keys = commands.add_parser(
         "keys", help="tenant data keys: status, rotate, reseal, revoke, shred",
@@ -296,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         from appliance import key_commands
 
         if args.command == "init":
-            return key_commands.init(config)
+            return key_commands.init(config, args.master_key)
         if args.action == "status":
             return key_commands.key_status(config)
         if args.action == "rotate":

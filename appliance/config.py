@@ -13,8 +13,8 @@ from typing import Any
 from engine import Limits
 
 __all__ = [
-    "CONFIG_IN_DATA_DIR", "DEFAULT_PORT", "Config", "ConfigError", "EscrowConfig",
-    "GatewayConfig", "KeysConfig", "TlsConfig", "load_config",
+    "CONFIG_IN_DATA_DIR", "DEFAULT_PORT", "MASTER_KEY_PLACES", "Config", "ConfigError",
+    "EscrowConfig", "GatewayConfig", "KeysConfig", "TlsConfig", "load_config",
 ]
 
 DEFAULT_PORT = 8470
@@ -104,14 +104,38 @@ class EscrowConfig:
             raise ConfigError("escrow.timeout_s and escrow.cache_lifetime_s must be positive")
 
 
+MASTER_KEY_PLACES = ("file", "pkcs11")
+
+
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
     """The `[keys]` table: the appliance's master key file and how to unlock it
     (docs/security.md, "The master key"). Relative paths in a configuration file are relative
     to that file's folder."""
 
+    # Where `herald init` creates the master key: "file" (sealed by a passphrase) or "pkcs11"
+    # (generated in an HSM, never extractable). Later commands follow what the data directory
+    # holds (docs/security.md, "Where the master key lives").
+    master_key: str = "file"
     master_key_file: str = ""  # default: DATA_DIR/master.key
     passphrase_file: str = ""  # its first line unlocks the master key; else asked for
+    # With the master key in an HSM: a token of the appliance's own, never the escrow's.
+    pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    pkcs11_token: str = ""  # the token's label
+    pkcs11_pin_file: str = ""  # a file holding the user PIN (first line), mode 0600
+    pkcs11_key_label: str = "herald-master-key"  # and LABEL-name for the name key
+    # With SoftHSM2: its configuration file (sets SOFTHSM2_CONF); default escrow.softhsm2_conf
+    softhsm2_conf: str = ""
+
+    def __post_init__(self) -> None:
+        if self.master_key not in MASTER_KEY_PLACES:
+            raise ConfigError(f"keys.master_key must be one of {list(MASTER_KEY_PLACES)}, not "
+                              f"{self.master_key!r}")
+        missing = [name for name in ("pkcs11_module", "pkcs11_token", "pkcs11_pin_file",
+                                     "pkcs11_key_label") if not getattr(self, name)]
+        if self.master_key == "pkcs11" and missing:
+            raise ConfigError(f"keys.master_key = 'pkcs11' needs the settings keys.{missing}; "
+                              f"see docs/security.md, 'Where the master key lives'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +186,11 @@ class Config:
     def master_key_path(self) -> Path:
         return Path(self.keys.master_key_file) if self.keys.master_key_file else (
             self.data_dir / "master.key")
+
+    @property
+    def hsm_master_key_path(self) -> Path:
+        """Written by `herald init` when the master key is in an HSM: which token and label."""
+        return self.data_dir / "master-key.pkcs11"
 
     @property
     def store_dir(self) -> Path:
@@ -256,7 +285,7 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
     return replace(config, limits=limits, gateway=gateway, tls=tls, escrow=escrow, keys=keys)
 
 
-_KEYS_PATHS = ("master_key_file", "passphrase_file")
+_KEYS_PATHS = ("master_key_file", "passphrase_file", "pkcs11_pin_file", "softhsm2_conf")
 _ESCROW_PATHS = ("ca_file", "cert_file", "key_file", "pkcs11_pin_file", "softhsm2_conf")
 
 

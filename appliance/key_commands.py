@@ -15,12 +15,15 @@ from appliance.keys.unlock import KeyedEngine, initialize, read_passphrase
 __all__ = ["init", "key_status", "reseal", "revoke", "rotate", "shred"]
 
 
-def init(config: Config) -> int:
+def init(config: Config, place: str | None = None) -> int:
+    """`herald init`: the master key in `place` ("file" or "pkcs11"; default `[keys]
+    master_key`); the passphrase is asked for only for a key file."""
+    place = place or config.keys.master_key
     try:
-        passphrase = read_passphrase(config, confirm=True)
-        print(initialize(config, passphrase))
+        passphrase = read_passphrase(config, confirm=True) if place == "file" else None
+        print(initialize(config, passphrase, place=place))
     except KeyManagementError as exc:
-        print(f"herald: {exc.message}", file=sys.stderr)
+        print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
         return 1
     return 0
 
@@ -49,7 +52,8 @@ def key_status(config: Config) -> int:
         _sealed(keyed)
         assert keyed.manager is not None
         statuses = {s.tenant: s for s in keyed.manager.status()}
-        lines = []
+        where = keyed.master_key.describe() if keyed.master_key is not None else "unknown"
+        lines = [f"master key: {where}"]
         for tenant, record in keyed.engine.tenants():
             status = statuses.get(tenant)
             state = status.state if status else "unknown"
@@ -60,7 +64,7 @@ def key_status(config: Config) -> int:
                 lines.append(f"  epoch {epoch.epoch:<4} {epoch.state:<9} created "
                              f"{_when(epoch.created_ms)}  {epoch.seals:>12,} records sealed"
                              f"{shredded}")
-        return "\n".join(lines) if lines else "no tenants yet"
+        return "\n".join(lines if len(lines) > 1 else [*lines, "no tenants yet"])
 
     return run_keyed(config, action)
 

@@ -61,7 +61,7 @@ def serve(config: Config, *, demo: bool = False) -> int:
                 print(notice, flush=True)
         keyed = open_engine(config)
     except KeyManagementError as exc:
-        print(f"herald: {exc.message}", file=sys.stderr)
+        print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
         return 1
     except (HeraldError, OSError) as exc:
         print(f"herald: cannot open the store in {config.data_dir}: {exc}", file=sys.stderr)

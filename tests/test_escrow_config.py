@@ -99,4 +99,30 @@ def test_the_key_layer_public_surface_is_pinned() -> None:
     assert sorted(appliance.keys.__all__) == appliance.keys.__all__
     for name in appliance.keys.__all__:
         assert hasattr(appliance.keys, name), name
-    assert len(appliance.keys.__all__) == 17
+    assert len(appliance.keys.__all__) == 27  # + the master key seam and its HSM errors
+
+
+def test_the_master_key_in_an_hsm_is_configured_in_keys_with_paths_beside_the_file(
+    tmp_path: Path,
+) -> None:
+    config = load_config(write_config(tmp_path, (
+        '[keys]\nmaster_key = "pkcs11"\npkcs11_token = "appliance"\n'
+        'pkcs11_pin_file = "hsm.pin"\nsofthsm2_conf = "softhsm2.conf"\n')))
+    assert config.keys.master_key == "pkcs11"
+    assert config.keys.pkcs11_pin_file == str(tmp_path / "hsm.pin")
+    assert config.keys.softhsm2_conf == str(tmp_path / "softhsm2.conf")
+    assert config.keys.pkcs11_key_label == "herald-master-key"
+    assert config.hsm_master_key_path == config.data_dir / "master-key.pkcs11"
+    assert load_config(write_config(tmp_path, "")).keys.master_key == "file"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[keys]\nmaster_key = "tpm"\n', "keys.master_key must be one of ['file', 'pkcs11']"),
+    ('[keys]\nmaster_key = "pkcs11"\n', "needs the settings keys.['pkcs11_token', "
+                                        "'pkcs11_pin_file']"),
+])
+def test_a_wrong_master_key_setting_is_refused_with_what_to_fix(tmp_path: Path, text: str,
+                                                                message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, text))
+    assert message in str(caught.value)

@@ -1,4 +1,5 @@
-"""Keys of the appliance: the master key, the double-wrapped DEKs and the escrow backends.
+"""Keys of the appliance: the master key (a sealed file or an HSM), the double-wrapped DEKs and
+the escrow backends.
 
 Blocking code: the server calls it from worker threads. It must never import Trio, nor engine
 internals (only names that `engine` re-exports). Secrets never appear in its messages.
@@ -11,14 +12,22 @@ from appliance.keys.errors import (
     EscrowError,
     EscrowRefused,
     EscrowUnavailable,
+    HsmError,
+    HsmPinLocked,
+    HsmPinWrong,
+    HsmSettingsError,
+    HsmTokenMissing,
+    HsmUnavailable,
     KeyFileExists,
     KeyFileMissing,
     KeyManagementError,
+    MasterKeyExists,
+    MasterKeyMissing,
     WeakPassphrase,
     WrongPassphrase,
 )
 from appliance.keys.escrow import Escrow, KeyState
-from appliance.keys.master import create_master_key, load_master_key
+from appliance.keys.master import FileMasterKey, MasterKey, create_master_key, load_master_key
 
 __all__ = [
     "DamagedKeyFile",
@@ -27,10 +36,20 @@ __all__ = [
     "EscrowError",
     "EscrowRefused",
     "EscrowUnavailable",
+    "FileMasterKey",
+    "HsmError",
+    "HsmPinLocked",
+    "HsmPinWrong",
+    "HsmSettingsError",
+    "HsmTokenMissing",
+    "HsmUnavailable",
     "KeyFileExists",
     "KeyFileMissing",
     "KeyManagementError",
     "KeyState",
+    "MasterKey",
+    "MasterKeyExists",
+    "MasterKeyMissing",
     "WeakPassphrase",
     "WrongPassphrase",
     "create_master_key",

@@ -1,4 +1,4 @@
-"""Errors of the key layer: the master key file, DEK wrapping and the escrow backends.
+"""Errors of the key layer: the master key (file or HSM), DEK wrapping and the escrow backends.
 
 Each class has a stable `code` (it reaches logs, the admin API and the escrow wire protocol) and
 a message that says what to do next. A message never contains key material, a passphrase or a
@@ -13,9 +13,17 @@ __all__ = [
     "EscrowError",
     "EscrowRefused",
     "EscrowUnavailable",
+    "HsmError",
+    "HsmPinLocked",
+    "HsmPinWrong",
+    "HsmSettingsError",
+    "HsmTokenMissing",
+    "HsmUnavailable",
     "KeyFileExists",
     "KeyFileMissing",
     "KeyManagementError",
+    "MasterKeyExists",
+    "MasterKeyMissing",
     "WeakPassphrase",
     "WrongPassphrase",
 ]
@@ -85,3 +93,55 @@ class EscrowRefused(EscrowError):
     or a request it does not accept. Retrying the same request will not help."""
 
     code = "escrow_refused"
+
+
+class HsmError(KeyManagementError):
+    """Base of the errors of a master key held in a PKCS#11 token (appliance/keys/pkcs11_master.py).
+    The escrow's own HSM, if it has one, reports `EscrowError`s instead."""
+
+    code = "hsm_error"
+
+
+class HsmUnavailable(HsmError):
+    """The PKCS#11 module cannot be loaded, or the token stopped answering: check the HSM (its
+    connection, its software) and retry."""
+
+    code = "hsm_unavailable"
+
+
+class HsmTokenMissing(HsmError):
+    """No token carries the configured label: the HSM is not connected, or the label is wrong."""
+
+    code = "hsm_token_missing"
+
+
+class HsmPinWrong(HsmError):
+    """The token refused the PIN read from the PIN file: correct the file."""
+
+    code = "hsm_pin_wrong"
+
+
+class HsmPinLocked(HsmError):
+    """The token locked its user PIN after too many failures: its security officer must unlock
+    it (retrying only adds failures)."""
+
+    code = "hsm_pin_locked"
+
+
+class HsmSettingsError(HsmError):
+    """The `[keys] pkcs11_*` settings are missing, unreadable or contradict the data directory."""
+
+    code = "hsm_settings"
+
+
+class MasterKeyMissing(HsmError):
+    """The token answers but holds no master key object with the configured label: wrong label,
+    wrong token, or the key was deleted (then only the HSM's backup can bring it back)."""
+
+    code = "master_key_missing"
+
+
+class MasterKeyExists(HsmError):
+    """Creating the master key in the token would clash with objects of the same label."""
+
+    code = "master_key_exists"

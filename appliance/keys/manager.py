@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.keys.dek import unwrap_dek, wrap_dek
-from appliance.keys.errors import EscrowRefused, EscrowUnavailable
+from appliance.keys.errors import EscrowRefused, EscrowUnavailable, HsmError
 from appliance.keys.escrow import Escrow
+from appliance.keys.master import MasterKey
 from engine import (
     AddKeyEpoch,
     Engine,
@@ -61,7 +62,7 @@ class KeyManager:
         engine: Engine,
         keyring: Keyring,
         escrow: Escrow,
-        master_key: bytes,
+        master_key: MasterKey,
         appliance_id: str,
         *,
         lifetime_s: float,
@@ -118,8 +119,10 @@ class KeyManager:
                 self._expiry.pop((tenant, entry.epoch), None)
                 refused.append(f"epoch {entry.epoch}: {exc.message}")
                 continue
-            except EscrowUnavailable as exc:
-                unreachable = exc.message  # what is installed stays until it expires
+            except (EscrowUnavailable, HsmError) as exc:
+                # The escrow, or the HSM holding the master key (gone, or its key object
+                # deleted under a running server): what is installed stays until it expires.
+                unreachable = exc.message
                 break
             self._keyring.install(tenant, entry.epoch, dek, expires_at=now + self._lifetime_s)
             self._expiry[tenant, entry.epoch] = now + self._lifetime_s
@@ -131,7 +134,7 @@ class KeyManager:
             return self._note(TenantKeyStatus(tenant, state, current, installed,
                                               "; ".join(refused)))
         if unreachable:
-            log.warning("tenant=%s escrow unreachable; its keys lapse at expiry: %s",
+            log.warning("tenant=%s escrow or master key unreachable; its keys lapse at expiry: %s",
                         tenant, unreachable)
             return self._note(TenantKeyStatus(tenant, "unavailable", current, installed,
                                               unreachable))

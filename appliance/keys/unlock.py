@@ -1,6 +1,7 @@
 """Opening the store with its keys: the master key, the escrow, the keyring and the manager.
 
-A data directory is sealed when it has a master key file (`herald init` makes one). Every
+A data directory is sealed when it has a master key, in a passphrase-sealed file or in an HSM
+(`herald init` makes one; appliance/keys/master_place.py says which). Every
 store `herald init` or `herald serve --demo` creates is sealed. A store created before
 encryption existed (no master key beside it) still opens, plain, for the account commands
 and the tests; `herald serve` refuses it.
@@ -14,15 +15,18 @@ import secrets
 import sys
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from appliance.config import Config
+from appliance.config import MASTER_KEY_PLACES, Config
 from appliance.keys.backends import open_escrow
 from appliance.keys.errors import EscrowError, KeyFileMissing, KeyManagementError
 from appliance.keys.escrow import Escrow
 from appliance.keys.manager import KeyManager
-from appliance.keys.master import create_master_key, load_master_key
+from appliance.keys.master import FileMasterKey, MasterKey
+from appliance.keys.master_place import (
+    check_hsm_settings,
+    create_master,
+    master_key_place,
+    open_master,
+)
 from appliance.writer import wall_clock_ms
 from engine import Engine, Keyring
 
@@ -37,7 +41,6 @@ __all__ = [
 ]
 
 APPLIANCE_ID_FILE = "appliance-id"
-_NAME_KEY_INFO = b"herald-name-key-v1"
 
 
 class NotInitialized(KeyManagementError):
@@ -45,9 +48,9 @@ class NotInitialized(KeyManagementError):
 
 
 def name_key(master_key: bytes) -> bytes:
-    """The key that blinds login names in the store's index, derived from the master key so
-    that the engine never holds the master key itself."""
-    return HKDF(hashes.SHA256(), 32, salt=None, info=_NAME_KEY_INFO).derive(master_key)
+    """The key that blinds login names in the store's index, derived from a key file's master
+    key so that the engine never holds the master key itself (`MasterKey.derive_name_key`)."""
+    return FileMasterKey(master_key).derive_name_key()
 
 
 def read_passphrase(config: Config, *, confirm: bool = False) -> str:
@@ -78,11 +81,14 @@ class KeyedEngine:
     engine: Engine
     manager: KeyManager | None
     escrow: Escrow | None
+    master_key: MasterKey | None = None
 
     def close(self) -> None:
         self.engine.close()
         if self.escrow is not None:
             self.escrow.close()
+        if self.master_key is not None:
+            self.master_key.close()
 
 
 def _open_escrow(config: Config) -> Escrow:
@@ -97,29 +103,37 @@ def _open_escrow(config: Config) -> Escrow:
 def open_engine(config: Config, *, passphrase: str | None = None) -> KeyedEngine:
     """Open the data directory's store: sealed, with every tenant's keys loaded, when it has a
     master key; plain when it is an old plain store. Raises `NotInitialized` for a directory
-    with neither, `KeyManagementError` for a wrong passphrase or an escrow problem."""
+    with neither, `KeyManagementError` for a wrong passphrase, an HSM or an escrow problem."""
     kwargs = {"map_size": config.map_size_bytes, "limits": config.limits,
               "message_cache_bytes": config.message_cache_bytes}
-    if not config.master_key_path.exists():
+    if master_key_place(config) is None:
         if (config.store_dir / "data.mdb").exists():
             return KeyedEngine(Engine(config.store_dir, **kwargs), None, None)  # type: ignore[arg-type]
         raise NotInitialized(
             f"{config.data_dir} has no master key: run 'herald init' first (or 'make run' / "
             f"'herald serve --demo' to try Herald)")
-    master_key = load_master_key(config.master_key_path, passphrase or read_passphrase(config))
-    escrow = _open_escrow(config)
+    master_key = open_master(config, lambda: passphrase or read_passphrase(config))
+    escrow: Escrow | None = None
     try:
-        keyring = Keyring(name_key=name_key(master_key))
+        escrow = _open_escrow(config)
+        keyring = Keyring(name_key=master_key.derive_name_key())
         engine = Engine(config.store_dir, keyring=keyring, **kwargs)  # type: ignore[arg-type]
     except BaseException:
-        escrow.close()
+        if escrow is not None:
+            escrow.close()
+        master_key.close()
         raise
-    manager = KeyManager(
-        engine, keyring, escrow, master_key, _appliance_id(config),
-        lifetime_s=config.escrow.cache_lifetime_s, now_ms=wall_clock_ms,
-    )
-    manager.load_all()
-    return KeyedEngine(engine, manager, escrow)
+    keyed = KeyedEngine(engine, None, escrow, master_key)
+    try:
+        keyed.manager = KeyManager(
+            engine, keyring, escrow, master_key, _appliance_id(config),
+            lifetime_s=config.escrow.cache_lifetime_s, now_ms=wall_clock_ms,
+        )
+        keyed.manager.load_all()
+    except BaseException:
+        keyed.close()
+        raise
+    return keyed
 
 
 def _appliance_id(config: Config) -> str:
@@ -131,12 +145,18 @@ def _appliance_id(config: Config) -> str:
             f"keys at the escrow; restore it from the backup made after 'herald init'") from None
 
 
-def initialize(config: Config, passphrase: str) -> str:
-    """`herald init`: the master key and the appliance id, after checking that the escrow
+def initialize(config: Config, passphrase: str | None, *, place: str | None = None) -> str:
+    """`herald init`: the master key (in `place`, "file" sealed by `passphrase` or "pkcs11";
+    default `[keys] master_key`) and the appliance id, after checking that the escrow
     answers. Returns what to tell the administrator."""
-    if config.master_key_path.exists():
+    place = place or config.keys.master_key
+    if place not in MASTER_KEY_PLACES:
+        raise ValueError(f"a master key lives in one of {MASTER_KEY_PLACES}, not {place!r}")
+    if place == "pkcs11":
+        check_hsm_settings(config)  # before anything is written
+    if master_key_place(config) is not None:
         raise KeyManagementError(
-            f"{config.master_key_path} exists: this appliance is initialized already")
+            f"{config.data_dir} has a master key already: this appliance is initialized already")
     if (config.store_dir / "data.mdb").exists():
         raise KeyManagementError(
             f"{config.store_dir} holds a store created without encryption; Herald cannot seal "
@@ -154,12 +174,17 @@ def initialize(config: Config, passphrase: str) -> str:
         fd = os.open(id_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_hex(8) + "\n")
-    create_master_key(config.master_key_path, passphrase)
+    master_key, backup = create_master(config, place, passphrase)
+    master_key.close()
+    keep_apart = ("keep the passphrase apart from them. Without the master key file AND its "
+                  "passphrase" if place == "file" else
+                  f"keep the token's PIN ({config.keys.pkcs11_pin_file}) apart from them. "
+                  f"Without the token (or its HSM backup) AND its PIN")
     return (
-        f"Herald initialized in {config.data_dir}.\n"
+        f"Herald initialized in {config.data_dir}; the master key is "
+        f"{master_key.describe()}.\n"
         f"Back up NOW, to a place other than this machine:\n"
-        f"  {config.master_key_path}  (the master key, sealed by your passphrase)\n"
+        f"{backup}"
         f"  {id_path}  (names this appliance's keys at the escrow)\n"
-        f"and keep the passphrase apart from them. Without the master key file AND its "
-        f"passphrase AND the escrow, the stored messages can never be read again."
+        f"and {keep_apart} AND the escrow, the stored messages can never be read again."
     )
