@@ -90,10 +90,11 @@ def reseal(config: Config, tenant_name: str, messages: bool) -> int:
         tenant = keyed.engine.find_tenant(tenant_name)
 
         def show(table: str, done: int, total: int) -> None:
-            print(f"  {table}: {done:,} / {total:,} records re-sealed", file=sys.stderr)
+            unit = "message blocks" if table == "messages" else "records"
+            print(f"  {table}: {done:,} / {total:,} {unit} re-sealed", file=sys.stderr)
 
         count = keyed.manager.reseal(tenant, messages=messages, progress=show)
-        what = "records" if messages else "users, groups and members"
+        what = "records and message blocks" if messages else "users, groups and members"
         return (f"tenant {tenant_name!r}: {count:,} {what} re-sealed under the current epoch; "
                 f"older epochs can now be shredded"
                 + ("" if messages else " (their messages die with them)"))

@@ -72,8 +72,8 @@ def test_rotate_reseals_accounts_so_a_shred_keeps_them(data_dir: Path) -> None:
     assert "0 users, groups and members re-sealed" in again.stdout  # rotate did it already
     # The group's creation left a message under epoch 1: --messages moves it too.
     moved = run(data_dir, "keys", "reseal", "--tenant", "acme", "--messages", check=True)
-    assert "1 records re-sealed" in moved.stdout
-    assert "messages: 1 / 1 records re-sealed" in moved.stderr
+    assert "1 records and message blocks re-sealed" in moved.stdout
+    assert "messages: 1 / 1 message blocks re-sealed" in moved.stderr
     shred = run(data_dir, "keys", "shred", "--tenant", "acme", "--epoch", "1",
                 "--confirm", "acme", check=True)
     assert "shredded" in shred.stdout
