@@ -6,18 +6,17 @@ keyed `tenant|conv|first seq` and sealed as a whole. A block's plaintext is
     count (2 bytes) | end offset of each record (4 bytes each) | the records, back to back
 
 where each record is one msgpack-encoded `Message`. Sealing a block costs one AEAD call where
-sealing its messages one by one cost `count`: a 50-message page opens 3 or 4 blocks instead of
+sealing its messages one by one cost `count`: a 50-message page opens 2 or 3 blocks instead of
 50 records (docs/storage.md "Message blocks" has the figures that decided it).
 
-The last block of a conversation (its tail) grows by a rewrite on each append until it holds
-`BLOCK_MAX_MESSAGES` messages or its stored value would pass `BLOCK_MAX_STORED_BYTES`; the next
-append starts a new block. A message larger than the bound is a block of its own.
-
-The byte bound is one LMDB overflow page: a value up to about 2,000 bytes sits in its leaf page,
-a larger one in overflow pages of its own, which a rewrite copies (the leaf page is copied on
-every append anyway). Bigger blocks mean fewer AEAD calls per page but more bytes decrypted
-that the page does not need and more bytes rewritten per append; docs/storage.md "Message
-blocks" has the measurements behind 4,080.
+Two sizes, because appends and page reads want different ones. The last block of a
+conversation (its tail) grows by a rewrite on each append while it stays within
+`TAIL_MAX_MESSAGES` and `TAIL_MAX_STORED_BYTES`, small enough to stay inline in its LMDB leaf
+page (a bigger value lives in overflow pages of its own, which a rewrite on every append copies
+and frees: 15% of append throughput, measured). When the tail is full it is merged into the
+block before it if the two fit within `BLOCK_MAX_MESSAGES` and `BLOCK_MAX_STORED_BYTES`, once
+per tailful of appends, so that older history is read in blocks of about 8 KiB: fewer AEAD
+calls per page. A message larger than the bounds is a block of its own.
 """
 
 from __future__ import annotations
@@ -32,14 +31,21 @@ __all__ = [
     "BLOCK_MAX_MESSAGES",
     "BLOCK_MAX_STORED_BYTES",
     "BLOCK_RECORD_OVERHEAD",
+    "TAIL_MAX_MESSAGES",
+    "TAIL_MAX_STORED_BYTES",
     "block_index",
     "extend_block",
+    "merge_blocks",
     "pack_block",
 ]
 
-BLOCK_MAX_MESSAGES = 64
-# One 4 KiB LMDB overflow page holds a value of up to 4,096 - 16 (its header) bytes.
-BLOCK_MAX_STORED_BYTES = 4080
+# LMDB keeps a value inline in its leaf page up to about 2,000 bytes on 4 KiB pages (a node is at
+# most half a page); this leaves room for the node header and the 24-byte key.
+TAIL_MAX_STORED_BYTES = 1984
+TAIL_MAX_MESSAGES = 64
+# Two 4 KiB overflow pages hold a value of up to 2 * 4,096 - 16 (their header) bytes.
+BLOCK_MAX_STORED_BYTES = 8176
+BLOCK_MAX_MESSAGES = 256
 
 _COUNT = struct.Struct(">H")
 _END = struct.Struct(">I")
@@ -77,6 +83,21 @@ def block_index(plaintext: bytes) -> tuple[tuple[int, ...], int]:
     if start + ends[-1] != len(plaintext):
         raise CorruptData("a message block's index does not match its records")
     return ends, start
+
+
+def merge_blocks(older: bytes, newer: bytes) -> bytes:
+    """One block holding the records of `older`, then those of `newer` (consecutive seqs);
+    the caller keeps within the bounds."""
+    ends, start = block_index(older)
+    newer_ends, newer_start = block_index(newer)
+    count = len(ends) + len(newer_ends)
+    if count > BLOCK_MAX_MESSAGES:
+        raise ValueError(f"a block holds at most {BLOCK_MAX_MESSAGES} records")
+    base = ends[-1]
+    return (
+        _COUNT.pack(count) + _INDEX[count].pack(*ends, *(base + end for end in newer_ends))
+        + older[start:] + newer[newer_start:]
+    )
 
 
 def extend_block(plaintext: bytes, record: bytes) -> bytes:

@@ -18,8 +18,11 @@ from engine.blocks import (
     BLOCK_MAX_MESSAGES,
     BLOCK_MAX_STORED_BYTES,
     BLOCK_RECORD_OVERHEAD,
+    TAIL_MAX_MESSAGES,
+    TAIL_MAX_STORED_BYTES,
     block_index,
     extend_block,
+    merge_blocks,
     pack_block,
 )
 from engine.crypto import Keyring, sealed_epoch
@@ -202,7 +205,9 @@ class Timeline:
     ) -> tuple[int, int]:
         """Append the message after `head` (seq, ts, first seq of the last block): into the
         last block while it has room and is sealed under the current epoch, else as a new
-        block. The seal comes before the first write, so a missing key leaves no trace."""
+        block, after merging the full tail into the block before it when they fit
+        (engine/blocks.py). Every seal comes before the first write, so a missing key leaves
+        no trace."""
         head_seq, head_ts, block_first = head
         seq = head_seq + 1
         ts = max(now_ms, head_ts)  # timestamps never go backwards within a conversation
@@ -212,23 +217,32 @@ class Timeline:
         )
         record = self._encode(message)
         messages_db = self._dbs.messages
+        conv_key = _pack_ids2(op.tenant, op.conv)
         block = None
-        if head_seq and seq - block_first < BLOCK_MAX_MESSAGES:
-            key = _pack_ids3(op.tenant, op.conv, block_first)
-            tail = txn.get(key, db=messages_db)
-            if (
-                tail is not None
-                and len(tail) + len(record) + BLOCK_RECORD_OVERHEAD <= BLOCK_MAX_STORED_BYTES
-                and self._extends(tail, key)
-            ):
-                block = extend_block(self._open_tail(key, tail), record)
+        merge = None
+        if head_seq:
+            tail_key = conv_key + _SEQ.pack(block_first)
+            tail = txn.get(tail_key, db=messages_db)
+            if tail is not None and self._extends(tail, tail_key):
+                if (
+                    seq - block_first < TAIL_MAX_MESSAGES
+                    and len(tail) + len(record) + BLOCK_RECORD_OVERHEAD <= TAIL_MAX_STORED_BYTES
+                ):
+                    key = tail_key
+                    block = extend_block(self._open_tail(tail_key, tail), record)
+                else:
+                    merge = self._merge_tail(txn, tail_key, tail, seq - block_first)
         if block is None:
             block_first = seq
-            key = _pack_ids3(op.tenant, op.conv, seq)
+            key = conv_key + _SEQ.pack(seq)
             block = pack_block((record,))
         sealed = self._sealer.seal(_MESSAGES, key, block)
+        # Every seal is made: nothing below can refuse.
+        if merge is not None:
+            merged_key, merged, old_tail_key = merge
+            txn.put(merged_key, merged, db=messages_db)
+            txn.delete(old_tail_key, db=messages_db)
         txn.put(key, sealed, db=messages_db)
-        conv_key = key[:16]
         tails = self._tails
         if tails is not None:
             if len(tails) >= _MAX_TAILS and conv_key not in tails:
@@ -243,6 +257,28 @@ class Timeline:
             opened = (self._decode_message(record), len(record), epoch)
             appended.append((conv_key, seq, opened))
         return seq, ts
+
+    def _merge_tail(
+        self, txn: Any, tail_key: bytes, tail: bytes, tail_count: int
+    ) -> tuple[bytes, bytes, bytes] | None:
+        """The full tail merged into the block before it, sealed, if both fit in one block
+        and are under the current epoch: (that block's key, the sealed merge, the tail's key,
+        to delete). None when the tail stays a block of its own."""
+        with txn.cursor(db=self._dbs.messages) as cur:
+            if not cur.set_key(tail_key) or not cur.prev():
+                return None
+            previous_key, previous = cur.item()
+        if (
+            previous_key[:16] != tail_key[:16]
+            or _seq_of(tail_key) - _seq_of(previous_key) + tail_count > BLOCK_MAX_MESSAGES
+            or len(previous) + len(tail) > BLOCK_MAX_STORED_BYTES
+            or not self._extends(previous, previous_key)
+        ):
+            return None
+        merged = merge_blocks(
+            self._sealer.open(_MESSAGES, previous_key, previous), self._open_tail(tail_key, tail)
+        )
+        return previous_key, self._sealer.seal(_MESSAGES, previous_key, merged), tail_key
 
     def _open_tail(self, key: bytes, tail: bytes) -> bytes:
         """The plaintext of the stored last block `tail` under `key`."""
