@@ -42,7 +42,7 @@ from engine import (
     ShredKeyEpoch,
 )
 from engine.blocks import pack_block
-from engine.crypto import MAX_SEALS_PER_EPOCH
+from engine.crypto import MAX_SEALS_PER_EPOCH, AeadSealer
 from engine.keys import pack_ids
 from engine.records import EpochRecord
 from engine.reseal import RESEALED_TABLES
@@ -680,3 +680,27 @@ def test_refusals_about_keys_never_carry_key_material(sealed: Sealed, password_h
         for secret in (dek, NAME_KEY):
             assert secret.hex() not in message and repr(secret) not in message
             assert secret[:8].hex() not in message
+
+
+def test_a_forked_child_never_seals_with_its_parents_next_nonce() -> None:
+    # Nonces come from a pool of os.urandom bytes: a child that kept the parent's pool would
+    # repeat the nonces the parent uses next, fatal under AES-GCM.
+    keyring = Keyring()
+    keyring.install(1, 1, os.urandom(32))
+    keyring.set_current(1, 1)
+    sealer = AeadSealer(keyring, bulk_tables=(b"messages",))
+    key = pack_ids(1, 2, 3)
+    sealer.seal(b"messages", key, b"first")  # the pool is filled
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write_end, sealer.seal(b"messages", key, b"child")[5:17])
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    child_nonce = os.read(read_end, 12)
+    os.close(read_end)
+    parent_nonce = sealer.seal(b"messages", key, b"parent")[5:17]
+
+    assert len(child_nonce) == 12
+    assert child_nonce != parent_nonce
