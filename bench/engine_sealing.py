@@ -43,7 +43,6 @@ from engine_append import (
     make_batches,
     progress,
     run_engine,
-    time_calls,
 )
 
 from engine import Engine, Keyring
@@ -113,28 +112,23 @@ def measure_pages(plain: Engine, sealed: Engine, world: World, rng: random.Rando
     for rep in range(reps):
         picks = [rng.choice(convs) for _ in range(PAGE_READS_PER_REP)]
         befores = [rng.randint(PAGE_MESSAGES + 1, heads[c]) for c in picks]
-        order = [("plain", plain), ("sealed", sealed)]
-        if rep % 2:
-            order.reverse()
-        for side, engine in order:
-            pages = [e.page_before(tenant, user, picks[0], None, PAGE_MESSAGES)
-                     for e in (engine, plain)]
-            assert [m.body for m in pages[0].messages] == [m.body for m in pages[1].messages]
-            gc.collect()
-            latest = time_calls(
-                lambda i, e=engine, picks=picks: e.page_before(
-                    tenant, user, picks[i], None, PAGE_MESSAGES
-                ),
-                PAGE_READS_PER_REP,
-            )
-            older = time_calls(
-                lambda i, e=engine, picks=picks, befores=befores: e.page_before(
-                    tenant, user, picks[i], befores[i], PAGE_MESSAGES
-                ),
-                PAGE_READS_PER_REP,
-            )
-            medians["latest 50", side].append(statistics.median(latest))
-            medians["older 50", side].append(statistics.median(older))
+        pages = [e.page_before(tenant, user, picks[0], None, PAGE_MESSAGES)
+                 for e in (sealed, plain)]
+        assert [m.body for m in pages[0].messages] == [m.body for m in pages[1].messages]
+        gc.collect()
+        # The same page from each store in turn, read by read (who goes first alternates):
+        # both sides see the same noise from other jobs on the machine.
+        for kind, before in (("latest 50", None), ("older 50", befores)):
+            times: dict[str, list[float]] = {"plain": [], "sealed": []}
+            for i, conv in enumerate(picks):
+                at = None if before is None else before[i]
+                order = (("plain", plain), ("sealed", sealed))
+                for side, engine in (order if (i + rep) % 2 else order[::-1]):
+                    t0 = time.perf_counter_ns()
+                    engine.page_before(tenant, user, conv, at, PAGE_MESSAGES)
+                    times[side].append((time.perf_counter_ns() - t0) / 1e3)
+            for side in ("plain", "sealed"):
+                medians[kind, side].append(statistics.median(times[side]))
         progress(f"pages rep {rep + 1}/{reps}: latest 50 plain "
                  f"{medians['latest 50', 'plain'][-1]:.1f} us, sealed "
                  f"{medians['latest 50', 'sealed'][-1]:.1f} us")
