@@ -113,8 +113,8 @@ MAX_RESEAL_PAUSE_S = 3600.0
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
     """The `[keys]` table: the appliance's master key file and how to unlock it
-    (docs/security.md, "The master key"). Relative paths in a configuration file are relative
-    to that file's folder."""
+    (docs/security.md, "The master key"), and the background re-encrypt of messages. Relative
+    paths in a configuration file are relative to that file's folder."""
 
     # Where `herald init` creates the master key: "file" (sealed by a passphrase) or "pkcs11"
     # (generated in an HSM, never extractable). Later commands follow what the data directory
