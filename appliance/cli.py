@@ -65,13 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operate the tenants' data keys (docs/security.md, 'Rotation, revocation, "
                     "shredding'). Needs the master key's passphrase and the escrow.")
     keys_cmds = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
-    keys_status = keys_cmds.add_parser("status", help="each tenant's key epochs and states",
-                                       description="List each tenant's key epochs and states.")
+    keys_status = keys_cmds.add_parser(
+        "status", help="each tenant's key epochs and states",
+        description="List each tenant's key epochs and states, and how many of its message "
+                    "blocks are still sealed under older epochs (what the background re-encrypt, "
+                    "[keys] reseal_messages, or `herald keys reseal --messages` has left to do; "
+                    "a shred of their epoch would destroy them).")
     _add_config_flags(keys_status)
     keys_rotate = keys_cmds.add_parser(
         "rotate", help="start a new key epoch for a tenant",
         description="Start a new key epoch: new messages are sealed under a fresh data key; "
-                    "older ones stay readable under theirs. Nothing is rewritten.")
+                    "older ones stay readable under theirs and are not rewritten, unless a "
+                    "server runs with [keys] reseal_messages = true (it re-seals them in the "
+                    "background) or `herald keys reseal --messages` is run.")
     _add_config_flags(keys_rotate)
     keys_rotate.add_argument("--tenant", required=True, help="tenant name")
     keys_reseal = keys_cmds.add_parser(

@@ -105,13 +105,16 @@ class EscrowConfig:
 
 
 MASTER_KEY_PLACES = ("file", "pkcs11")
+# A batch of 1,024 blocks holds the write lock for some 30 ms: past that, appends stall.
+MAX_RESEAL_BATCH_BLOCKS = 1024
+MAX_RESEAL_PAUSE_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
     """The `[keys]` table: the appliance's master key file and how to unlock it
-    (docs/security.md, "The master key"). Relative paths in a configuration file are relative
-    to that file's folder."""
+    (docs/security.md, "The master key"), and the background re-encrypt of messages. Relative
+    paths in a configuration file are relative to that file's folder."""
 
     # Where `herald init` creates the master key: "file" (sealed by a passphrase) or "pkcs11"
     # (generated in an HSM, never extractable). Later commands follow what the data directory
@@ -126,8 +129,25 @@ class KeysConfig:
     pkcs11_key_label: str = "herald-master-key"  # and LABEL-name for the name key
     # With SoftHSM2: its configuration file (sets SOFTHSM2_CONF); default escrow.softhsm2_conf
     softhsm2_conf: str = ""
+    # The background re-encrypt (docs/security.md, "The background re-encrypt"): `herald
+    # serve` re-seals every message block not under its tenant's current epoch, a few blocks
+    # per write transaction, so that an older epoch can be shredded without losing messages.
+    # Off by default: it rewrites the whole message history after each rotation.
+    reseal_messages: bool = False
+    # Blocks per transaction: each holds LMDB's write lock, which chat appends wait for;
+    # 32 blocks hold it about 1.1-1.5 ms here (bench/reseal_batch.py).
+    reseal_batch_blocks: int = 32
+    reseal_pause_s: float = 0.05  # between two batches: appends get the lock 97% of the time
 
     def __post_init__(self) -> None:
+        if not 1 <= self.reseal_batch_blocks <= MAX_RESEAL_BATCH_BLOCKS:
+            raise ConfigError(f"keys.reseal_batch_blocks must be 1 to {MAX_RESEAL_BATCH_BLOCKS} "
+                              f"(each batch holds the write lock chat appends wait for), not "
+                              f"{self.reseal_batch_blocks}")
+        if not 0 < self.reseal_pause_s <= MAX_RESEAL_PAUSE_S:
+            raise ConfigError(f"keys.reseal_pause_s must be above 0 and at most "
+                              f"{MAX_RESEAL_PAUSE_S:g} (seconds between two re-seal batches), "
+                              f"not {self.reseal_pause_s}")
         if self.master_key not in MASTER_KEY_PLACES:
             raise ConfigError(f"keys.master_key must be one of {list(MASTER_KEY_PLACES)}, not "
                               f"{self.master_key!r}")

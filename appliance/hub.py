@@ -20,6 +20,7 @@ commit order, so a later commit's pushes never overtake an earlier one's on any 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,11 +39,14 @@ from engine import (
     CursorMoved,
     Engine,
     HeraldError,
+    KeyUnavailable,
     MarkRead,
     MembershipChanged,
 )
 
 __all__ = ["FANOUT_SLICE_PUSHES", "Hub", "Peer"]
+
+log = logging.getLogger("herald.hub")
 
 # Pushes (one join into one outbox) between two flushes and checkpoints of a large fanout: a
 # slice then holds the event loop for a few milliseconds (PERFORMANCE figures: ~0.5 us a push,
@@ -121,9 +125,19 @@ class Hub:
     # -- fanout -------------------------------------------------------------------------------
 
     def members(self, tenant: int, conv: int) -> frozenset[int]:
-        """The members of `conv` now (cached; revalidated by the stored member-list version)."""
-        version = self._engine.conversation_version(tenant, conv)
+        """The members of `conv` now (cached; revalidated by the stored member-list version).
+
+        Raises `KeyUnavailable` when the conversation cannot be opened and is not cached."""
         cached = self._members.get((tenant, conv))
+        try:
+            version = self._engine.conversation_version(tenant, conv)
+        except KeyUnavailable:
+            # `herald keys rotate` in another process re-seals conversations under an epoch
+            # this server installs at its next key refresh (within 5 s): the cached members
+            # are as good as the last commit's until then.
+            if cached is None:
+                raise
+            return cached[1]
         if cached is not None and cached[0] == version:
             return cached[1]
         members = frozenset(self._engine.member_ids(tenant, conv))
@@ -181,7 +195,13 @@ class Hub:
         also: Iterable[int],
     ) -> None:
         """A system message the engine wrote (membership, creation), read back to push it."""
-        for message in self._engine.messages(tenant, conv, seq, seq):
+        try:
+            messages = self._engine.messages(tenant, conv, seq, seq)
+        except KeyUnavailable as exc:  # as in _resolve: synced later, never a crash
+            log.warning("tenant=%s conv=%s push of seq %s skipped: %s", tenant, conv, seq,
+                        exc.message)
+            return
+        for message in messages:
             data = encode_text_frame(encode_frame(MsgPush(conv, wire_message(message))))
             frames.setdefault((tenant, conv), []).append(_Frame(data, None, tuple(also)))
 
@@ -192,7 +212,13 @@ class Hub:
         if not online:
             return None
         to_members = [frame for frame in frames if not frame.reader]
-        members = self.members(tenant, conv) if to_members else frozenset()
+        try:
+            members = self.members(tenant, conv) if to_members else frozenset()
+        except KeyUnavailable as exc:
+            # Not pushed: the members get it at their next sync. A failed plan must not end
+            # the writer (and with it the server).
+            log.warning("tenant=%s conv=%s fanout skipped: %s", tenant, conv, exc.message)
+            return None
         targets: list[Peer] = []
         if len(online) < len(members):
             for user, peers in online.items():

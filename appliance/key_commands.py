@@ -64,9 +64,22 @@ def key_status(config: Config) -> int:
                 lines.append(f"  epoch {epoch.epoch:<4} {epoch.state:<9} created "
                              f"{_when(epoch.created_ms)}  {epoch.seals:>12,} records sealed"
                              f"{shredded}")
+            lines.append(_message_blocks(keyed, tenant, record.name))
         return "\n".join(lines if len(lines) > 1 else [*lines, "no tenants yet"])
 
     return run_keyed(config, action)
+
+
+def _message_blocks(keyed: KeyedEngine, tenant: int, name: str) -> str:
+    """How far the re-seal of the tenant's messages is: the blocks still under older epochs
+    (a shred of their epoch would destroy them). Counts every block's header: a read, no
+    write lock, proportional to the tenant's messages."""
+    pending, total = keyed.engine.reseal_pending(tenant, "messages")
+    if not pending:
+        return f"  message blocks: {total:,}, none under older epochs"
+    return (f"  message blocks: {pending:,} of {total:,} under older epochs (re-sealed by a "
+            f"server with [keys] reseal_messages = true, or by `herald keys reseal --tenant "
+            f"{name} --messages`)")
 
 
 def rotate(config: Config, tenant_name: str) -> int:
@@ -77,7 +90,8 @@ def rotate(config: Config, tenant_name: str) -> int:
         epoch = keyed.manager.rotate(tenant)
         return (f"tenant {tenant_name!r}: new data key, epoch {epoch}; its users and groups "
                 f"are re-sealed under it, older messages stay readable under their epochs "
-                f"(`herald keys reseal --messages` moves them too)")
+                f"(a server with [keys] reseal_messages = true moves them in the background, "
+                f"as does `herald keys reseal --messages`)")
 
     return run_keyed(config, action)
 

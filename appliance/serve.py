@@ -15,6 +15,7 @@ from appliance.demo_keys import prepare_demo_keys
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.manager import KeyManager, TenantKeyStatus
 from appliance.keys.unlock import open_engine
+from appliance.message_reseal import MessageResealer
 from appliance.server import Server
 from appliance.tls import plaintext_refusal, server_context
 from appliance.writer import wall_clock_ms
@@ -125,6 +126,11 @@ async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool) 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as keys:
             keys.start_soon(_refresh_keys, manager, interval_s)
+            if config.keys.reseal_messages:
+                resealer = MessageResealer(
+                    engine, batch_blocks=config.keys.reseal_batch_blocks,
+                    pause_s=config.keys.reseal_pause_s, check_interval_s=interval_s)
+                keys.start_soon(resealer.run)
             await _serve_until_signal(config, server, signals, demo)
             keys.cancel_scope.cancel()
 

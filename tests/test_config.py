@@ -84,3 +84,29 @@ def test_session_settings_and_allowed_origins_are_read_and_checked(tmp_path: Pat
         with pytest.raises(ConfigError) as refused:
             load_config(path)
         assert says in str(refused.value), text
+
+
+def test_the_background_reseal_is_off_by_default_and_its_pace_is_read_and_checked(
+    tmp_path: Path,
+) -> None:
+    keys = load_config().keys
+    assert keys.reseal_messages is False
+    assert (keys.reseal_batch_blocks, keys.reseal_pause_s) == (32, 0.05)
+    path = tmp_path / "herald.toml"
+    path.write_text("[keys]\nreseal_messages = true\nreseal_batch_blocks = 8\nreseal_pause_s = 1\n")
+    keys = load_config(path).keys
+    assert (keys.reseal_messages, keys.reseal_batch_blocks, keys.reseal_pause_s) == (True, 8, 1.0)
+    for text, says in [
+        ('reseal_messages = "yes"', "keys.reseal_messages must be true or false"),
+        ("reseal_messages = 1", "keys.reseal_messages must be true or false"),
+        ("reseal_batch_blocks = 0", "keys.reseal_batch_blocks must be 1 to 1024"),
+        ("reseal_batch_blocks = 1025", "keys.reseal_batch_blocks must be 1 to 1024"),
+        ("reseal_batch_blocks = 2.5", "keys.reseal_batch_blocks must be an integer"),
+        ("reseal_pause_s = 0", "keys.reseal_pause_s must be above 0 and at most 3600"),
+        ("reseal_pause_s = -1", "keys.reseal_pause_s must be above 0"),
+        ("reseal_pause_s = 3601", "keys.reseal_pause_s must be above 0 and at most 3600"),
+    ]:
+        path.write_text(f"[keys]\n{text}\n")
+        with pytest.raises(ConfigError) as refused:
+            load_config(path)
+        assert says in str(refused.value), text

@@ -98,7 +98,16 @@ class KeyManager:
     def load_tenant(self, tenant: int, *, force: bool = False) -> TenantKeyStatus:
         """Unwrap the live epochs of `tenant` (all with `force`, else those not installed or
         past half their lifetime) and install them with a fresh expiry."""
-        epochs = [e for e in self._engine.key_epochs(tenant) if e.state != EpochState.SHREDDED]
+        all_epochs = self._engine.key_epochs(tenant)
+        for shredded in (e.epoch for e in all_epochs if e.state == EpochState.SHREDDED):
+            if shredded in self._keyring.installed(tenant):
+                # Shredded by another process (`herald keys shred`): forget it now rather than
+                # when it expires, and never install it again.
+                self._keyring.mark_shredded(tenant, shredded)
+                self._expiry.pop((tenant, shredded), None)
+                log.info("tenant=%s epoch %s was shredded: its key is forgotten", tenant,
+                         shredded)
+        epochs = [e for e in all_epochs if e.state != EpochState.SHREDDED]
         if not epochs:
             return self._note(TenantKeyStatus(tenant, "no_key", 0, 0,
                                               "no data key yet: herald keys rotate creates one"))
