@@ -10,10 +10,10 @@ transaction holds LMDB's write lock, which the writer's chat appends wait for, s
 small (bench/reseal_batch.py measures one). Nothing is remembered across restarts: blocks
 already under the current epoch are skipped, so a restarted server just carries on.
 
-A tenant whose blocks cannot be opened (a DEK not available: escrow unreachable, keys revoked,
-an epoch shredded before its blocks were moved) is logged once with what to do, tried again
-later with a growing delay, and never holds up the other tenants. Logs carry tenant ids,
-epochs and counts, never keys.
+A tenant whose blocks cannot be opened (a DEK not available: escrow unreachable, keys revoked;
+the engine steps over blocks under a shredded epoch) is logged once with what to do, tried
+again later with a growing delay, and never holds up the other tenants. Logs carry tenant
+ids, epochs and counts, never keys.
 """
 
 from __future__ import annotations
@@ -137,8 +137,7 @@ class MessageResealer:
             log.warning(
                 "tenant=%s message blocks under older epochs cannot be re-sealed: %s. Their "
                 "data key must be available: `herald keys status` shows the tenant's keys "
-                "(the escrow must be reachable, the keys not revoked). If an older epoch was "
-                "shredded, its messages are gone and their blocks stay as they are. Trying "
+                "(the escrow must be reachable, the keys not revoked). Trying "
                 "again later (first in %s s); other tenants carry on.",
                 tenant, exc.message, FIRST_RETRY_S)
         else:

@@ -22,12 +22,22 @@ from engine.errors import Invalid
 from engine.hotstore import HotStore
 from engine.keys import pack_id
 
-__all__ = ["MAX_RESEAL_BATCH", "MESSAGES_TABLE", "RESEALED_TABLES", "ResealProgress", "Resealer"]
+__all__ = [
+    "MAX_RESEAL_BATCH",
+    "MESSAGES_TABLE",
+    "MIN_SCAN_PER_BATCH",
+    "RESEALED_TABLES",
+    "ResealProgress",
+    "Resealer",
+]
 
 # Tables whose records outlive a shred of the epoch they were written under (docs/security.md).
 RESEALED_TABLES = ("users", "convs", "members", "member_log")
 MESSAGES_TABLE = "messages"
 MAX_RESEAL_BATCH = 10_000  # one write transaction: keeps a batch's time and dirty pages bounded
+# Records a batch looks at, at most (or its size, if larger): a batch holds the write lock, and a
+# table whose records are nearly all re-sealed already must not be scanned whole in one go.
+MIN_SCAN_PER_BATCH = 4_096
 
 _EPOCH = struct.Struct(">I")
 _SEALED_MARKS = (SEALED_MARK, BULK_SEALED_MARK)
@@ -66,7 +76,9 @@ class Resealer:
         self, txn: Any, tenant: int, table: str, after_key: bytes, max_records: int
     ) -> ResealProgress:
         """Re-seal up to `max_records` records of `tenant` in `table` after `after_key` (a key
-        from an earlier batch, or empty) that are not under the tenant's current epoch.
+        from an earlier batch, or empty) that are not under the tenant's current epoch,
+        looking at no more than max(`max_records`, MIN_SCAN_PER_BATCH) records. Records
+        under a shredded epoch are skipped: they can never be opened again.
 
         Opens every record of the batch before it writes any: a missing or shredded DEK raises
         `KeyUnavailable` with nothing written. `Invalid` for an unknown table, a batch size out
@@ -84,6 +96,7 @@ class Resealer:
         name = table.encode()
         opened: list[tuple[bytes, bytes]] = []
         scanned = 0
+        scan_limit = max(max_records, MIN_SCAN_PER_BATCH)
         next_key = b""
         with txn.cursor(db=db) as cur:
             found = cur.set_range(after_key or prefix)
@@ -94,9 +107,12 @@ class Resealer:
                 if not key.startswith(prefix):
                     break
                 scanned += 1
-                if sealed_epoch(value) != current:
+                epoch = sealed_epoch(value)
+                if epoch != current and not (
+                    epoch is not None and keyring.is_shredded(prefix, epoch)
+                ):
                     opened.append((key, self._sealer.open(name, key, value)))
-                if len(opened) >= max_records:
+                if len(opened) >= max_records or scanned >= scan_limit:
                     next_key = bytes(key)
                     break
                 found = cur.next()
@@ -120,10 +136,12 @@ class Resealer:
         return None
 
     def count_pending(self, txn: Any, tenant: int, table: str) -> tuple[int, int]:
-        """(records of `tenant` in `table` not under its current epoch, all its records)."""
+        """(records of `tenant` in `table` not under its current epoch nor a shredded one,
+        all its records)."""
         db = self._db(table)
         prefix = pack_id(tenant)
-        current = self._sealer.keyring.current(tenant)
+        keyring = self._sealer.keyring
+        current = keyring.current(tenant)
         pending = total = 0
         with txn.cursor(db=db) as cur:
             if cur.set_range(prefix):
@@ -131,5 +149,8 @@ class Resealer:
                     if not key.startswith(prefix):
                         break
                     total += 1
-                    pending += sealed_epoch(value) != current
+                    epoch = sealed_epoch(value)
+                    pending += epoch != current and not (
+                        epoch is not None and keyring.is_shredded(prefix, epoch)
+                    )
         return pending, total

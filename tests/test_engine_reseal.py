@@ -225,3 +225,41 @@ def test_bad_reseal_arguments_are_invalid(box: Box, password_hash: str) -> None:
                                ("users", pack_id(org.tenant + 1), 10)):
         with pytest.raises(Invalid):
             eng.reseal_records(org.tenant, table, after, size)
+
+
+def test_a_batch_looks_at_a_bounded_number_of_records(
+    box: Box, password_hash: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch holds the write lock: over a table nearly all re-sealed it must stop scanning
+    # too, not only re-sealing, and say where to go on.
+    monkeypatch.setattr("engine.reseal.MIN_SCAN_PER_BATCH", 2)
+    org, _conv = org_with_history(box, password_hash)
+    eng = box.engine
+    box.add_epoch(org.tenant)  # 4 users under epoch 1, none re-sealed yet
+    first = eng.reseal_records(org.tenant, "users", b"", 1)
+    assert (first.resealed, first.scanned) == (1, 1)
+    second = eng.reseal_records(org.tenant, "users", b"", 1)  # from the start again
+    assert second.scanned == 2 and second.resealed == 1 and second.next_key
+    done = first.resealed + second.resealed + reseal_all(eng, org.tenant, ("users",), batch=1)
+    assert done == 4
+    assert eng.reseal_pending(org.tenant, "users") == (0, 4)
+
+
+def test_blocks_under_a_shredded_epoch_are_skipped_not_refused(
+    box: Box, password_hash: str
+) -> None:
+    org, conv = org_with_history(box, password_hash)  # messages 1-7 under epoch 1
+    eng = box.engine
+    box.add_epoch(org.tenant)
+    reseal_all(eng, org.tenant)
+    eng.apply(ShredKeyEpoch(tenant=org.tenant, epoch=1), NOW_MS)
+    eng.apply(Append(tenant=org.tenant, conv=conv, sender=org.bob, client_msg_id="e2",
+                     body="under epoch 2"), NOW_MS)
+    box.add_epoch(org.tenant)
+    reseal_all(eng, org.tenant)
+    assert eng.reseal_pending(org.tenant, "messages") == (1, 2)  # epoch 2's block; 1's is gone
+
+    assert reseal_all(eng, org.tenant, ("messages",), batch=1) == 1
+    assert eng.reseal_pending(org.tenant, "messages") == (0, 2)
+    eng.apply(ShredKeyEpoch(tenant=org.tenant, epoch=2), NOW_MS)
+    assert [m.body for m in eng.messages(org.tenant, conv, 8, 8)] == ["under epoch 2"]
