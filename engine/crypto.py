@@ -54,6 +54,9 @@ DEK_BYTES = 32
 NAME_KEY_BYTES = 32
 _NAME_KEY_CHECK_LABEL = b"herald-name-key-check-v1"
 _LOGIN_LABEL = b"herald-login-v1\0"
+_CMID_KEY_LABEL = b"herald-cmid-key-v1"
+_CMID_PERSON = b"herald-cmid-v1"  # BLAKE2b personalisation, at most 16 bytes
+CMID_BLIND_BYTES = 16
 NONCE_BYTES = 12
 MAX_EPOCH = 2**32 - 1
 # Random 96-bit nonces: past 2**32 seals under one DEK the chance of a repeated nonce passes
@@ -114,6 +117,10 @@ class Keyring:
         if name_key is not None and len(name_key) != NAME_KEY_BYTES:
             raise Invalid(f"a name key must be {NAME_KEY_BYTES} bytes")
         self._name_key = name_key
+        # Its own key for the keyed BLAKE2b of client_msg_ids (one per append: cheaper than
+        # an HMAC), derived so that no key serves two functions.
+        self._cmid_key = None if name_key is None else hmac.new(
+            name_key, _CMID_KEY_LABEL, hashlib.sha256).digest()
         self._clock = clock
         self._keys: dict[bytes, dict[int, _Dek]] = {}  # packed tenant -> epoch -> DEK
         self._current: dict[bytes, int] = {}
@@ -208,6 +215,14 @@ class Keyring:
         if self._name_key is None:
             return login
         return hmac.new(self._name_key, _LOGIN_LABEL + tenant + login, hashlib.sha256).digest()
+
+    def blind_client_msg_id(self, tenant: bytes, cmid: bytes) -> bytes:
+        """The dedupe index's name for `cmid` of (packed) `tenant`: a 16-byte keyed BLAKE2b
+        under a key derived from the name key, or `cmid` itself without one."""
+        if self._cmid_key is None:
+            return cmid
+        return hashlib.blake2b(tenant + cmid, key=self._cmid_key, digest_size=CMID_BLIND_BYTES,
+                               person=_CMID_PERSON).digest()
 
     # -- for the sealer -----------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from engine.blocks import (
 from engine.crypto import Keyring, sealed_epoch
 from engine.errors import Conflict, Forbidden, Invalid, KeyUnavailable, NotFound, NotMember
 from engine.hotstore import HotStore
-from engine.keys import pack_ids
+from engine.keys import pack_id, pack_ids
 from engine.limits import Limits
 from engine.message_cache import PLAIN_EPOCH, CachedMessage, MessageCache
 from engine.ops import Append, Appended
@@ -151,6 +151,8 @@ class Timeline:
         if len(op.mentions) > limits.max_mentions:
             raise Invalid(f"a message may mention at most {limits.max_mentions} users")
 
+        if self._keyring is not None:  # the disk then shows no client_msg_id
+            cmid = self._keyring.blind_client_msg_id(pack_id(op.tenant), cmid)
         dedupe_key = self._dedupe_key(op.tenant, now_ms, op.sender, cmid)
         duplicate = self._find_duplicate(txn, dedupe_key, op.tenant, op.sender, cmid, now_ms)
         if duplicate is not None:

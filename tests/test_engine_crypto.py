@@ -162,20 +162,24 @@ def raw_get(path: Path, table: bytes, key: bytes) -> bytes:
 
 
 def fill_recognisably(engine: Engine, org: Org, hash_: str) -> list[bytes]:
-    """1,000 messages, a group title and display names, each a string found nowhere else."""
+    """1,000 messages (bodies and client_msg_ids), a group title and display names, each a
+    string found nowhere else; a retry of the last message is still recognised."""
     conv = engine.apply(CreateGroup(tenant=org.tenant, creator=org.alice,
                                     title="Nightingale-Secret-Title", members=(org.bob,)),
                         NOW_MS).conv
     engine.apply(CreateUser(tenant=org.tenant, login="login-marker-okapi",
                             display_name="Zebra-Display-Name", password_hash=hash_), NOW_MS)
     bodies = [f"plaintext-marker-{i:04d}-quokka" for i in range(1000)]
+    cmids = [f"cmid-marker-{i:04d}-wombat" for i in range(1000)]
     for start in range(0, 1000, 100):
         results = engine.apply_batch(
-            [say(org, conv, f"m{i}", bodies[i]) for i in range(start, start + 100)], NOW_MS
+            [say(org, conv, cmids[i], bodies[i]) for i in range(start, start + 100)], NOW_MS
         )
         assert all(isinstance(r, Appended) for r in results)
-    return [b.encode() for b in bodies] + [b"Nightingale-Secret-Title", b"Zebra-Display-Name",
-                                           b"$argon2id$", b"login-marker-okapi"]
+    retry = engine.apply(say(org, conv, cmids[-1], bodies[-1]), NOW_MS)
+    assert isinstance(retry, Appended) and retry.duplicate
+    return [x.encode() for x in bodies + cmids] + [
+        b"Nightingale-Secret-Title", b"Zebra-Display-Name", b"$argon2id$", b"login-marker-okapi"]
 
 
 def test_a_sealed_store_holds_no_plaintext_while_a_plain_one_does(
