@@ -115,8 +115,26 @@ def seed(
     fill: int = 0, body_bytes: int = 100, tenant_name: str = "bench",
 ) -> World:
     """Create the tenant, users, the group (the first `group_members` users), direct
-    conversations and `fill` group messages; issue a session token per user."""
+    conversations and `fill` group messages; issue a session token per user.
+
+    The store is sealed, as `herald serve` serves no other, with the demo's keys (a SoftHSM2
+    token as the escrow, appliance/demo_keys.py). The work runs in a child process: SoftHSM2
+    reads its configuration once per process, and every run has a token of its own."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        world: World = pool.apply(_seed_sealed, (data_dir,), {
+            "users": users, "group_members": group_members, "direct_pairs": direct_pairs,
+            "fill": fill, "body_bytes": body_bytes, "tenant_name": tenant_name})
+    return world
+
+
+def _seed_sealed(
+    data_dir: Path, *, users: int, group_members: int, direct_pairs: int, fill: int,
+    body_bytes: int, tenant_name: str,
+) -> World:
     from appliance.config import Config
+    from appliance.demo_keys import prepare_demo_keys
+    from appliance.keys.unlock import open_engine
     from appliance.tokens import new_token
     from engine import (
         Append,
@@ -124,18 +142,20 @@ def seed(
         CreateSession,
         CreateTenant,
         CreateUser,
-        Engine,
         OpenDirect,
         hash_password,
     )
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    config = Config(data_dir=data_dir)
+    config, _ = prepare_demo_keys(Config(data_dir=data_dir))
     now_ms = time.time_ns() // 1_000_000
-    engine = Engine(config.store_dir, map_size=config.map_size_bytes, limits=config.limits)
+    keyed = open_engine(config)
+    engine = keyed.engine
     try:
         phc = hash_password(PASSWORD)  # once: Argon2id is slow on purpose
         tenant = engine.apply(CreateTenant(name=tenant_name), now_ms).tenant  # type: ignore[union-attr]
+        assert keyed.manager is not None
+        keyed.manager.rotate(tenant)  # its first key epoch, as `herald tenant add` does
         ids: list[int] = []
         for first in range(0, users, 2_000):
             ops = [CreateUser(tenant=tenant, login=f"u{i:06d}", display_name=f"User {i}",
@@ -167,7 +187,7 @@ def seed(
             ], now_ms)
             world.tokens += [token for token, _ in issued]
     finally:
-        engine.close()
+        keyed.close()
     return world
 
 
