@@ -129,6 +129,9 @@ class Keyring:
         # opened messages frees their plaintexts. A tuple, replaced whole, so that `forget`
         # in one thread never iterates a collection another thread is changing.
         self._forget_listeners: tuple[Callable[[bytes, int | None], object], ...] = ()
+        # Told (packed tenant, epoch) when a record names an epoch whose DEK was never
+        # installed: the appliance then unwraps it at once instead of at its next key refresh.
+        self._missing_listeners: tuple[Callable[[bytes, int], object], ...] = ()
 
     def install(self, tenant: int, epoch: int, dek: bytes, expires_at: float | None = None) -> None:
         """Hold `dek` for records of `tenant` sealed under `epoch`, until `expires_at`
@@ -173,6 +176,12 @@ class Keyring:
         `mark_shredded`) drops DEKs, after dropping them: how the engine empties its cache of
         opened messages."""
         self._forget_listeners = (*self._forget_listeners, listener)
+
+    def add_missing_listener(self, listener: Callable[[bytes, int], object]) -> None:
+        """Call `listener(packed tenant, epoch)`, from whatever thread is reading, each time a
+        record names an epoch that is not installed (nor shredded): an epoch another process
+        added, say. It must be quick and must not raise."""
+        self._missing_listeners = (*self._missing_listeners, listener)
 
     def remove_forget_listener(self, listener: Callable[[bytes, int | None], object]) -> None:
         """Stop calling `listener` (the engine closes); nothing if it was not added."""
@@ -243,6 +252,8 @@ class Keyring:
                     f"key epoch {epoch} of tenant {_tenant_id(tenant)} was shredded: its "
                     f"records are gone for good"
                 )
+            for listener in self._missing_listeners:
+                listener(tenant, epoch)
             raise KeyUnavailable(
                 f"the data key of tenant {_tenant_id(tenant)}, epoch {epoch}, is not installed: "
                 f"the appliance has not unwrapped it (is the tenant's escrow reachable?)"

@@ -708,3 +708,20 @@ def test_a_forked_child_never_seals_with_its_parents_next_nonce() -> None:
 
     assert len(child_nonce) == 12
     assert child_nonce != parent_nonce
+
+
+def test_a_record_under_an_epoch_never_installed_tells_the_missing_listeners(
+    sealed: Sealed, password_hash: str
+) -> None:
+    org = sealed_org(sealed, "acme", password_hash)
+    conv = group(sealed.engine, org)
+    told: list[tuple[bytes, int]] = []
+    sealed.keyring.add_missing_listener(lambda tenant, epoch: told.append((tenant, epoch)))
+    sealed.keyring.forget(org.tenant, 1)  # as if another process had added the epoch
+
+    with pytest.raises(KeyUnavailable):
+        sealed.engine.messages(org.tenant, conv, 1, 1)
+    assert told == [(pack_ids(org.tenant), 1)]
+    sealed.keyring.install(org.tenant, 1, sealed.deks[org.tenant, 1])
+    assert sealed.engine.messages(org.tenant, conv, 1, 1)
+    assert len(told) == 1  # an installed key tells nobody

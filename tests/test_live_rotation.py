@@ -1,0 +1,62 @@
+"""`herald keys rotate` in another process while `herald serve` runs: the rotation re-seals
+conversations and members under the new epoch at once, and the server unwraps that epoch as
+soon as a record names it, not at its next key refresh (appliance/serve.py EarlyRefresh)."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import trio
+from clients import login, open_ws, request
+from conftest import PASSWORD
+from keyed_dirs import herald, keyed_data_dir
+from processes import herald as herald_process
+
+EARLY = "refreshing the keys now"
+
+
+async def test_a_rotation_by_another_process_is_picked_up_when_a_record_names_it(
+    tmp_path: Path,
+) -> None:
+    # A long DEK cache: the periodic refresh comes every 5 s, the most it ever waits.
+    data = keyed_data_dir(tmp_path / "data", cache_lifetime_s=3600.0)
+    for args, stdin in ((("tenant", "add", "acme"), ""),
+                        (("user", "add", "--tenant", "acme", "alice", "--password-stdin"),
+                         PASSWORD + "\n"),
+                        (("group", "add", "--tenant", "acme", "--owner", "alice", "team"), "")):
+        done = herald(*args[:2], "--data-dir", str(data), *args[2:], stdin=stdin)
+        assert done.returncode == 0, done.stderr
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, herald_process(
+            nursery, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"
+        ) as server:
+            port = int((await server.expect(r"listening at ws://127\.0\.0\.1:(\d+)/")).group(1))
+            async with open_ws(port) as alice:
+                await login(alice, "acme", "alice")
+                convs = await request(alice, {"op": "convs", "id": 2})
+                (group,) = [c["conv"] for c in convs["data"]["convs"]]
+                assert EARLY not in server.err.decode()
+
+                rotated = await trio.to_thread.run_sync(
+                    herald, "keys", "rotate", "--data-dir", str(data), "--tenant", "acme")
+                assert rotated.returncode == 0, rotated.stderr
+                # The group record is now under epoch 2, which the server has not installed:
+                # reading it names the epoch, and the server fetches it right away.
+                request_id = 10
+                while True:
+                    request_id += 1
+                    reply = await request(alice, {"op": "members", "id": request_id,
+                                                  "conv": group})
+                    if reply["type"] == "reply":
+                        break
+                    assert reply["code"] == "key_unavailable", reply
+                    await trio.sleep(0.05)
+                assert EARLY in server.err.decode()
+                ack = await request(alice, {"op": "send", "id": 99, "conv": group,
+                                            "cmid": "after", "body": "after the rotation"})
+                assert ack["type"] == "reply", ack
+            server.process.send_signal(signal.SIGINT)
+            await server.expect(r"Herald stopped\.")
+    assert re.search(r"keys: a record names a key epoch", server.err.decode())
