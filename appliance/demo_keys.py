@@ -24,9 +24,11 @@ from appliance.keys.unlock import initialize
 __all__ = ["DEMO_KEYS_DIR", "SOFTHSM_MODULES", "prepare_demo_keys"]
 
 DEMO_KEYS_DIR = "demo-keys"
+# Where Debian's softhsm2 puts its PKCS#11 module (then a build from source).
 SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so",
                    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-                   "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")
+                   "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+                   "/usr/local/lib/softhsm/libsofthsm2.so")
 _TOKEN = "herald-demo"
 WARNING = (
     "DEMO KEYS: the escrow is a SoftHSM2 token in {dir}, with its PIN and the master key's "

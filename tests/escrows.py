@@ -22,15 +22,12 @@ from typing import Any
 
 import pytest
 
+from appliance.demo_keys import SOFTHSM_MODULES
 from appliance.keys.escrow_service import ServiceEscrow
 from appliance.keys.pkcs11_escrow import Pkcs11Escrow
 
 HERALD = [sys.executable, "-m", "appliance.cli"]
 ESCROW_PASSPHRASE = "escrow passphrase for tests"
-SOFTHSM_MODULES = ["/usr/lib/softhsm/libsofthsm2.so",
-                   "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-                   "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-                   "/usr/local/lib/softhsm/libsofthsm2.so"]
 TOKEN_LABEL = "herald-tests"
 TOKEN_PIN = "1234-test-pin"
 

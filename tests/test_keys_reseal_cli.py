@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from escrows import SOFTHSM_MODULES
+
+from appliance.demo_keys import SOFTHSM_MODULES
 
 HERALD = [sys.executable, "-m", "appliance.cli"]
 
