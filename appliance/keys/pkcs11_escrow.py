@@ -13,19 +13,16 @@ a revoked key id is never created again.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
 from appliance.keys.errors import EscrowRefused, EscrowUnavailable
 from appliance.keys.escrow import MAX_WRAP_BYTES, KeyState, check_key_id
+from appliance.keys.pkcs11_session import GONE, TokenErrors, TokenSession
 
 __all__ = ["Pkcs11Escrow"]
 
@@ -33,11 +30,12 @@ _VERSION = b"\x01"
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _TOMBSTONE_APPLICATION = "herald-escrow-revoked"
-# The token, its session or the device is gone: the same request may work later.
-_UNAVAILABLE = (p11.DeviceError, p11.DeviceMemory, p11.DeviceRemoved, p11.SessionClosed,
-                p11.SessionHandleInvalid, p11.TokenNotPresent, p11.TokenNotRecognised,
-                p11.HostMemory, p11.UserNotLoggedIn, p11.SessionCount)
-_T = TypeVar("_T")
+# A token that is not there is unavailable (it may come back); a PIN it refuses, a refusal.
+_ERRORS = TokenErrors(
+    settings="escrow", unavailable=EscrowUnavailable, token_missing=EscrowUnavailable,
+    pin_wrong=EscrowRefused, pin_locked=EscrowRefused, ambiguous=EscrowUnavailable,
+    refused=EscrowRefused,
+)
 
 
 class Pkcs11Escrow:
@@ -48,13 +46,7 @@ class Pkcs11Escrow:
     """
 
     def __init__(self, module_path: str, token_label: str, pin: str) -> None:
-        self._module_path = module_path
-        self._token_label = token_label
-        self._pin = pin
-        self._lock = threading.Lock()
-        self._session: Any = None
-        with self._lock:
-            self._open_session()
+        self._token = TokenSession(module_path, token_label, pin, _ERRORS, "the escrow keys")
 
     # -- Escrow -------------------------------------------------------------------------------
 
@@ -71,7 +63,7 @@ class Pkcs11Escrow:
                 Attribute.WRAP: False, Attribute.UNWRAP: False,
             })
 
-        self._run(create)
+        self._token.run(create)
 
     def wrap(self, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
         check_key_id(key_id)
@@ -85,7 +77,7 @@ class Pkcs11Escrow:
                                         mechanism_param=GCMParams(nonce, aad))
             return _VERSION + nonce + sealed
 
-        return self._run(wrap)
+        return self._token.run(wrap)
 
     def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
         check_key_id(key_id)
@@ -101,14 +93,14 @@ class Pkcs11Escrow:
             try:
                 plain: bytes = key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
                                            mechanism_param=GCMParams(nonce, aad))
-            except _UNAVAILABLE:
+            except GONE:
                 raise
             except p11.PKCS11Error:
                 # Tokens report a failed GCM tag variously (SoftHSM2: CKR_GENERAL_ERROR).
                 raise refused from None
             return plain
 
-        return self._run(unwrap)
+        return self._token.run(unwrap)
 
     def revoke(self, key_id: str) -> None:
         check_key_id(key_id)
@@ -130,7 +122,7 @@ class Pkcs11Escrow:
                 })
             key.destroy()
 
-        self._run(revoke)
+        self._token.run(revoke)
 
     def status(self, key_id: str) -> KeyState:
         check_key_id(key_id)
@@ -140,61 +132,12 @@ class Pkcs11Escrow:
                 return "revoked"
             return "active" if self._key(session, key_id) is not None else "missing"
 
-        return self._run(status)
+        return self._token.run(status)
 
     def close(self) -> None:
-        with self._lock:
-            self._close_session()
+        self._token.close()
 
-    # -- the session ---------------------------------------------------------------------------
-
-    def _run(self, action: Callable[[Any], _T]) -> _T:
-        """Run `action(session)` under the lock, translating PKCS#11 errors in one place."""
-        with self._lock:
-            if self._session is None:
-                self._open_session()
-            try:
-                return action(self._session)
-            except _UNAVAILABLE as exc:
-                self._close_session()  # opened afresh by the next call
-                raise EscrowUnavailable(f"the PKCS#11 token {self._token_label!r} stopped "
-                                        f"answering ({type(exc).__name__}); check the HSM and "
-                                        f"retry") from None
-            except p11.PKCS11Error as exc:
-                raise EscrowRefused(f"the PKCS#11 token {self._token_label!r} refused the "
-                                    f"operation ({type(exc).__name__})") from None
-
-    def _open_session(self) -> None:
-        try:
-            lib = pkcs11.lib(self._module_path)
-        except (RuntimeError, OSError) as exc:
-            raise EscrowUnavailable(f"cannot load the PKCS#11 module {self._module_path}: "
-                                    f"{type(exc).__name__}; check the path and that the HSM "
-                                    f"software is installed") from None
-        try:
-            token = lib.get_token(token_label=self._token_label)
-            self._session = token.open(user_pin=self._pin, rw=True)
-        except (p11.NoSuchToken, *_UNAVAILABLE):
-            raise EscrowUnavailable(f"no PKCS#11 token labelled {self._token_label!r} is "
-                                    f"present; check the label (softhsm2-util --show-slots) "
-                                    f"and the HSM") from None
-        except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange):
-            raise EscrowRefused(f"the PIN of the PKCS#11 token {self._token_label!r} is "
-                                f"wrong; check the PIN file") from None
-        except p11.PinLocked:
-            raise EscrowRefused(f"the PIN of the PKCS#11 token {self._token_label!r} is "
-                                f"locked; the token's security officer must unlock it") from None
-        except p11.PKCS11Error as exc:
-            raise EscrowUnavailable(f"cannot open a session on the PKCS#11 token "
-                                    f"{self._token_label!r} ({type(exc).__name__}); check the "
-                                    f"token and its label") from None
-
-    def _close_session(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            # A session that went away with its device has nothing left to release.
-            with contextlib.suppress(p11.PKCS11Error):
-                session.close()
+    # -- the key objects -----------------------------------------------------------------------
 
     @staticmethod
     def _key(session: Any, key_id: str) -> Any:

@@ -17,14 +17,10 @@ such a backup loses every stored message.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
@@ -41,6 +37,7 @@ from appliance.keys.errors import (
     MasterKeyMissing,
 )
 from appliance.keys.master import NAME_KEY_INFO
+from appliance.keys.pkcs11_session import GONE, TokenErrors, TokenSession
 
 __all__ = ["NAME_KEY_SUFFIX", "Pkcs11MasterKey", "check_key_label"]
 
@@ -49,14 +46,13 @@ _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _MAX_WRAP_BYTES = 4096
 _LABEL = re.compile(r"[A-Za-z0-9._:-]{1,100}")
-# The token, its session or the device is gone: the same call may work once it is back.
-_GONE = (p11.DeviceError, p11.DeviceMemory, p11.DeviceRemoved, p11.SessionClosed,
-         p11.SessionHandleInvalid, p11.TokenNotPresent, p11.TokenNotRecognised,
-         p11.HostMemory, p11.UserNotLoggedIn, p11.SessionCount)
 _SECRET = {Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
            Attribute.EXTRACTABLE: False, Attribute.WRAP: False, Attribute.UNWRAP: False,
            Attribute.DERIVE: False}
-_T = TypeVar("_T")
+_ERRORS = TokenErrors(
+    settings="keys", unavailable=HsmUnavailable, token_missing=HsmTokenMissing,
+    pin_wrong=HsmPinWrong, pin_locked=HsmPinLocked, ambiguous=HsmSettingsError, refused=HsmError,
+)
 
 
 def check_key_label(label: str) -> str:
@@ -77,14 +73,9 @@ class Pkcs11MasterKey:
     """
 
     def __init__(self, module_path: str, token_label: str, pin: str, key_label: str) -> None:
-        self._module_path = module_path
         self._token_label = token_label
-        self._pin = pin
         self._key_label = check_key_label(key_label)
-        self._lock = threading.Lock()
-        self._session: Any = None
-        with self._lock:
-            self._open_session()
+        self._token = TokenSession(module_path, token_label, pin, _ERRORS, "the master key")
 
     @classmethod
     def open(cls, module_path: str, token_label: str, pin: str, key_label: str
@@ -92,7 +83,7 @@ class Pkcs11MasterKey:
         """The master key made earlier by `create`; `MasterKeyMissing` if it is not there."""
         master = cls(module_path, token_label, pin, key_label)
         try:
-            master._run(lambda session: (master._aes_key(session), master._name_key(session)))
+            master._token.run(lambda session: (master._aes_key(session), master._name_key(session)))
         except BaseException:
             master.close()
             raise
@@ -105,7 +96,7 @@ class Pkcs11MasterKey:
         either label already (never replaced: it may be another appliance's master key)."""
         master = cls(module_path, token_label, pin, key_label)
         try:
-            master._run(master._generate)
+            master._token.run(master._generate)
         except BaseException:
             master.close()
             raise
@@ -128,7 +119,7 @@ class Pkcs11MasterKey:
                 plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad))
             return nonce + sealed
 
-        return self._run(wrap)
+        return self._token.run(wrap)
 
     def unwrap(self, blob: bytes, aad: bytes) -> bytes:
         mismatch = DekMismatch(f"the master key in the PKCS#11 token {self._token_label!r} does "
@@ -143,14 +134,14 @@ class Pkcs11MasterKey:
             try:
                 plain: bytes = key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
                                            mechanism_param=GCMParams(nonce, aad))
-            except _GONE:
+            except GONE:
                 raise
             except p11.PKCS11Error:
                 # Tokens report a failed GCM tag variously (SoftHSM2: CKR_GENERAL_ERROR).
                 raise mismatch from None
             return plain
 
-        return self._run(unwrap)
+        return self._token.run(unwrap)
 
     def derive_name_key(self) -> bytes:
         def derive(session: Any) -> bytes:
@@ -158,15 +149,14 @@ class Pkcs11MasterKey:
                                                       mechanism=Mechanism.SHA256_HMAC)
             return mac
 
-        return self._run(derive)
+        return self._token.run(derive)
 
     def describe(self) -> str:
         return (f"in the PKCS#11 token {self._token_label!r} (key objects {self._key_label!r} "
                 f"and {self._key_label + NAME_KEY_SUFFIX!r}, not extractable)")
 
     def close(self) -> None:
-        with self._lock:
-            self._close_session()
+        self._token.close()
 
     # -- the key objects ------------------------------------------------------------------------
 
@@ -205,75 +195,3 @@ class Pkcs11MasterKey:
                                    f"keys labelled {label!r}; the HSM's administrator must find "
                                    f"out why and remove the extra ones")
         return keys[0]
-
-    # -- the session ----------------------------------------------------------------------------
-
-    def _run(self, action: Callable[[Any], _T]) -> _T:
-        """Run `action(session)` under the lock, translating PKCS#11 errors in one place."""
-        with self._lock:
-            if self._session is None:
-                self._open_session()
-            try:
-                return action(self._session)
-            except _GONE as exc:
-                self._close_session()  # opened afresh by the next call
-                raise HsmUnavailable(f"the PKCS#11 token {self._token_label!r} stopped "
-                                     f"answering ({type(exc).__name__}); check the HSM and "
-                                     f"retry") from None
-            except p11.PKCS11Error as exc:
-                raise HsmError(f"the PKCS#11 token {self._token_label!r} refused an operation "
-                               f"on the master key ({type(exc).__name__}); check the token and "
-                               f"its key objects") from None
-
-    def _open_session(self) -> None:
-        try:
-            lib = pkcs11.lib(self._module_path)
-        except (RuntimeError, OSError) as exc:
-            raise HsmUnavailable(f"cannot load the PKCS#11 module {self._module_path}: "
-                                 f"{type(exc).__name__}; check keys.pkcs11_module and that the "
-                                 f"HSM's software is installed") from None
-        try:
-            token = lib.get_token(token_label=self._token_label)
-        except p11.NoSuchToken:
-            raise HsmTokenMissing(f"no PKCS#11 token labelled {self._token_label!r} is present: "
-                                  f"connect the HSM, or fix keys.pkcs11_token (list the tokens "
-                                  f"with the HSM's tools, e.g. softhsm2-util --show-slots)"
-                                  ) from None
-        except p11.MultipleTokensReturned:
-            raise HsmSettingsError(f"several PKCS#11 tokens are labelled {self._token_label!r}:"
-                                   f" give the master key's token a label of its own") from None
-        except p11.PKCS11Error as exc:
-            raise HsmUnavailable(f"cannot list the tokens of {self._module_path} "
-                                 f"({type(exc).__name__}); check the HSM") from None
-        try:
-            self._session = token.open(user_pin=self._pin, rw=True)
-        except p11.UserAlreadyLoggedIn:
-            # PKCS#11 logs in per process, not per session: another session of this process
-            # (e.g. a second master key object in one test) logged in with the PIN already.
-            self._session = self._without_login(token)
-        except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange):
-            raise HsmPinWrong(f"the PKCS#11 token {self._token_label!r} refused the PIN: "
-                              f"correct the first line of keys.pkcs11_pin_file (failed "
-                              f"attempts may lock the PIN)") from None
-        except p11.PinLocked:
-            raise HsmPinLocked(f"the user PIN of the PKCS#11 token {self._token_label!r} is "
-                               f"locked: the token's security officer must unlock it") from None
-        except p11.PKCS11Error as exc:
-            raise HsmUnavailable(f"cannot open a session on the PKCS#11 token "
-                                 f"{self._token_label!r} ({type(exc).__name__}); check the HSM"
-                                 ) from None
-
-    def _without_login(self, token: Any) -> Any:
-        try:
-            return token.open(rw=True)
-        except p11.PKCS11Error as exc:
-            raise HsmUnavailable(f"cannot open a session on the PKCS#11 token "
-                                 f"{self._token_label!r} ({type(exc).__name__}); check the HSM"
-                                 ) from None
-
-    def _close_session(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            # A session that went away with its device has nothing left to release.
-            with contextlib.suppress(p11.PKCS11Error):
-                session.close()
