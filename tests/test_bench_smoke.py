@@ -29,8 +29,23 @@ def test_the_load_generator_runs_a_scenario_against_a_sealed_server(scenario: st
     assert f"{scenario}: median of 1 run(s)" in out  # whatever the figures of so tiny a run
 
 
-def test_the_engine_benchmark_compares_plain_and_sealed_stores() -> None:
+# The shared chat corpus lives beside the repository (../shared/bench), not in a clean clone:
+# the smoke run gets a stand-in with the same interface.
+STAND_IN_CORPUS = """
+import random
+
+
+def make_corpus(n_total, seed=1, **_):
+    rng = random.Random(seed)
+    return [{"text": "a line of chat " * rng.randint(1, 12), "mentions": []}
+            for _ in range(n_total)]
+"""
+
+
+def test_the_engine_benchmark_compares_plain_and_sealed_stores(tmp_path: Path) -> None:
+    corpus = tmp_path / "chat_corpus.py"
+    corpus.write_text(STAND_IN_CORPUS)
     out = run_bench(str(BENCH / "engine_append.py"), "--sealer", "both", "--cache", "off",
-                    "--reps", "1")
+                    "--reps", "1", "--corpus-module", str(corpus))
     assert "| 100 |" in out
     assert "page_before latest 50" in out and "page_before older 50" in out
