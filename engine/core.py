@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from engine.crypto import AeadSealer, Keyring
+from engine.crypto import AeadSealer, Keyring, NameKeySealer
 from engine.epochs import KeyEpoch, KeyEpochs
 from engine.errors import (
     Conflict,
@@ -197,8 +197,12 @@ class Engine:
         if keyring is not None:
             keyring.add_forget_listener(self._timeline.drop_tails)
         blind_login = None if self._aead is None else self._aead.keyring.blind_login
+        blind_tenant_name = tenant_sealer = None
+        if keyring is not None and keyring.tenant_record_aead() is not None:
+            blind_tenant_name, tenant_sealer = keyring.blind_tenant_name, NameKeySealer(keyring)
         self._membership = Membership(
-            self._store, sealer, self.limits, self._timeline, blind_login
+            self._store, sealer, self.limits, self._timeline, blind_login, blind_tenant_name,
+            tenant_sealer,
         )
         m = self._membership
         self._sessions = Sessions(self._store, m)

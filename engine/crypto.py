@@ -41,20 +41,25 @@ __all__ = [
     "MAX_EPOCH",
     "MAX_SEALS_PER_EPOCH",
     "NAME_KEY_BYTES",
+    "NAME_SEALED_MARK",
     "SEALED_MARK",
     "AeadSealer",
     "Keyring",
+    "NameKeySealer",
     "sealed_epoch",
 ]
 
 SEALED_MARK = 0x01  # "sealed v1, AES-256-GCM-SIV"; engine.records.PlainSealer writes 0x00
 BULK_SEALED_MARK = 0x02  # "sealed v1, AES-256-GCM under the DEK's bulk subkey"
+NAME_SEALED_MARK = 0x03  # "sealed v1, AES-256-GCM-SIV under the name key's record subkey"
 _BULK_SUBKEY_INFO = b"herald-bulk-aes-256-gcm-v1"
 DEK_BYTES = 32
 NAME_KEY_BYTES = 32
 _NAME_KEY_CHECK_LABEL = b"herald-name-key-check-v1"
 _LOGIN_LABEL = b"herald-login-v1\0"
 _CMID_KEY_LABEL = b"herald-cmid-key-v1"
+_TENANT_NAME_LABEL = b"herald-tenant-name-v1\0"
+_TENANT_RECORD_KEY_LABEL = b"herald-tenant-record-key-v1"
 _CMID_PERSON = b"herald-cmid-v1"  # BLAKE2b personalisation, at most 16 bytes
 CMID_BLIND_BYTES = 16
 NONCE_BYTES = 12
@@ -121,6 +126,8 @@ class Keyring:
         # an HMAC), derived so that no key serves two functions.
         self._cmid_key = None if name_key is None else hmac.new(
             name_key, _CMID_KEY_LABEL, hashlib.sha256).digest()
+        self._tenant_records: AESGCMSIV | None = None if name_key is None else AESGCMSIV(
+            hmac.new(name_key, _TENANT_RECORD_KEY_LABEL, hashlib.sha256).digest())
         self._clock = clock
         self._keys: dict[bytes, dict[int, _Dek]] = {}  # packed tenant -> epoch -> DEK
         self._current: dict[bytes, int] = {}
@@ -225,6 +232,18 @@ class Keyring:
             return login
         return hmac.new(self._name_key, _LOGIN_LABEL + tenant + login, hashlib.sha256).digest()
 
+    def blind_tenant_name(self, name: bytes) -> bytes:
+        """The tenant index's name for `name`: HMAC-SHA256 under the name key, or `name`
+        itself without one."""
+        if self._name_key is None:
+            return name
+        return hmac.new(self._name_key, _TENANT_NAME_LABEL + name, hashlib.sha256).digest()
+
+    def tenant_record_aead(self) -> AESGCMSIV | None:
+        """The cipher of tenant records (under a key derived from the name key: they are read
+        before any DEK is unwrapped); None without a name key."""
+        return self._tenant_records
+
     def blind_client_msg_id(self, tenant: bytes, cmid: bytes) -> bytes:
         """The dedupe index's name for `cmid` of (packed) `tenant`: a 16-byte keyed BLAKE2b
         under a key derived from the name key, or `cmid` itself without one."""
@@ -307,6 +326,42 @@ class _NoncePool:
             self._pool, at, self._generation = self._rng(_NONCE_POOL_BYTES), 0, _fork_generation
         self._at = at + NONCE_BYTES
         return self._pool[at:at + NONCE_BYTES]
+
+
+class NameKeySealer:
+    """A `RecordSealer` for the records that must open before any tenant's DEK is unwrapped
+    (the tenant records: the appliance lists tenants to know whose keys to unwrap). AES-256-
+    GCM-SIV under a key derived from the name key, which the appliance derives from the master
+    key: unreadable from the disk alone, readable whenever the appliance runs. The header is
+    `0x03 | epoch 0`; the associated data binds it, the table and the key as `AeadSealer`'s."""
+
+    store_format = SEALED_FORMAT_VERSION
+
+    def __init__(self, keyring: Keyring, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+        """Raises `Invalid` for a keyring without a name key."""
+        aead = keyring.tenant_record_aead()
+        if aead is None:
+            raise Invalid("tenant records are sealed under the name key: the keyring has none")
+        self._aead = aead
+        self._rng = rng
+
+    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes:
+        header = _HEADER.pack(NAME_SEALED_MARK, 0)
+        nonce = self._rng(NONCE_BYTES)
+        return header + nonce + self._aead.encrypt(nonce, plaintext, header + table + b"\0" + key)
+
+    def open(self, table: bytes, key: bytes, stored: bytes) -> bytes:
+        """Raises `CorruptData` for a record in another format, altered, or moved."""
+        if len(stored) < _MIN_SEALED_BYTES or stored[0] != NAME_SEALED_MARK:
+            raise CorruptData(f"a record in table {table.decode()} is not in its format")
+        try:
+            return self._aead.decrypt(stored[_HEADER_BYTES:_NONCE_END], stored[_NONCE_END:],
+                                      stored[:_HEADER_BYTES] + table + b"\0" + key)
+        except InvalidTag as exc:
+            raise CorruptData(
+                f"a record in table {table.decode()} failed authentication: it was altered, "
+                f"or moved from another key or table"
+            ) from exc
 
 
 class AeadSealer:

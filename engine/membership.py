@@ -73,22 +73,27 @@ class Membership:
     def __init__(
         self, store: HotStore, sealer: RecordSealer, limits: Limits, timeline: Timeline,
         blind_login: Callable[[bytes, bytes], bytes] | None = None,
+        blind_tenant_name: Callable[[bytes], bytes] | None = None,
+        tenant_sealer: RecordSealer | None = None,
     ) -> None:
-        """`blind_login(tenant, login)` names a login in the `user_logins` index (a sealed
-        store's keyring HMACs it); without it the login is the name."""
+        """`blind_login(tenant, login)` names a login in the `user_logins` index, and
+        `blind_tenant_name(name)` a tenant in `tenant_names` (a sealed store's keyring HMACs
+        them); without them the name is the key. `tenant_sealer` seals tenant records (a
+        sealed store with a name key: engine.crypto.NameKeySealer); without it they are plain,
+        as the appliance lists tenants before it can unwrap any DEK."""
         self._blind_login = blind_login
+        self._blind_tenant_name = blind_tenant_name
         self._store = store
         self._dbs = store.dbs
         self._limits = limits
         # Each record table with the sealer of its values and its name, which the sealer binds
-        # each record to. Tenant records stay plain in every store: their names are keys of
-        # tenant_names anyway, and the appliance lists tenants before it can unwrap any DEK.
-        # Keyed by the handle's identity: `store.dbs` holds every handle for the store's life.
+        # each record to. Keyed by the handle's identity: `store.dbs` holds every handle for
+        # the store's life.
         self._sealers: dict[int, tuple[bytes, RecordSealer]] = {
             id(getattr(self._dbs, name)): (name.encode(), sealer)
             for name in ("users", "convs", "members", "member_log")
         }
-        self._sealers[id(self._dbs.tenants)] = (b"tenants", PlainSealer())
+        self._sealers[id(self._dbs.tenants)] = (b"tenants", tenant_sealer or PlainSealer())
         self._timeline = timeline
         self._encode = msgspec.msgpack.Encoder().encode
         self._decoders: dict[type, Any] = {}
@@ -126,12 +131,18 @@ class Membership:
 
     def create_tenant(self, txn: Any, op: CreateTenant, now_ms: int) -> TenantCreated:
         self._check_name("a tenant name", op.name)
-        if txn.get(op.name.encode(), db=self._dbs.tenant_names) is not None:
+        name_key = self._tenant_name_key(op.name)
+        if txn.get(name_key, db=self._dbs.tenant_names) is not None:
             raise Conflict(f"a tenant named {op.name!r} exists already")
         tenant = self._store.next_id(txn, b"tenant")
         self._put(txn, self._dbs.tenants, pack_id(tenant), TenantRecord(op.name, now_ms))
-        txn.put(op.name.encode(), pack_id(tenant), db=self._dbs.tenant_names)
+        txn.put(name_key, pack_id(tenant), db=self._dbs.tenant_names)
         return TenantCreated(tenant)
+
+    def _tenant_name_key(self, name: str) -> bytes:
+        if self._blind_tenant_name is None:
+            return name.encode()
+        return self._blind_tenant_name(name.encode())
 
     def tenant(self, txn: Any, tenant: int) -> TenantRecord:
         record = self._get(txn, self._dbs.tenants, pack_id(tenant), TenantRecord)
@@ -140,7 +151,7 @@ class Membership:
         return record
 
     def find_tenant(self, txn: Any, name: str) -> int:
-        found = txn.get(name.encode(), db=self._dbs.tenant_names)
+        found = txn.get(self._tenant_name_key(name), db=self._dbs.tenant_names)
         if found is None:
             raise NotFound(f"no tenant is named {name!r}")
         return unpack_id(found)

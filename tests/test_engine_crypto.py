@@ -15,7 +15,7 @@ from pathlib import Path
 import lmdb
 import msgspec
 import pytest
-from conftest import NOW_MS, PASSWORD, Org, assert_refusal, create_org, snapshot
+from conftest import NOW_MS, PASSWORD, Org, assert_refusal, create_org, refused, snapshot
 
 from engine import (
     AddKeyEpoch,
@@ -725,3 +725,26 @@ def test_a_record_under_an_epoch_never_installed_tells_the_missing_listeners(
     sealed.keyring.install(org.tenant, 1, sealed.deks[org.tenant, 1])
     assert sealed.engine.messages(org.tenant, conv, 1, 1)
     assert len(told) == 1  # an installed key tells nobody
+
+
+def test_tenant_names_are_sealed_and_blinded_yet_found_by_name(
+    tmp_path: Path, sealed: Sealed, password_hash: str
+) -> None:
+    # The appliance lists tenants before any DEK is unwrapped: their records are sealed under
+    # a key derived from the name key, and the name index holds an HMAC of each name.
+    name = "tenant-marker-capybara"
+    plain = Engine(tmp_path / "plain", map_size=MAP_SIZE_BYTES)
+    plain.apply(CreateTenant(name=name), NOW_MS)
+    plain.close()
+    org = sealed_org(sealed, name, password_hash)
+    eng = sealed.engine
+    assert eng.find_tenant(name) == org.tenant
+    assert eng.tenant(org.tenant).name == name
+    assert [(t, r.name) for t, r in eng.tenants()] == [(org.tenant, name)]
+    assert_refusal(refused(eng, CreateTenant(name=name)), Conflict)
+    eng.close()
+
+    assert name.encode() in (tmp_path / "plain" / "data.mdb").read_bytes()  # the search works
+    assert name.encode() not in (sealed.path / "data.mdb").read_bytes()
+    eng = sealed.reopen()
+    assert eng.find_tenant(name) == org.tenant
