@@ -31,6 +31,7 @@ from engine import (
     KeyUnavailable,
     ShredKeyEpoch,
 )
+from engine.keys import pack_id
 
 __all__ = ["KeyManager", "TenantKeyStatus", "escrow_key_id"]
 
@@ -100,9 +101,9 @@ class KeyManager:
         past half their lifetime) and install them with a fresh expiry."""
         all_epochs = self._engine.key_epochs(tenant)
         for shredded in (e.epoch for e in all_epochs if e.state == EpochState.SHREDDED):
-            if shredded in self._keyring.installed(tenant):
+            if not self._keyring.is_shredded(pack_id(tenant), shredded):
                 # Shredded by another process (`herald keys shred`): forget it now rather than
-                # when it expires, and never install it again.
+                # when it expires, never install it again, and let re-seals step over it.
                 self._keyring.mark_shredded(tenant, shredded)
                 self._expiry.pop((tenant, shredded), None)
                 log.info("tenant=%s epoch %s was shredded: its key is forgotten", tenant,
