@@ -202,9 +202,9 @@ class Keyring:
         if self._current.get(pack_id(tenant)) == epoch:
             del self._current[pack_id(tenant)]
 
-    def is_shredded(self, tenant: bytes, epoch: int) -> bool:
-        """Whether (packed `tenant`, `epoch`) was shredded: its records are gone for good."""
-        return (tenant, epoch) in self._shredded
+    def is_shredded(self, tenant: int, epoch: int) -> bool:
+        """Whether `epoch` of `tenant` was shredded: its records are gone for good."""
+        return (pack_id(tenant), epoch) in self._shredded
 
     def current(self, tenant: int) -> int | None:
         """The epoch new records of `tenant` are sealed under, if any."""

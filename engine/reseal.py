@@ -109,7 +109,7 @@ class Resealer:
                 scanned += 1
                 epoch = sealed_epoch(value)
                 if epoch != current and not (
-                    epoch is not None and keyring.is_shredded(prefix, epoch)
+                    epoch is not None and keyring.is_shredded(tenant, epoch)
                 ):
                     opened.append((key, self._sealer.open(name, key, value)))
                 if len(opened) >= max_records or scanned >= scan_limit:
@@ -151,6 +151,6 @@ class Resealer:
                     total += 1
                     epoch = sealed_epoch(value)
                     pending += epoch != current and not (
-                        epoch is not None and keyring.is_shredded(prefix, epoch)
+                        epoch is not None and keyring.is_shredded(tenant, epoch)
                     )
         return pending, total

@@ -31,7 +31,6 @@ from engine import (
     KeyUnavailable,
     ShredKeyEpoch,
 )
-from engine.keys import pack_id
 
 __all__ = ["KeyManager", "TenantKeyStatus", "escrow_key_id"]
 
@@ -101,7 +100,7 @@ class KeyManager:
         past half their lifetime) and install them with a fresh expiry."""
         all_epochs = self._engine.key_epochs(tenant)
         for shredded in (e.epoch for e in all_epochs if e.state == EpochState.SHREDDED):
-            if not self._keyring.is_shredded(pack_id(tenant), shredded):
+            if not self._keyring.is_shredded(tenant, shredded):
                 # Shredded by another process (`herald keys shred`): forget it now rather than
                 # when it expires, never install it again, and let re-seals step over it.
                 self._keyring.mark_shredded(tenant, shredded)
