@@ -190,7 +190,8 @@ def close_code(payload: bytes) -> int:
 
 
 async def http_exchange(port: int, request_bytes: bytes) -> bytes:
-    """Send raw bytes to the server and return everything it answers until it closes."""
+    """Send raw bytes to the server and return everything it answers until it closes (for a
+    TLS port: whatever it answers to bytes that are not a handshake)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(request_bytes)

@@ -19,7 +19,16 @@ from typing import Any
 
 import pytest
 import trio
-from clients import OP_CLOSE, OP_TEXT, RawClient, close_code, login, receive_json, request
+from clients import (
+    OP_CLOSE,
+    OP_TEXT,
+    RawClient,
+    close_code,
+    http_exchange,
+    login,
+    receive_json,
+    request,
+)
 from conftest import NOW_MS, PASSWORD
 from servers import running_server, seed_org
 from tls_certs import CertAuthority
@@ -285,18 +294,7 @@ async def test_garbage_instead_of_a_client_hello_closes_only_that_connection(
             seed_org(running.engine, "acme", ["alice"])
             async with open_wss(running.port, context) as before:
                 await login(before, "acme", "alice")
-                stream = await trio.open_tcp_stream("127.0.0.1", running.port)
-                async with stream:
-                    await stream.send_all(garbage)
-                    answer = bytearray()
-                    while True:
-                        try:
-                            data = await stream.receive_some(65536)
-                        except trio.BrokenResourceError:
-                            break
-                        if not data:
-                            break
-                        answer += data
+                answer = await http_exchange(running.port, garbage)
                 # At most a TLS alert record (content type 21), never an HTTP or WebSocket byte.
                 assert not answer or answer[0] == 21, bytes(answer)
                 messages = [r.getMessage() for r in caplog.records]
