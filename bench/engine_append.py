@@ -607,10 +607,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "store": stats,
             "elapsed_s": round(elapsed, 1),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        progress(f"wrote {args.json}")
+        write_json_report(args.json, report)
     return 1 if args.check and not all(t["met"] for t in targets) else 0
+
+
+def write_json_report(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    progress(f"wrote {path}")
 
 
 if __name__ == "__main__":

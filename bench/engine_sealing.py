@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import random
 import statistics
@@ -43,6 +42,7 @@ from engine_append import (
     make_batches,
     progress,
     run_engine,
+    write_json_report,
 )
 
 from engine import Engine, Keyring
@@ -311,7 +311,5 @@ def main(args: argparse.Namespace, corpus: ModuleType, sizes: tuple[int, ...]) -
             "targets": targets,
             "elapsed_s": round(elapsed, 1),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        progress(f"wrote {args.json}")
+        write_json_report(args.json, report)
     return 1 if args.check and not all(t["met"] for t in targets) else 0
