@@ -7,13 +7,13 @@ a running server closes the connections of sessions ended here within its
 from __future__ import annotations
 
 import datetime
-import getpass
 import sys
 from collections.abc import Callable
 
 from appliance.config import Config
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.unlock import KeyedEngine, open_engine
+from appliance.terminal import ask_secret
 from appliance.writer import wall_clock_ms
 from engine import (
     CreateGroup,
@@ -46,10 +46,12 @@ def read_password(from_stdin: bool, whose: str = "the new user") -> str:
     """A password: one line of stdin, or asked twice on the terminal."""
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass(f"Password for {whose}: ")
-    if getpass.getpass("Again: ") != first:
-        raise SystemExit("herald: the passwords differ; nothing was changed")
-    return first
+    return ask_secret(
+        f"Password for {whose}: ", confirm=True,
+        no_terminal="herald: a password is needed and there is no terminal to ask on: pass "
+                    "--password-stdin and give it on standard input",
+        differ="herald: the passwords differ; nothing was changed",
+    )
 
 
 def run_keyed(config: Config, action: Callable[[KeyedEngine], str]) -> int:

@@ -13,7 +13,6 @@ request, once per user, before it prints a message that names someone new.
 
 from __future__ import annotations
 
-import getpass
 import ssl
 import sys
 import time
@@ -38,6 +37,7 @@ from appliance.client import (
     open_client,
 )
 from appliance.protocol.frames import ConvSummary, WireMessage
+from appliance.terminal import ask_secret
 
 __all__ = ["HELP", "Command", "format_message", "parse_command", "run"]
 
@@ -337,7 +337,10 @@ def run(url: str, tenant: str, login: str, *, password_stdin: bool,
     if password_stdin:
         password = stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass(f"Password for {login}: ")
+        password = ask_secret(
+            f"Password for {login}: ",
+            no_terminal="herald chat: a password is needed and there is no terminal to ask "
+                        "on: pass --password-stdin and give it on standard input")
     try:
         return trio.run(_chat, url, tenant, login, password, stdin, out, ssl_context)
     except KeyboardInterrupt:

@@ -9,10 +9,8 @@ and the tests; `herald serve` refuses it.
 
 from __future__ import annotations
 
-import getpass
 import os
 import secrets
-import sys
 from dataclasses import dataclass
 
 from appliance.config import MASTER_KEY_PLACES, Config
@@ -27,6 +25,7 @@ from appliance.keys.master_place import (
     master_key_place,
     open_master,
 )
+from appliance.terminal import ask_secret
 from appliance.writer import wall_clock_ms
 from engine import Engine, Keyring
 
@@ -64,14 +63,12 @@ def read_passphrase(config: Config, *, confirm: bool = False) -> str:
             raise KeyManagementError(
                 f"cannot read the passphrase file {config.keys.passphrase_file}: {exc.strerror};"
                 f" check [keys] passphrase_file") from None
-    if not sys.stdin.isatty():
-        raise KeyManagementError(
-            "the master key's passphrase is needed and there is no terminal to ask on: set "
-            "[keys] passphrase_file in the configuration")
-    first = getpass.getpass("Master key passphrase: ")
-    if confirm and getpass.getpass("Again: ") != first:
-        raise KeyManagementError("the passphrases differ; nothing was created")
-    return first
+    return ask_secret(
+        "Master key passphrase: ", confirm=confirm, error=KeyManagementError,
+        no_terminal="the master key's passphrase is needed and there is no terminal to ask on: "
+                    "set [keys] passphrase_file in the configuration",
+        differ="the passphrases differ; nothing was created",
+    )
 
 
 @dataclass

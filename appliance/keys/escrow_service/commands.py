@@ -4,7 +4,6 @@ escrow machine. Each returns an exit status; errors say what to do next, never a
 
 from __future__ import annotations
 
-import getpass
 import signal
 import ssl
 import sys
@@ -18,6 +17,7 @@ from appliance.keys.escrow_service.keystore import Keystore
 from appliance.keys.escrow_service.pki import create_service_pki, issue_client_certificate
 from appliance.keys.escrow_service.server import EscrowServer, EscrowService, server_tls_context
 from appliance.keys.sealed_file import check_new_passphrase
+from appliance.terminal import ask_secret
 
 __all__ = ["AUDIT_FILE", "KEYSTORE_FILE", "audit", "init", "issue_client", "keys",
            "read_passphrase", "revoke", "serve"]
@@ -45,10 +45,12 @@ def read_passphrase(passphrase_file: str | None, *, new: bool = False) -> str:
         except OSError as exc:
             raise SystemExit(f"herald escrow: cannot read the passphrase file "
                              f"{passphrase_file}: {exc.strerror}") from None
-    first = getpass.getpass("Escrow passphrase: ")
-    if new and getpass.getpass("Again: ") != first:
-        raise SystemExit("herald escrow: the passphrases differ; nothing was created")
-    return first
+    return ask_secret(
+        "Escrow passphrase: ", confirm=new,
+        no_terminal="herald escrow: the escrow's passphrase is needed and there is no terminal "
+                    "to ask on: pass --passphrase-file FILE (- reads it from standard input)",
+        differ="herald escrow: the passphrases differ; nothing was created",
+    )
 
 
 def init(directory: Path, passphrase: str, hosts: list[str]) -> int:
