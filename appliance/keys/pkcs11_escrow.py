@@ -13,22 +13,24 @@ a revoked key id is never created again.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11 import exceptions as p11
-from pkcs11.mechanisms import GCMParams
+from pkcs11 import Attribute, KeyType, ObjectClass
 
 from appliance.keys.errors import EscrowRefused, EscrowUnavailable
 from appliance.keys.escrow import MAX_WRAP_BYTES, KeyState, check_key_id
-from appliance.keys.pkcs11_session import GONE, TokenErrors, TokenSession
+from appliance.keys.pkcs11_session import (
+    GCM_NONCE_BYTES,
+    GCM_TAG_BYTES,
+    TokenErrors,
+    TokenSession,
+    gcm_open,
+    gcm_seal,
+)
 
 __all__ = ["Pkcs11Escrow"]
 
 _VERSION = b"\x01"
-_NONCE_BYTES = 12
-_TAG_BYTES = 16
 _TOMBSTONE_APPLICATION = "herald-escrow-revoked"
 # A token that is not there is unavailable (it may come back); a PIN it refuses, a refusal.
 _ERRORS = TokenErrors(
@@ -69,13 +71,9 @@ class Pkcs11Escrow:
         check_key_id(key_id)
         if len(plaintext) > MAX_WRAP_BYTES:
             raise EscrowRefused(f"at most {MAX_WRAP_BYTES} bytes can be wrapped at once")
-        nonce = os.urandom(_NONCE_BYTES)
 
         def wrap(session: Any) -> bytes:
-            key = self._active_key(session, key_id)
-            sealed: bytes = key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
-                                        mechanism_param=GCMParams(nonce, aad))
-            return _VERSION + nonce + sealed
+            return _VERSION + gcm_seal(self._active_key(session, key_id), plaintext, aad)
 
         return self._token.run(wrap)
 
@@ -83,22 +81,12 @@ class Pkcs11Escrow:
         check_key_id(key_id)
         refused = EscrowRefused(f"the escrow key {key_id!r} does not open this data with this "
                                 f"associated data: it was altered or belongs elsewhere")
-        if (len(wrapped) < 1 + _NONCE_BYTES + _TAG_BYTES
+        if (len(wrapped) < 1 + GCM_NONCE_BYTES + GCM_TAG_BYTES
                 or len(wrapped) > MAX_WRAP_BYTES + 64 or wrapped[:1] != _VERSION):
             raise refused
-        nonce, sealed = wrapped[1:1 + _NONCE_BYTES], wrapped[1 + _NONCE_BYTES:]
 
         def unwrap(session: Any) -> bytes:
-            key = self._active_key(session, key_id)
-            try:
-                plain: bytes = key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
-                                           mechanism_param=GCMParams(nonce, aad))
-            except GONE:
-                raise
-            except p11.PKCS11Error:
-                # Tokens report a failed GCM tag variously (SoftHSM2: CKR_GENERAL_ERROR).
-                raise refused from None
-            return plain
+            return gcm_open(self._active_key(session, key_id), wrapped[1:], aad, refused)
 
         return self._token.run(unwrap)
 

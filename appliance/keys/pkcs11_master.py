@@ -17,13 +17,10 @@ such a backup loses every stored message.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11 import exceptions as p11
-from pkcs11.mechanisms import GCMParams
 
 from appliance.keys.errors import (
     DekMismatch,
@@ -37,13 +34,18 @@ from appliance.keys.errors import (
     MasterKeyMissing,
 )
 from appliance.keys.master import NAME_KEY_INFO
-from appliance.keys.pkcs11_session import GONE, TokenErrors, TokenSession
+from appliance.keys.pkcs11_session import (
+    GCM_NONCE_BYTES,
+    GCM_TAG_BYTES,
+    TokenErrors,
+    TokenSession,
+    gcm_open,
+    gcm_seal,
+)
 
 __all__ = ["NAME_KEY_SUFFIX", "Pkcs11MasterKey", "check_key_label"]
 
 NAME_KEY_SUFFIX = "-name"
-_NONCE_BYTES = 12
-_TAG_BYTES = 16
 _MAX_WRAP_BYTES = 4096
 _LABEL = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 _SECRET = {Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
@@ -112,12 +114,9 @@ class Pkcs11MasterKey:
     def wrap(self, plaintext: bytes, aad: bytes) -> bytes:
         if len(plaintext) > _MAX_WRAP_BYTES:
             raise ValueError(f"at most {_MAX_WRAP_BYTES} bytes can be wrapped at once")
-        nonce = os.urandom(_NONCE_BYTES)
 
         def wrap(session: Any) -> bytes:
-            sealed: bytes = self._aes_key(session).encrypt(
-                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad))
-            return nonce + sealed
+            return gcm_seal(self._aes_key(session), plaintext, aad)
 
         return self._token.run(wrap)
 
@@ -125,21 +124,11 @@ class Pkcs11MasterKey:
         mismatch = DekMismatch(f"the master key in the PKCS#11 token {self._token_label!r} does "
                                f"not open the data: check that this token and key label "
                                f"belong to this data directory")
-        if not _NONCE_BYTES + _TAG_BYTES <= len(blob) <= _MAX_WRAP_BYTES + 64:
+        if not GCM_NONCE_BYTES + GCM_TAG_BYTES <= len(blob) <= _MAX_WRAP_BYTES + 64:
             raise mismatch
-        nonce, sealed = blob[:_NONCE_BYTES], blob[_NONCE_BYTES:]
 
         def unwrap(session: Any) -> bytes:
-            key = self._aes_key(session)
-            try:
-                plain: bytes = key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
-                                           mechanism_param=GCMParams(nonce, aad))
-            except GONE:
-                raise
-            except p11.PKCS11Error:
-                # Tokens report a failed GCM tag variously (SoftHSM2: CKR_GENERAL_ERROR).
-                raise mismatch from None
-            return plain
+            return gcm_open(self._aes_key(session), blob, aad, mismatch)
 
         return self._token.run(unwrap)
 

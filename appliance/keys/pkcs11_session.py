@@ -5,22 +5,28 @@ PKCS#11 failures turned into the caller's errors, each with what the operator sh
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pkcs11
+from pkcs11 import Mechanism
 from pkcs11 import exceptions as p11
+from pkcs11.mechanisms import GCMParams
 
 from appliance.keys.errors import KeyManagementError
 
-__all__ = ["GONE", "TokenErrors", "TokenSession"]
+__all__ = ["GCM_NONCE_BYTES", "GCM_TAG_BYTES", "GONE", "TokenErrors", "TokenSession",
+           "gcm_open", "gcm_seal"]
 
 # The token, its session or the device is gone: the same call may work once it is back.
 GONE = (p11.DeviceError, p11.DeviceMemory, p11.DeviceRemoved, p11.SessionClosed,
         p11.SessionHandleInvalid, p11.TokenNotPresent, p11.TokenNotRecognised,
         p11.HostMemory, p11.UserNotLoggedIn, p11.SessionCount)
+GCM_NONCE_BYTES = 12
+GCM_TAG_BYTES = 16
 _T = TypeVar("_T")
 _Error = type[KeyManagementError]
 
@@ -139,3 +145,28 @@ class TokenSession:
             # A session that went away with its device has nothing left to release.
             with contextlib.suppress(p11.PKCS11Error):
                 session.close()
+
+
+def gcm_seal(key: Any, plaintext: bytes, aad: bytes) -> bytes:
+    """`nonce | ciphertext | tag`: AES-GCM computed by the token under its AES `key`, with a
+    fresh random 96-bit nonce (a key seals a handful of DEKs: far below GCM's limit)."""
+    nonce = os.urandom(GCM_NONCE_BYTES)
+    sealed: bytes = key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
+                                mechanism_param=GCMParams(nonce, aad))
+    return nonce + sealed
+
+
+def gcm_open(key: Any, blob: bytes, aad: bytes, refused: Exception) -> bytes:
+    """The plaintext of `blob` (as `gcm_seal` made it); raises `refused` when the token will
+    not open it (altered, another key or aad). A token that is gone raises as it is, for
+    `TokenSession.run` to report."""
+    nonce, sealed = blob[:GCM_NONCE_BYTES], blob[GCM_NONCE_BYTES:]
+    try:
+        plain: bytes = key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
+                                   mechanism_param=GCMParams(nonce, aad))
+    except GONE:
+        raise
+    except p11.PKCS11Error:
+        # Tokens report a failed GCM tag variously (SoftHSM2: CKR_GENERAL_ERROR).
+        raise refused from None
+    return plain
