@@ -60,3 +60,13 @@ def keyed_data_dir(data: Path, *, cache_lifetime_s: float = 300.0, init: bool = 
         assert result.returncode == 0, result.stderr
         assert "Back up NOW" in result.stdout
     return data
+
+
+def add_acme_with_a_group(data: Path, password: str) -> None:
+    """Tenant acme, its user alice (with `password`) and her group "team", through the CLI."""
+    for args, stdin in ((("tenant", "add", "acme"), ""),
+                        (("user", "add", "--tenant", "acme", "alice", "--password-stdin"),
+                         password + "\n"),
+                        (("group", "add", "--tenant", "acme", "--owner", "alice", "team"), "")):
+        done = herald(*args[:2], "--data-dir", str(data), *args[2:], stdin=stdin)
+        assert done.returncode == 0, done.stderr

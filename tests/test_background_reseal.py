@@ -12,7 +12,7 @@ from typing import Any
 import trio
 from clients import login, open_ws, request
 from conftest import PASSWORD
-from keyed_dirs import herald, keyed_data_dir
+from keyed_dirs import add_acme_with_a_group, herald, keyed_data_dir
 from processes import Process
 from processes import herald as herald_process
 
@@ -29,12 +29,7 @@ def _sealed_dir_with_a_group(tmp_path: Path, *, reseal: bool) -> Path:
     if reseal:  # [keys] is the last table keyed_data_dir writes
         with (data / "herald.toml").open("a") as toml:
             toml.write("reseal_messages = true\nreseal_batch_blocks = 2\nreseal_pause_s = 0.01\n")
-    for args, stdin in ((("tenant", "add", "acme"), ""),
-                        (("user", "add", "--tenant", "acme", "alice", "--password-stdin"),
-                         PASSWORD + "\n"),
-                        (("group", "add", "--tenant", "acme", "--owner", "alice", "team"), "")):
-        done = herald(*args[:2], "--data-dir", str(data), *args[2:], stdin=stdin)
-        assert done.returncode == 0, done.stderr
+    add_acme_with_a_group(data, PASSWORD)
     return data
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 from clients import login, open_ws, request
 from conftest import PASSWORD
-from keyed_dirs import herald, keyed_data_dir
+from keyed_dirs import add_acme_with_a_group, herald, keyed_data_dir
 from processes import herald as herald_process
 
 EARLY = "refreshing the keys now"
@@ -22,12 +22,7 @@ async def test_a_rotation_by_another_process_is_picked_up_when_a_record_names_it
 ) -> None:
     # A long DEK cache: the periodic refresh comes every 5 s, the most it ever waits.
     data = keyed_data_dir(tmp_path / "data", cache_lifetime_s=3600.0)
-    for args, stdin in ((("tenant", "add", "acme"), ""),
-                        (("user", "add", "--tenant", "acme", "alice", "--password-stdin"),
-                         PASSWORD + "\n"),
-                        (("group", "add", "--tenant", "acme", "--owner", "alice", "team"), "")):
-        done = herald(*args[:2], "--data-dir", str(data), *args[2:], stdin=stdin)
-        assert done.returncode == 0, done.stderr
+    add_acme_with_a_group(data, PASSWORD)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery, herald_process(
             nursery, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"
