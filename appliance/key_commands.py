@@ -10,6 +10,7 @@ import sys
 from appliance.accounts import run_keyed
 from appliance.config import Config
 from appliance.keys.errors import KeyManagementError
+from appliance.keys.manager import KeyManager
 from appliance.keys.unlock import KeyedEngine, initialize, read_passphrase
 
 __all__ = ["init", "key_status", "reseal", "revoke", "rotate", "shred"]
@@ -28,10 +29,12 @@ def init(config: Config, place: str | None = None) -> int:
     return 0
 
 
-def _sealed(keyed: KeyedEngine) -> None:
+def _manager(keyed: KeyedEngine) -> KeyManager:
+    """The store's key manager; `KeyManagementError` for a store without keys."""
     if keyed.manager is None:
         raise KeyManagementError("this store is not sealed (created without encryption): it "
                                  "has no keys to manage")
+    return keyed.manager
 
 
 def _check_confirmed(confirm: str, tenant_name: str, what: str) -> None:
@@ -49,9 +52,8 @@ def _when(ms: int) -> str:
 def key_status(config: Config) -> int:
     """Every tenant's key epochs, their states, and whether this process could unwrap them."""
     def action(keyed: KeyedEngine) -> str:
-        _sealed(keyed)
-        assert keyed.manager is not None
-        statuses = {s.tenant: s for s in keyed.manager.status()}
+        manager = _manager(keyed)
+        statuses = {s.tenant: s for s in manager.status()}
         where = keyed.master_key.describe() if keyed.master_key is not None else "unknown"
         lines = [f"master key: {where}"]
         for tenant, record in keyed.engine.tenants():
@@ -84,10 +86,9 @@ def _message_blocks(keyed: KeyedEngine, tenant: int, name: str) -> str:
 
 def rotate(config: Config, tenant_name: str) -> int:
     def action(keyed: KeyedEngine) -> str:
-        _sealed(keyed)
-        assert keyed.manager is not None
+        manager = _manager(keyed)
         tenant = keyed.engine.find_tenant(tenant_name)
-        epoch = keyed.manager.rotate(tenant)
+        epoch = manager.rotate(tenant)
         return (f"tenant {tenant_name!r}: new data key, epoch {epoch}; its users and groups "
                 f"are re-sealed under it, older messages stay readable under their epochs "
                 f"(a server with [keys] reseal_messages = true moves them in the background, "
@@ -99,15 +100,14 @@ def rotate(config: Config, tenant_name: str) -> int:
 def reseal(config: Config, tenant_name: str, messages: bool) -> int:
     """Re-seal a tenant's records under its current epoch, showing progress per table."""
     def action(keyed: KeyedEngine) -> str:
-        _sealed(keyed)
-        assert keyed.manager is not None
+        manager = _manager(keyed)
         tenant = keyed.engine.find_tenant(tenant_name)
 
         def show(table: str, done: int, total: int) -> None:
             unit = "message blocks" if table == "messages" else "records"
             print(f"  {table}: {done:,} / {total:,} {unit} re-sealed", file=sys.stderr)
 
-        count = keyed.manager.reseal(tenant, messages=messages, progress=show)
+        count = manager.reseal(tenant, messages=messages, progress=show)
         what = "records and message blocks" if messages else "users, groups and members"
         return (f"tenant {tenant_name!r}: {count:,} {what} re-sealed under the current epoch; "
                 f"older epochs can now be shredded"
@@ -118,11 +118,10 @@ def reseal(config: Config, tenant_name: str, messages: bool) -> int:
 
 def shred(config: Config, tenant_name: str, epoch: int, confirm: str) -> int:
     def action(keyed: KeyedEngine) -> str:
-        _sealed(keyed)
-        assert keyed.manager is not None
+        manager = _manager(keyed)
         _check_confirmed(confirm, tenant_name, "shredding")
         tenant = keyed.engine.find_tenant(tenant_name)
-        keyed.manager.shred(tenant, epoch)
+        manager.shred(tenant, epoch)
         return (f"tenant {tenant_name!r}: epoch {epoch} shredded; the messages sealed under "
                 f"it can never be read again")
 
@@ -131,11 +130,10 @@ def shred(config: Config, tenant_name: str, epoch: int, confirm: str) -> int:
 
 def revoke(config: Config, tenant_name: str, confirm: str) -> int:
     def action(keyed: KeyedEngine) -> str:
-        _sealed(keyed)
-        assert keyed.manager is not None
+        manager = _manager(keyed)
         _check_confirmed(confirm, tenant_name, "revoking")
         tenant = keyed.engine.find_tenant(tenant_name)
-        keyed.manager.revoke(tenant)
+        manager.revoke(tenant)
         return (f"tenant {tenant_name!r}: escrow keys revoked; none of its stored data can be "
                 f"read again. A running server stops serving it within the DEK cache lifetime "
                 f"(escrow.cache_lifetime_s).")
