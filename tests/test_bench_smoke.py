@@ -49,3 +49,13 @@ def test_the_engine_benchmark_compares_plain_and_sealed_stores(tmp_path: Path) -
                     "--reps", "1", "--corpus-module", str(corpus))
     assert "| 100 |" in out
     assert "page_before latest 50" in out and "page_before older 50" in out
+
+
+def test_the_wire_benchmark_reads_pages_from_a_plain_and_a_sealed_server(tmp_path: Path) -> None:
+    corpus = tmp_path / "chat_corpus.py"
+    corpus.write_text(STAND_IN_CORPUS)
+    out = run_bench(str(BENCH / "page_sealing_wire.py"), "--reps", "1", "--requests", "10",
+                    "--corpus-module", str(corpus))
+    for read in ("history latest 50", "history older 50"):
+        for measure in ("round trip, median", "round trip, p99", "server CPU per request"):
+            assert f"| {read} | {measure} |" in out, out
