@@ -1,6 +1,6 @@
 """The cost of sealing as a client sees it: 50-message `history` pages over WebSocket from a
 plain and a sealed server, side by side, with the engine's message cache off (every page opens
-its blocks: the cold case).
+its blocks: the cold case), or on and warm (`--message-cache-bytes`).
 
 `bench/engine_append.py --sealer both` measures the same pages inside the engine; this measures
 the request a user waits for. Both stores get engine_sealing's world and fill (one tenant, 200
@@ -68,7 +68,8 @@ class _RecordingKeyring(Keyring):
         super().install(tenant, epoch, dek, expires_at)
 
 
-def _serve(store: str, deks: dict[tuple[int, int], bytes] | None, report: Connection) -> None:
+def _serve(store: str, deks: dict[tuple[int, int], bytes] | None, cache_bytes: int,
+           report: Connection) -> None:
     """A child process: serve `store` (sealed when `deks` are given) on 127.0.0.1 until its
     stdin-less parent sends anything on `report`."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -80,9 +81,10 @@ def _serve(store: str, deks: dict[tuple[int, int], bytes] | None, report: Connec
         keyring = Keyring()
         for (tenant, epoch), dek in deks.items():
             keyring.install(tenant, epoch, dek)
-    engine = Engine(Path(store), map_size=MAP_SIZE_BYTES, keyring=keyring, message_cache_bytes=0)
+    engine = Engine(Path(store), map_size=MAP_SIZE_BYTES, keyring=keyring,
+                    message_cache_bytes=cache_bytes)
     config = Config(data_dir=Path(store).parent, listen_host="127.0.0.1", listen_port=0,
-                    map_size_bytes=MAP_SIZE_BYTES, message_cache_bytes=0)
+                    map_size_bytes=MAP_SIZE_BYTES, message_cache_bytes=cache_bytes)
     server = Server(config, engine)
 
     async def run() -> None:
@@ -135,6 +137,14 @@ async def _measure(ports: dict[str, int], pids: dict[str, int], convs: list[int]
             await _request(ws, {"op": "login", "id": 1, "tenant": TENANT_NAME,
                                 "login": "user0000", "password": BENCH_PASSWORD})
         request_id = 1
+        if args.message_cache_bytes:
+            for side, ws in sockets.items():
+                for conv in convs:  # every message once: later pages come from the cache
+                    for before in range(heads[conv] + 1, 1, -PAGE_MESSAGES):
+                        request_id += 1
+                        await _request(ws, {"op": "history", "id": request_id, "conv": conv,
+                                            "before": before, "limit": PAGE_MESSAGES})
+                progress(f"{side} server: every filled conversation read once")
         for rep in range(args.reps):
             picks = [rng.choice(convs) for _ in range(args.requests)]
             befores = [rng.randint(PAGE_MESSAGES + 1, heads[c]) for c in picks]
@@ -183,8 +193,8 @@ async def _measure(ports: dict[str, int], pids: dict[str, int], convs: list[int]
     return out
 
 
-def _render(rows: list[dict[str, Any]]) -> str:
-    lines = ["| page (cache off) | measure | plain | sealed | cost of sealing |",
+def _render(rows: list[dict[str, Any]], cache: str) -> str:
+    lines = [f"| page (cache {cache}) | measure | plain | sealed | cost of sealing |",
              "|---|---|---:|---:|---:|"]
     for row in rows:
         for name, label in (("round_trip", "round trip, median"),
@@ -207,12 +217,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None,
                         help="parent of the temporary store directories (default: system temp)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    parser.add_argument("--message-cache-bytes", type=int, default=0,
+                        help="the servers' cache of opened messages (default 0: off, every "
+                        "page opens its blocks); with a size, every filled conversation is "
+                        "read once through each server first, so pages come from the cache")
     parser.add_argument("--both-plain", action="store_true",
                         help="a check of the setup: the 'sealed' side is a second plain store "
                         "and server, so the cost column should read 0%% within noise")
     args = parser.parse_args(argv)
     if not 1 <= args.reps <= 50 or not 10 <= args.requests <= 100_000:
         parser.error("--reps must be 1 to 50 and --requests 10 to 100,000")
+    if args.message_cache_bytes < 0:
+        parser.error("--message-cache-bytes cannot be negative (0 turns the cache off)")
     corpus = load_corpus_module(args.corpus_module)
     started = time.perf_counter()
     load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -238,8 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for side, deks in (("plain", None),
                                ("sealed", None if keyring is None else keyring.deks)):
                 ours, theirs = spawn.Pipe()
-                child = spawn.Process(target=_serve, args=(str(stores[side]), deks, theirs),
-                                      daemon=True)
+                child = spawn.Process(
+                    target=_serve, daemon=True,
+                    args=(str(stores[side]), deks, args.message_cache_bytes, theirs))
                 child.start()
                 children[side] = (child, ours)
                 if not ours.poll(60):
@@ -257,14 +274,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     if args.both_plain:
         print("\n--both-plain: the 'sealed' column is a second PLAIN server (a setup check)")
-    print("\n" + _render(rows))
+    print("\n" + _render(rows, "on, warm" if args.message_cache_bytes else "off"))
     print(f"\n{args.reps} repetitions x {args.requests} pages of each kind from each server, "
           f"medians; target: sealing adds <= {TARGET_PAGE_COST:.0%}; run took {elapsed:.0f} s")
     if args.json:
         write_json_report(args.json, {
             "machine": {**machine(), "loadavg_at_start": load_at_start},
             "command": f"python bench/page_sealing_wire.py --reps {args.reps} "
-                       f"--requests {args.requests}" + (" --both-plain" if args.both_plain else ""),
+                       f"--requests {args.requests} "
+                       f"--message-cache-bytes {args.message_cache_bytes}"
+                       + (" --both-plain" if args.both_plain else ""),
             "seed": args.seed, "pages": rows, "elapsed_s": round(elapsed, 1),
         })
     return 0

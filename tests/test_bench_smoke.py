@@ -51,11 +51,14 @@ def test_the_engine_benchmark_compares_plain_and_sealed_stores(tmp_path: Path) -
     assert "page_before latest 50" in out and "page_before older 50" in out
 
 
-def test_the_wire_benchmark_reads_pages_from_a_plain_and_a_sealed_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cache_bytes", ["0", str(64 * 2**20)])
+def test_the_wire_benchmark_reads_pages_from_a_plain_and_a_sealed_server(
+    tmp_path: Path, cache_bytes: str,
+) -> None:
     corpus = tmp_path / "chat_corpus.py"
     corpus.write_text(STAND_IN_CORPUS)
     out = run_bench(str(BENCH / "page_sealing_wire.py"), "--reps", "1", "--requests", "10",
-                    "--corpus-module", str(corpus))
+                    "--corpus-module", str(corpus), "--message-cache-bytes", cache_bytes)
     for read in ("history latest 50", "history older 50"):
         for measure in ("round trip, median", "round trip, p99", "server CPU per request"):
             assert f"| {read} | {measure} |" in out, out
