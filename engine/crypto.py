@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from engine.errors import CorruptData, Invalid, KeyUnavailable
+from engine.errors import CorruptData, Invalid, KeyNotInstalled, KeyUnavailable
 from engine.keys import pack_id, unpack_id
 from engine.records import SEALED_FORMAT_VERSION
 
@@ -136,9 +136,9 @@ class Keyring:
         # opened messages frees their plaintexts. A tuple, replaced whole, so that `forget`
         # in one thread never iterates a collection another thread is changing.
         self._forget_listeners: tuple[Callable[[bytes, int | None], object], ...] = ()
-        # Told (packed tenant, epoch) when a record names an epoch whose DEK was never
+        # Told (tenant, epoch) when a record names an epoch whose DEK was never
         # installed: the appliance then unwraps it at once instead of at its next key refresh.
-        self._missing_listeners: tuple[Callable[[bytes, int], object], ...] = ()
+        self._missing_listeners: tuple[Callable[[int, int], object], ...] = ()
 
     def install(self, tenant: int, epoch: int, dek: bytes, expires_at: float | None = None) -> None:
         """Hold `dek` for records of `tenant` sealed under `epoch`, until `expires_at`
@@ -184,10 +184,11 @@ class Keyring:
         opened messages."""
         self._forget_listeners = (*self._forget_listeners, listener)
 
-    def add_missing_listener(self, listener: Callable[[bytes, int], object]) -> None:
-        """Call `listener(packed tenant, epoch)`, from whatever thread is reading, each time a
-        record names an epoch that is not installed (nor shredded): an epoch another process
-        added, say. It must be quick and must not raise."""
+    def add_missing_listener(self, listener: Callable[[int, int], object]) -> None:
+        """Call `listener(tenant, epoch)`, from whatever thread is reading, each time a record
+        names an epoch that is not installed (nor shredded): an epoch another process added,
+        say. It is called before the read raises `KeyNotInstalled`; it must be quick and must
+        not raise."""
         self._missing_listeners = (*self._missing_listeners, listener)
 
     def remove_forget_listener(self, listener: Callable[[bytes, int | None], object]) -> None:
@@ -271,11 +272,13 @@ class Keyring:
                     f"key epoch {epoch} of tenant {_tenant_id(tenant)} was shredded: its "
                     f"records are gone for good"
                 )
+            tenant_id = _tenant_id(tenant)
             for listener in self._missing_listeners:
-                listener(tenant, epoch)
-            raise KeyUnavailable(
-                f"the data key of tenant {_tenant_id(tenant)}, epoch {epoch}, is not installed: "
-                f"the appliance has not unwrapped it (is the tenant's escrow reachable?)"
+                listener(tenant_id, epoch)
+            raise KeyNotInstalled(
+                f"the data key of tenant {tenant_id}, epoch {epoch}, is not installed: "
+                f"the appliance has not unwrapped it (is the tenant's escrow reachable?)",
+                tenant_id, epoch,
             )
         if dek.expires_at is not None and self._clock() >= dek.expires_at:
             raise KeyUnavailable(

@@ -14,6 +14,7 @@ __all__ = [
     "Forbidden",
     "HeraldError",
     "Invalid",
+    "KeyNotInstalled",
     "KeyUnavailable",
     "NotFound",
     "NotMember",
@@ -90,6 +91,18 @@ class KeyUnavailable(HeraldError):
     """The data key needed to open a record is not available (escrow down or revoked)."""
 
     code = "key_unavailable"
+
+
+class KeyNotInstalled(KeyUnavailable):
+    """The record names a key epoch whose DEK this engine's keyring does not hold: never
+    installed (another process may just have added the epoch), or dropped (its escrow key
+    revoked). The same wire code; `tenant` and `epoch` say which key, so that the appliance
+    can tell a key it is fetching from one that is gone."""
+
+    def __init__(self, message: str, tenant: int, epoch: int) -> None:
+        super().__init__(message)
+        self.tenant = tenant
+        self.epoch = epoch
 
 
 class EngineClosed(HeraldError):

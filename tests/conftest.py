@@ -20,6 +20,7 @@ from engine import (
     Forbidden,
     HeraldError,
     Invalid,
+    KeyNotInstalled,
     KeyUnavailable,
     NotFound,
     NotMember,
@@ -89,6 +90,7 @@ WIRE_CODES: dict[type[HeraldError], str] = {
     CapacityExceeded: "capacity_exceeded",
     CorruptData: "corrupt_data",
     KeyUnavailable: "key_unavailable",
+    KeyNotInstalled: "key_unavailable",  # a kind of KeyUnavailable: the same code on the wire
     EngineClosed: "engine_closed",
 }
 

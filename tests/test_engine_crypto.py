@@ -33,6 +33,7 @@ from engine import (
     Invalid,
     KeyEpochAdded,
     KeyEpochShredded,
+    KeyNotInstalled,
     Keyring,
     KeyUnavailable,
     Leave,
@@ -500,8 +501,8 @@ def test_without_its_key_a_tenant_can_neither_read_nor_write_and_others_carry_on
     ], NOW_MS)
 
     assert isinstance(results[0], Appended) and isinstance(results[3], Appended)
-    assert_refusal(results[1], KeyUnavailable)
-    assert_refusal(results[2], KeyUnavailable)
+    assert_refusal(results[1], KeyNotInstalled)
+    assert_refusal(results[2], KeyNotInstalled)
     assert "not installed" in results[1].message  # type: ignore[union-attr]
     for read in (lambda: eng.messages(acme.tenant, acme_conv, 1, 5),
                  lambda: eng.page_before(acme.tenant, acme.alice, acme_conv, None, 10),
@@ -715,13 +716,15 @@ def test_a_record_under_an_epoch_never_installed_tells_the_missing_listeners(
 ) -> None:
     org = sealed_org(sealed, "acme", password_hash)
     conv = group(sealed.engine, org)
-    told: list[tuple[bytes, int]] = []
+    told: list[tuple[int, int]] = []
     sealed.keyring.add_missing_listener(lambda tenant, epoch: told.append((tenant, epoch)))
     sealed.keyring.forget(org.tenant, 1)  # as if another process had added the epoch
 
-    with pytest.raises(KeyUnavailable):
+    with pytest.raises(KeyNotInstalled) as missing:
         sealed.engine.messages(org.tenant, conv, 1, 1)
-    assert told == [(pack_ids(org.tenant), 1)]
+    assert (missing.value.tenant, missing.value.epoch) == (org.tenant, 1)
+    assert missing.value.code == "key_unavailable"  # on the wire, what it always was
+    assert told == [(org.tenant, 1)]
     sealed.keyring.install(org.tenant, 1, sealed.deks[org.tenant, 1])
     assert sealed.engine.messages(org.tenant, conv, 1, 1)
     assert len(told) == 1  # an installed key tells nobody
