@@ -1,6 +1,7 @@
 """`herald init` and `herald keys status|rotate|reseal|revoke|shred`: the key operations,
 on the data directory (docs/security.md, "Rotation, revocation, shredding"). A running server
-picks up what they change within `KEY_REFRESH_MAX_INTERVAL_S` (5 s) or the DEK cache lifetime."""
+picks up what they change within `KEY_REFRESH_MAX_INTERVAL_S` (5 s, appliance/key_refresh.py)
+or the DEK cache lifetime."""
 
 from __future__ import annotations
 

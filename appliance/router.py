@@ -61,6 +61,7 @@ from engine import (
     HeraldError,
     Invalid,
     Join,
+    KeyNotInstalled,
     Leave,
     MarkRead,
     MembershipChanged,
@@ -87,6 +88,7 @@ log = logging.getLogger("herald.router")
 
 _OPEN_OPS = (LoginRequest, ResumeRequest, PingRequest)
 BUSY_RETRY_AFTER_S = 0.5
+KEY_FETCH_RETRY_AFTER_S = 0.2  # an unwrap is one escrow round trip
 MAX_USERS_PER_REQUEST = 500
 MAX_DEVICE_CHARS = 64
 MAX_ID = 2**64 - 1  # ids are packed as unsigned 64-bit integers into LMDB keys
@@ -160,15 +162,29 @@ class Router:
             )))
             return
         try:
-            _check_ids(request)
-            data = self._handlers[type(request)](conn, request)
-            if isinstance(data, Awaitable):
-                data = await data
+            try:
+                data = await self._answer(conn, request)
+            except KeyNotInstalled as missing:
+                # A record under an epoch this server is fetching right now (another process
+                # rotated the tenant's key): answer once it is installed, not with an error.
+                refresh = self._s.key_refresh
+                if refresh is None or not await refresh.settled(missing.tenant, missing.epoch):
+                    raise
+                data = await self._answer(conn, request)
         except HeraldError as refusal:
             conn.send_frame(encode_frame(error_frame(request.id, refusal)))
             return
         if data is not None:
             conn.send_frame(encode_frame(Reply(request.id, data)))
+
+    async def _answer(self, conn: Connection, request: ClientFrame) -> Any:
+        """The handler's data (None when a write answers after its commit); raises its
+        refusal. Reads may run twice (see `handle`): they change nothing."""
+        _check_ids(request)
+        data = self._handlers[type(request)](conn, request)
+        if isinstance(data, Awaitable):
+            data = await data
+        return data
 
     # -- writes: answered by the writer after the commit ---------------------------------------
 
@@ -177,7 +193,18 @@ class Router:
     ) -> None:
         def done(outcome: Result | HeraldError) -> None:
             conn.write_finished()
-            if isinstance(outcome, HeraldError):
+            refresh = self._s.key_refresh
+            if (isinstance(outcome, KeyNotInstalled) and refresh is not None
+                    and refresh.is_pending(outcome.tenant, outcome.epoch)):
+                # As in `handle`, but a write cannot wait in the writer: the client retries
+                # after a moment, as it does when the server is busy (never stored, so never
+                # stored twice).
+                conn.send_frame(encode_frame(ErrorFrame(
+                    request_id, "throttled", "the server is fetching this organisation's new "
+                    "data key (a key rotation); send again in a moment",
+                    retry_after=KEY_FETCH_RETRY_AFTER_S,
+                )))
+            elif isinstance(outcome, HeraldError):
                 conn.send_frame(encode_frame(error_frame(request_id, outcome)))
             else:
                 conn.send_frame(encode_frame(Reply(request_id, to_data(outcome))))

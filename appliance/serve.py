@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import sys
@@ -13,6 +12,7 @@ import trio
 from appliance.config import Config, ConfigError
 from appliance.demo import ensure_demo
 from appliance.demo_keys import prepare_demo_keys
+from appliance.key_refresh import KEY_REFRESH_MAX_INTERVAL_S, KeyRefresh, run_key_refresh
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.manager import KeyManager, TenantKeyStatus
 from appliance.keys.unlock import open_engine
@@ -25,8 +25,6 @@ from engine import Engine, HeraldError
 __all__ = ["describe_store", "serve"]
 
 log = logging.getLogger("herald")
-
-KEY_REFRESH_MAX_INTERVAL_S = 5.0
 
 
 def describe_store(engine: Engine) -> str:
@@ -108,63 +106,16 @@ def describe_keys(statuses: list[TenantKeyStatus]) -> str:
     return f"Keys: tenants {summary} (herald keys status shows each)."
 
 
-class EarlyRefresh:
-    """Wakes the key refresh at once when a record names an epoch this server has not
-    installed: `herald keys rotate` in another process re-seals conversations and members
-    under its new epoch at once, and without this the server could not read them until its
-    next refresh (up to 5 s of refused sends). A keyring missing listener: called from any
-    thread, once per (tenant, epoch) at most, so that a tenant whose keys the escrow refuses
-    does not make the server ask it again and again."""
-
-    def __init__(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._asked: set[tuple[bytes, int]] = set()
-        self.wanted = trio.Event()
-
-    def __call__(self, tenant: bytes, epoch: int) -> None:
-        if (tenant, epoch) in self._asked:
-            return
-        self._asked.add((tenant, epoch))
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._wake)
-
-    def _wake(self) -> None:
-        self.wanted.set()
-
-
-async def _refresh_keys(
-    manager: KeyManager, interval_s: float, early: EarlyRefresh | None = None
-) -> None:
-    """Pick up tenants and epochs added by other processes, and ask the escrow again before
-    DEKs expire (KeyManager.refresh), every `interval_s` or as soon as `early` asks; the
-    escrow calls block, so they run in a thread."""
-    last: dict[int, str] = {s.tenant: s.state for s in manager.status()}
-    while True:
-        if early is None:
-            await trio.sleep(interval_s)
-        else:
-            with trio.move_on_after(interval_s):
-                await early.wanted.wait()
-            if early.wanted.is_set():
-                early.wanted = trio.Event()
-                log.info("keys: a record names a key epoch this server has not installed "
-                         "(added by another process?): refreshing the keys now")
-        statuses = await trio.to_thread.run_sync(manager.refresh)
-        for status in statuses:
-            if last.get(status.tenant) != status.state:
-                log.info("tenant=%s keys=%s %s", status.tenant, status.state, status.detail)
-                last[status.tenant] = status.state
-
-
 async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool) -> None:
     server = Server(config, engine)
     interval_s = min(KEY_REFRESH_MAX_INTERVAL_S, config.escrow.cache_lifetime_s / 4)
-    early = EarlyRefresh()
+    early = KeyRefresh()
     if engine.keyring is not None:
         engine.keyring.add_missing_listener(early)
+        server.services.key_refresh = early
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as keys:
-            keys.start_soon(_refresh_keys, manager, interval_s, early)
+            keys.start_soon(run_key_refresh, manager, interval_s, early)
             if config.keys.reseal_messages:
                 resealer = MessageResealer(
                     engine, batch_blocks=config.keys.reseal_batch_blocks,

@@ -16,6 +16,7 @@ from appliance.backoff import LoginBackoff
 from appliance.config import Config, ConfigError
 from appliance.connection import CLOSE_GOING_AWAY, CLOSE_POLICY, Connection
 from appliance.hub import Hub
+from appliance.key_refresh import KeyRefresh
 from appliance.outbox import Flusher
 from appliance.protocol.frames import Bye
 from appliance.router import Router
@@ -45,6 +46,8 @@ class Services:
     clock_ms: Callable[[], int]
     sessions: SessionGuard
     backoff: LoginBackoff
+    # Set by `herald serve` on a sealed store: requests wait on it for a key being fetched.
+    key_refresh: KeyRefresh | None = None
 
 
 class Server:

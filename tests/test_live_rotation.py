@@ -1,6 +1,7 @@
 """`herald keys rotate` in another process while `herald serve` runs: the rotation re-seals
 conversations and members under the new epoch at once, and the server unwraps that epoch as
-soon as a record names it, not at its next key refresh (appliance/serve.py EarlyRefresh)."""
+soon as a record names it, not at its next key refresh; the request that met the record waits
+for that key and is answered (appliance/key_refresh.py)."""
 
 from __future__ import annotations
 
@@ -37,21 +38,23 @@ async def test_a_rotation_by_another_process_is_picked_up_when_a_record_names_it
                 rotated = await trio.to_thread.run_sync(
                     herald, "keys", "rotate", "--data-dir", str(data), "--tenant", "acme")
                 assert rotated.returncode == 0, rotated.stderr
-                # The group record is now under epoch 2, which the server has not installed:
-                # reading it names the epoch, and the server fetches it right away.
+                # The group record is now under epoch 2, which the server has not installed.
+                # A send that meets it is answered `throttled` (the client library sends
+                # again after retry_after), never `key_unavailable`.
                 request_id = 10
                 while True:
                     request_id += 1
-                    reply = await request(alice, {"op": "members", "id": request_id,
-                                                  "conv": group})
-                    if reply["type"] == "reply":
+                    ack = await request(alice, {"op": "send", "id": request_id, "conv": group,
+                                                "cmid": "after", "body": "after the rotation"})
+                    if ack["type"] == "reply":
                         break
-                    assert reply["code"] == "key_unavailable", reply
-                    await trio.sleep(0.05)
+                    assert ack["code"] == "throttled" and ack["retry_after"] > 0, ack
+                    await trio.sleep(ack["retry_after"])
+                # A read that meets the epoch waits for the key the server fetches at once,
+                # and is answered: the first try.
+                reply = await request(alice, {"op": "members", "id": 99, "conv": group})
+                assert reply["type"] == "reply", reply
                 assert EARLY in server.err.decode()
-                ack = await request(alice, {"op": "send", "id": 99, "conv": group,
-                                            "cmid": "after", "body": "after the rotation"})
-                assert ack["type"] == "reply", ack
             server.process.send_signal(signal.SIGINT)
             await server.expect(r"Herald stopped\.")
     assert re.search(r"keys: a record names a key epoch", server.err.decode())
