@@ -64,7 +64,9 @@ class KeyRefresh:
 
     async def settled(self, tenant: int, epoch: int, timeout_s: float = KEY_WAIT_S) -> bool:
         """Wait until a refresh that started after the epoch was asked for has finished
-        (True), or `timeout_s` has passed or nothing was asked (False)."""
+        (True: worth trying again), or `timeout_s` has passed or nothing was asked (False)."""
+        if (tenant, epoch) not in self._asked:
+            return False
         with trio.move_on_after(timeout_s):
             while (tenant, epoch) in self._pending:
                 await self._finished.wait()
