@@ -6,11 +6,16 @@ cache lifetime; `passphrase` changes nothing it holds (it keeps the master key i
 from __future__ import annotations
 
 import datetime
+import fcntl
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from appliance.accounts import run_keyed
 from appliance.config import Config
-from appliance.keys.errors import KeyManagementError, MasterKeyInHsm
+from appliance.keys.errors import KeyManagementError, MasterKeyInHsm, PassphraseChangeBusy
 from appliance.keys.manager import KeyManager
 from appliance.keys.master import change_master_key_passphrase, load_master_key
 from appliance.keys.master_place import master_key_place
@@ -49,15 +54,17 @@ def change_passphrase(config: Config, passphrase_file: str | None,
                 f"put the new PIN in {config.keys.pkcs11_pin_file or '[keys] pkcs11_pin_file'}")
         if place is None:
             raise KeyManagementError(f"{config.data_dir} has no master key: run 'herald init'")
-        master_key = load_master_key(path, _current_passphrase(config, passphrase_file))
-        new = (read_secret_file(new_passphrase_file, error=KeyManagementError)
-               if new_passphrase_file is not None else ask_secret(
-                   "New master key passphrase: ", confirm=True, error=KeyManagementError,
-                   no_terminal="the new passphrase is needed and there is no terminal to ask "
-                               "on: pass --new-passphrase-file FILE (- reads it from standard "
-                               "input, after the current one if that comes from there too)",
-                   differ="the new passphrases differ; nothing was changed"))
-        change_master_key_passphrase(path, master_key, new)
+        with _one_change_at_a_time(path):
+            master_key = load_master_key(path, _current_passphrase(config, passphrase_file))
+            new = (read_secret_file(new_passphrase_file, error=KeyManagementError)
+                   if new_passphrase_file is not None else ask_secret(
+                       "New master key passphrase: ", confirm=True, error=KeyManagementError,
+                       no_terminal="the new passphrase is needed and there is no terminal to "
+                                   "ask on: pass --new-passphrase-file FILE (- reads it from "
+                                   "standard input, after the current one if that comes from "
+                                   "there too)",
+                       differ="the new passphrases differ; nothing was changed"))
+            change_master_key_passphrase(path, master_key, new)
     except KeyManagementError as exc:
         print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
         return 1
@@ -74,6 +81,24 @@ def change_passphrase(config: Config, passphrase_file: str | None,
     if stale:
         print(stale)
     return 0
+
+
+@contextmanager
+def _one_change_at_a_time(path: Path) -> Iterator[None]:
+    """An exclusive lock on the directory of the key file `path` while its passphrase changes:
+    two changes at once would each read back the other's file. (A lock on the file itself would
+    not do: the rename replaces the file it is taken on.) Raises `PassphraseChangeBusy`."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PassphraseChangeBusy(f"another `herald keys passphrase` is changing {path}; "
+                                       f"let it finish, then check which passphrase opens "
+                                       f"it") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _current_passphrase(config: Config, passphrase_file: str | None) -> str:

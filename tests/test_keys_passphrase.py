@@ -4,7 +4,9 @@ Argon2id. The refusals leave master.key byte for byte as it was."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -140,6 +142,25 @@ def test_on_a_terminal_a_mistyped_confirmation_changes_nothing(data_dir: Path) -
          ("Again: ", NEW + "!")])
     assert status == 1 and "the new passphrases differ; nothing was changed" in shown, shown
     assert (data_dir / "master.key").read_bytes() == before
+
+
+def test_a_second_change_at_the_same_time_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """The lock `herald keys passphrase` takes on the directory of master.key, held here as a
+    first change running on a terminal would hold it."""
+    before = (data_dir / "master.key").read_bytes()
+    files = _secret_files(tmp_path, old=OLD, new=NEW)
+    held = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = herald("keys", "passphrase", "--data-dir", str(data_dir),
+                      "--passphrase-file", files["old"], "--new-passphrase-file", files["new"])
+    finally:
+        os.close(held)
+    assert busy.returncode == 1 and "(passphrase_change_busy)" in busy.stderr, busy.stderr
+    assert (data_dir / "master.key").read_bytes() == before
+    done = herald("keys", "passphrase", "--data-dir", str(data_dir),
+                  "--passphrase-file", files["old"], "--new-passphrase-file", files["new"])
+    assert done.returncode == 0, done.stderr
 
 
 def test_before_init_it_says_to_run_init(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "MasterKeyExists",
     "MasterKeyInHsm",
     "MasterKeyMissing",
+    "PassphraseChangeBusy",
     "WeakPassphrase",
     "WrongPassphrase",
 ]
@@ -57,6 +58,12 @@ class MasterKeyInHsm(KeyManagementError):
     passphrase; the token's PIN is changed with the HSM's own tools."""
 
     code = "master_key_in_hsm"
+
+
+class PassphraseChangeBusy(KeyManagementError):
+    """Another process is changing the passphrase of the same key file: let it finish."""
+
+    code = "passphrase_change_busy"
 
 
 class DamagedKeyFile(KeyManagementError):

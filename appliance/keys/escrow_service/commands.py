@@ -14,7 +14,7 @@ from types import FrameType
 
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.escrow_service.audit import AuditBroken, AuditLog, verify_audit_log
-from appliance.keys.escrow_service.keystore import Keystore
+from appliance.keys.escrow_service.keystore import Keystore, KeystoreBusy
 from appliance.keys.escrow_service.passphrase_change import EscrowPassphraseChange
 from appliance.keys.escrow_service.pki import create_service_pki, issue_client_certificate
 from appliance.keys.escrow_service.server import EscrowServer, EscrowService, server_tls_context
@@ -190,6 +190,10 @@ def passphrase(directory: Path, current: str, new: str) -> int:
     service stopped (it holds the keystore); audited, never the passphrases themselves."""
     try:
         change = EscrowPassphraseChange.prepare(directory, KEYSTORE_FILE, current, new)
+    except KeystoreBusy as exc:
+        return _fail(f"another process has {directory / KEYSTORE_FILE} open (a running `herald "
+                     f"escrow serve`?): stop it first, then change the passphrase and serve "
+                     f"again with the new one. Nothing was changed ({exc.code})")
     except KeyManagementError as exc:
         return _fail(f"{exc.message} ({exc.code})")
     except OSError as exc:
