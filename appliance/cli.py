@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "'pkcs11' (an HSM token); default: [keys] master_key, else file")
 
     keys = commands.add_parser(
-        "keys", help="tenant data keys: status, rotate, reseal, revoke, shred",
+        "keys", help="tenant data keys: status, rotate, reseal, revoke, shred; the master key's "
+                     "passphrase",
         description="Operate the tenants' data keys (docs/security.md, 'Rotation, revocation, "
-                    "shredding'). Needs the master key's passphrase and the escrow.")
+                    "shredding'). Needs the master key's passphrase and the escrow. `passphrase` "
+                    "changes the master key file's passphrase.")
     keys_cmds = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
     keys_status = keys_cmds.add_parser(
         "status", help="each tenant's key epochs and states",
@@ -109,6 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     keys_revoke.add_argument("--tenant", required=True, help="tenant name")
     keys_revoke.add_argument("--confirm", default="", metavar="TENANT",
                              help="the tenant's name again: revocation cannot be undone")
+    keys_passphrase = keys_cmds.add_parser(
+        "passphrase", help="change the passphrase that seals the master key file",
+        description="Seal the same master key (data_dir/master.key) under a new passphrase, "
+                    "with a fresh salt and today's Argon2id parameters: asks the current "
+                    "passphrase (or reads [keys] passphrase_file), then the new one twice. The "
+                    "key itself is unchanged, so no data is re-encrypted, the escrow is not "
+                    "needed and a running server needs nothing. Backups of the old master.key "
+                    "still open with the OLD passphrase. Refused for a master key in an HSM "
+                    "(change the token's PIN with the HSM's tools).")
+    _add_config_flags(keys_passphrase)
+    keys_passphrase.add_argument(
+        "--passphrase-file", metavar="FILE",
+        help="read the current passphrase from the first line of FILE ('-': a line of "
+             "standard input) instead of [keys] passphrase_file or the terminal")
+    keys_passphrase.add_argument(
+        "--new-passphrase-file", metavar="FILE",
+        help="read the new passphrase from the first line of FILE ('-': the next line of "
+             "standard input) instead of asking twice on the terminal")
 
     cert = commands.add_parser("cert", help="make TLS certificates",
                                description="Make TLS certificates for wss://.")
@@ -245,6 +265,22 @@ def _add_escrow_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     revoke.add_argument("--yes", action="store_true",
                         help="do not ask for confirmation (for scripts)")
     revoke.add_argument("--passphrase-file", help=passphrase_help)
+    change = escrow_cmds.add_parser(
+        "passphrase", help="change the escrow passphrase (service stopped)",
+        description="Seal the escrow's files (escrow.keys, ca.key, server.key) under a new "
+                    "passphrase: asks the current one, then the new one twice. The keys inside "
+                    "are unchanged: appliances need nothing. The service must be stopped: it "
+                    "holds the key file. Copies of the old files (backups) still open with the "
+                    "OLD passphrase. Audited (never the passphrases). Interrupted, it is "
+                    "finished by running it again with the same passphrases.")
+    change.add_argument("--dir", type=Path, required=True, help="the escrow directory")
+    change.add_argument("--passphrase-file", metavar="FILE",
+                        help="read the current passphrase from the first line of FILE ('-': a "
+                             "line of standard input) instead of the terminal")
+    change.add_argument("--new-passphrase-file", metavar="FILE",
+                        help="read the new passphrase from the first line of FILE ('-': the "
+                             "next line of standard input) instead of asking twice on the "
+                             "terminal")
     audit = escrow_cmds.add_parser(
         "audit", help="print the audit log and verify its hash chain",
         description="Print every audited operation and check that no line was edited, added "
@@ -264,6 +300,11 @@ def _run_escrow(args: argparse.Namespace) -> int:
         if answer.strip() != args.key_id:
             print("herald escrow: not confirmed; nothing was revoked", file=sys.stderr)
             return 1
+    if args.action == "passphrase":
+        current = commands.read_passphrase(args.passphrase_file,
+                                           prompt="Current escrow passphrase: ")
+        new = commands.read_new_passphrase(args.new_passphrase_file)
+        return commands.passphrase(args.dir, current, new)
     passphrase = commands.read_passphrase(args.passphrase_file, new=args.action == "init")
     if args.action == "init":
         return commands.init(args.dir, passphrase, args.hosts or ["localhost", "127.0.0.1"])
@@ -317,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
             return key_commands.reseal(config, args.tenant, args.messages)
         if args.action == "shred":
             return key_commands.shred(config, args.tenant, args.epoch, args.confirm)
+        if args.action == "passphrase":
+            return key_commands.change_passphrase(config, args.passphrase_file,
+                                                  args.new_passphrase_file)
         return key_commands.revoke(config, args.tenant, args.confirm)
     from appliance import accounts
 

@@ -1,20 +1,29 @@
-"""`herald init` and `herald keys status|rotate|reseal|revoke|shred`: the key operations,
-on the data directory (docs/security.md, "Rotation, revocation, shredding"). A running server
-picks up what they change within `KEY_REFRESH_MAX_INTERVAL_S` (5 s, appliance/key_refresh.py)
-or the DEK cache lifetime."""
+"""`herald init` and `herald keys status|rotate|reseal|revoke|shred|passphrase`: the key
+operations, on the data directory (docs/security.md, "Rotation, revocation, shredding"). A
+running server picks up what they change within `KEY_REFRESH_MAX_INTERVAL_S` (5 s,
+appliance/key_refresh.py) or the DEK cache lifetime; `passphrase` changes nothing it holds (it
+keeps the master key in memory)."""
 
 from __future__ import annotations
 
 import datetime
+import fcntl
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from appliance.accounts import run_keyed
 from appliance.config import Config
-from appliance.keys.errors import KeyManagementError
+from appliance.keys.errors import KeyManagementError, MasterKeyInHsm, PassphraseChangeBusy
 from appliance.keys.manager import KeyManager
+from appliance.keys.master import change_master_key_passphrase, load_master_key
+from appliance.keys.master_place import master_key_place
 from appliance.keys.unlock import KeyedEngine, initialize, read_passphrase
+from appliance.terminal import ask_secret, read_secret_file
 
-__all__ = ["init", "key_status", "reseal", "revoke", "rotate", "shred"]
+__all__ = ["change_passphrase", "init", "key_status", "reseal", "revoke", "rotate", "shred"]
 
 
 def init(config: Config, place: str | None = None) -> int:
@@ -28,6 +37,97 @@ def init(config: Config, place: str | None = None) -> int:
         print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
         return 1
     return 0
+
+
+def change_passphrase(config: Config, passphrase_file: str | None,
+                      new_passphrase_file: str | None) -> int:
+    """`herald keys passphrase`: seal the same master key under a new passphrase. The current
+    one comes from `passphrase_file`, else as for every command (`[keys] passphrase_file` or
+    the terminal); the new one from `new_passphrase_file`, else the terminal, twice. Nothing is
+    written unless the current passphrase opens master.key and the new one is long enough."""
+    path = config.master_key_path
+    try:
+        place = master_key_place(config)
+        if place == "pkcs11":
+            raise MasterKeyInHsm(
+                f"this appliance's master key is in an HSM ({config.hsm_master_key_path}): it "
+                f"has no passphrase. To change the token's PIN use the HSM's own tools, then "
+                f"put the new PIN in {config.keys.pkcs11_pin_file or '[keys] pkcs11_pin_file'}")
+        if place is None:
+            raise KeyManagementError(f"{config.data_dir} has no master key: run 'herald init'")
+        with _one_change_at_a_time(path):
+            master_key = load_master_key(path, _current_passphrase(config, passphrase_file))
+            new = (read_secret_file(new_passphrase_file, error=KeyManagementError)
+                   if new_passphrase_file is not None else ask_secret(
+                       "New master key passphrase: ", confirm=True, error=KeyManagementError,
+                       no_terminal="the new passphrase is needed and there is no terminal to "
+                                   "ask on: pass --new-passphrase-file FILE (- reads it from "
+                                   "standard input, after the current one if that comes from "
+                                   "there too)",
+                       differ="the new passphrases differ; nothing was changed"))
+            change_master_key_passphrase(path, master_key, new)
+    except KeyManagementError as exc:
+        print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"herald: cannot write {path}: {exc.strerror}; nothing was changed",
+              file=sys.stderr)
+        return 1
+    print(f"the master key in {path} is now sealed by the new passphrase (the key itself is "
+          f"unchanged: no data is re-encrypted).\n"
+          f"Copies of the old {path.name} (backups) still open with the OLD passphrase: replace "
+          f"them with a copy of the new file, or keep the old passphrase as safe as the new.\n"
+          f"A running `herald serve` needs nothing: it holds the key in memory.")
+    stale = _stale_passphrase_file(config, new)
+    if stale:
+        print(stale)
+    return 0
+
+
+@contextmanager
+def _one_change_at_a_time(path: Path) -> Iterator[None]:
+    """An exclusive lock on the directory of the key file `path` while its passphrase changes:
+    two changes at once would each read back the other's file. (A lock on the file itself would
+    not do: the rename replaces the file it is taken on.) Raises `PassphraseChangeBusy`."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PassphraseChangeBusy(f"another `herald keys passphrase` is changing {path}; "
+                                       f"let it finish, then check which passphrase opens "
+                                       f"it") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _current_passphrase(config: Config, passphrase_file: str | None) -> str:
+    """From `passphrase_file`, else `[keys] passphrase_file`, else the terminal."""
+    if passphrase_file is not None:
+        return read_secret_file(passphrase_file, error=KeyManagementError)
+    if config.keys.passphrase_file:
+        return read_passphrase(config)
+    return ask_secret(
+        "Current master key passphrase: ", error=KeyManagementError,
+        no_terminal="the current passphrase is needed and there is no terminal to ask on: pass "
+                    "--passphrase-file FILE (- reads it from standard input)")
+
+
+def _stale_passphrase_file(config: Config, new: str) -> str:
+    """A warning when `[keys] passphrase_file` still holds another passphrase: the next start
+    of the server would be refused."""
+    source = config.keys.passphrase_file
+    if not source:
+        return ""
+    try:
+        holds_new = read_secret_file(source, error=KeyManagementError) == new
+    except KeyManagementError:
+        holds_new = False  # unreadable now: the server could not start either
+    if holds_new:
+        return ""
+    return (f"[keys] passphrase_file ({source}) does not hold the new passphrase: put it there "
+            f"before the server next starts, or the start is refused (wrong_passphrase).")
 
 
 def _manager(keyed: KeyedEngine) -> KeyManager:

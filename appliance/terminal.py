@@ -1,5 +1,6 @@
-"""Secrets asked on the terminal: never echoed, asked twice when new, and a clear error (what
-to pass instead) where there is no terminal to ask on, instead of a traceback."""
+"""Secrets from the operator: asked on the terminal (never echoed, asked twice when new, and a
+clear error saying what to pass instead where there is no terminal, instead of a traceback), or
+read from a file for scripts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import getpass
 import sys
 from collections.abc import Callable
 
-__all__ = ["ask_secret"]
+__all__ = ["ask_secret", "read_secret_file"]
 
 
 def ask_secret(
@@ -26,3 +27,16 @@ def ask_secret(
     except (EOFError, KeyboardInterrupt):
         raise error("cancelled at the prompt: nothing was changed") from None
     return first
+
+
+def read_secret_file(source: str, *, error: Callable[[str], BaseException] = SystemExit) -> str:
+    """The first line of the file `source`, without its line end; "-" reads the next line of
+    standard input (so that two secrets can come in on two lines). Raises `error(...)` naming
+    the file when it cannot be read."""
+    if source == "-":
+        return sys.stdin.readline().rstrip("\r\n")
+    try:
+        with open(source, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise error(f"cannot read {source}: {exc.strerror}; check the path") from None

@@ -143,8 +143,9 @@ class RunningEscrow:
 
 
 @contextmanager
-def running_escrow(files: EscrowFiles) -> Iterator[RunningEscrow]:
-    escrow = RunningEscrow(files)
+def running_escrow(files: EscrowFiles, passphrase: str = ESCROW_PASSPHRASE
+                   ) -> Iterator[RunningEscrow]:
+    escrow = RunningEscrow(files, passphrase)
     try:
         yield escrow
     finally:

@@ -15,6 +15,7 @@ COMMANDS = [
     ["user", "list"], ["user", "passwd"], ["user", "disable"], ["user", "enable"],
     ["user", "sessions"], ["user", "revoke-sessions"], ["group"], ["group", "add"], ["init"],
     ["keys"], ["keys", "status"], ["keys", "rotate"], ["keys", "shred"], ["keys", "revoke"],
+    ["keys", "passphrase"],
     ["cert"], ["cert", "selfsigned"], ["escrow"], ["chat"],
 ]
 

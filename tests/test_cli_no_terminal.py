@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from keyed_dirs import herald, keyed_data_dir
+from keyed_dirs import PASSPHRASE, herald, keyed_data_dir
+
+from appliance.keys import create_master_key
+from appliance.keys.sealed_file import KdfParams
 
 
 def assert_clear_refusal(result: object, hint: str) -> None:
@@ -44,6 +47,30 @@ def test_account_commands_without_a_terminal_name_password_stdin(
     assert herald("tenant", "add", "--data-dir", str(data), "acme").returncode == 0
     result = herald(*command[:2], "--data-dir", str(data), *command[2:])
     assert_clear_refusal(result, "--password-stdin")
+
+
+def test_keys_passphrase_without_a_terminal_names_the_passphrase_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    create_master_key(data / "master.key", PASSPHRASE, kdf=KdfParams(8 * 1024, 1))
+    before = (data / "master.key").read_bytes()
+    assert_clear_refusal(herald("keys", "passphrase", "--data-dir", str(data)),
+                         "--passphrase-file")
+    (tmp_path / "current").write_text(PASSPHRASE + "\n")
+    assert_clear_refusal(herald("keys", "passphrase", "--data-dir", str(data),
+                                "--passphrase-file", str(tmp_path / "current")),
+                         "--new-passphrase-file")
+    assert (data / "master.key").read_bytes() == before
+
+
+def test_escrow_passphrase_without_a_terminal_names_the_passphrase_files(tmp_path: Path) -> None:
+    escrow_dir = str(tmp_path / "escrow")
+    assert_clear_refusal(herald("escrow", "passphrase", "--dir", escrow_dir),
+                         "--passphrase-file")
+    (tmp_path / "current").write_text("the escrow passphrase\n")
+    assert_clear_refusal(herald("escrow", "passphrase", "--dir", escrow_dir,
+                                "--passphrase-file", str(tmp_path / "current")),
+                         "--new-passphrase-file")
 
 
 def test_chat_without_a_terminal_names_password_stdin() -> None:

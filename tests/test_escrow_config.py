@@ -99,7 +99,7 @@ def test_the_key_layer_public_surface_is_pinned() -> None:
     assert sorted(appliance.keys.__all__) == appliance.keys.__all__
     for name in appliance.keys.__all__:
         assert hasattr(appliance.keys, name), name
-    assert len(appliance.keys.__all__) == 27  # + the master key seam and its HSM errors
+    assert len(appliance.keys.__all__) == 29  # + the passphrase change and its HSM refusal
 
 
 def test_the_master_key_in_an_hsm_is_configured_in_keys_with_paths_beside_the_file(

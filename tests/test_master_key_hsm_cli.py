@@ -191,6 +191,19 @@ def test_a_data_directory_initialized_in_the_hsm_refuses_settings_naming_another
     assert "'herald-master-key'" in moved.stderr and "'another-label'" in moved.stderr
 
 
+def test_keys_passphrase_is_refused_for_a_master_key_in_the_hsm(tmp_path: Path) -> None:
+    config = _hsm_data_dir(tmp_path)
+    assert _init(config).returncode == 0
+    marker = (tmp_path / "data" / "master-key.pkcs11").read_bytes()
+    refused = herald("keys", "passphrase", "--config", str(config), "--passphrase-file", "-",
+                     "--new-passphrase-file", "-", stdin="a current passphrase\nanother one here\n")
+    assert refused.returncode == 1 and "(master_key_in_hsm)" in refused.stderr, refused.stderr
+    assert "has no passphrase" in refused.stderr and "HSM's own tools" in refused.stderr
+    assert "master.pin" in refused.stderr  # where the new PIN goes
+    assert not (tmp_path / "data" / "master.key").exists()
+    assert (tmp_path / "data" / "master-key.pkcs11").read_bytes() == marker
+
+
 def test_keys_status_says_when_the_master_key_is_a_sealed_file(tmp_path: Path) -> None:
     data = keyed_data_dir(tmp_path / "data")
     status = _ok("keys", "status", "--data-dir", str(data))

@@ -22,12 +22,19 @@ from appliance.keys.errors import (
     KeyFileMissing,
     KeyManagementError,
     MasterKeyExists,
+    MasterKeyInHsm,
     MasterKeyMissing,
     WeakPassphrase,
     WrongPassphrase,
 )
 from appliance.keys.escrow import Escrow, KeyState
-from appliance.keys.master import FileMasterKey, MasterKey, create_master_key, load_master_key
+from appliance.keys.master import (
+    FileMasterKey,
+    MasterKey,
+    change_master_key_passphrase,
+    create_master_key,
+    load_master_key,
+)
 
 __all__ = [
     "DamagedKeyFile",
@@ -49,9 +56,11 @@ __all__ = [
     "KeyState",
     "MasterKey",
     "MasterKeyExists",
+    "MasterKeyInHsm",
     "MasterKeyMissing",
     "WeakPassphrase",
     "WrongPassphrase",
+    "change_master_key_passphrase",
     "create_master_key",
     "dek_aad",
     "load_master_key",

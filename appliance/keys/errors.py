@@ -23,7 +23,9 @@ __all__ = [
     "KeyFileMissing",
     "KeyManagementError",
     "MasterKeyExists",
+    "MasterKeyInHsm",
     "MasterKeyMissing",
+    "PassphraseChangeBusy",
     "WeakPassphrase",
     "WrongPassphrase",
 ]
@@ -49,6 +51,19 @@ class WeakPassphrase(KeyManagementError):
     """A new key file was refused a passphrase that is too short."""
 
     code = "weak_passphrase"
+
+
+class MasterKeyInHsm(KeyManagementError):
+    """A passphrase change was asked for a master key that lives in an HSM: it has no
+    passphrase; the token's PIN is changed with the HSM's own tools."""
+
+    code = "master_key_in_hsm"
+
+
+class PassphraseChangeBusy(KeyManagementError):
+    """Another process is changing the passphrase of the same key file: let it finish."""
+
+    code = "passphrase_change_busy"
 
 
 class DamagedKeyFile(KeyManagementError):

@@ -19,7 +19,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from appliance.keys.errors import DamagedKeyFile, DekMismatch
-from appliance.keys.sealed_file import DEFAULT_KDF, KdfParams, open_sealed, seal
+from appliance.keys.sealed_file import (
+    DEFAULT_KDF,
+    KdfParams,
+    open_sealed,
+    replace_passphrase,
+    seal,
+)
 
 __all__ = [
     "MASTER_KEY_BYTES",
@@ -27,6 +33,7 @@ __all__ = [
     "NAME_KEY_INFO",
     "FileMasterKey",
     "MasterKey",
+    "change_master_key_passphrase",
     "create_master_key",
     "load_master_key",
 ]
@@ -116,3 +123,18 @@ def load_master_key(path: Path, passphrase: str) -> bytes:
     if len(master_key) != MASTER_KEY_BYTES:
         raise DamagedKeyFile(f"{path} holds no valid master key; restore it from a backup")
     return master_key
+
+
+def change_master_key_passphrase(path: Path, master_key: bytes, new_passphrase: str, *,
+                                 kdf: KdfParams = DEFAULT_KDF) -> None:
+    """Seal the same `master_key` (what `load_master_key(path, current)` returned) in `path`
+    under `new_passphrase`, with a fresh salt and nonce and today's Argon2id parameters `kdf`,
+    atomically, and check that it reads back. Copies of the old file still open with the old
+    passphrase.
+
+    Raises `WeakPassphrase` (nothing written), `DamagedKeyFile` when the new file does not read
+    back (the old one is put back), OSError.
+    """
+    if len(master_key) != MASTER_KEY_BYTES:
+        raise ValueError("a master key is 32 bytes")
+    replace_passphrase(Path(path), master_key, new_passphrase, MASTER_KEY_FORMAT, kdf=kdf)

@@ -31,6 +31,7 @@ from appliance.keys.errors import (
     DamagedKeyFile,
     KeyFileExists,
     KeyFileMissing,
+    KeyManagementError,
     WeakPassphrase,
     WrongPassphrase,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "SealingKey",
     "check_new_passphrase",
     "open_sealed",
+    "replace_passphrase",
     "reseal",
     "seal",
     "write_atomically",
@@ -174,6 +176,31 @@ def reseal(path: Path, key: SealingKey, payload: bytes, file_format: str, *,
     }
     document["checksum"] = _checksum(document)
     write_atomically(path, (json.dumps(document, indent=1) + "\n").encode(), exclusive=exclusive)
+
+
+def replace_passphrase(path: Path, payload: bytes, new_passphrase: str, file_format: str, *,
+                       kdf: KdfParams = DEFAULT_KDF) -> SealingKey:
+    """Reseal `payload` (what `path` holds, opened by the caller with the current passphrase)
+    under `new_passphrase`, with a fresh salt and nonce and the parameters `kdf`, atomically;
+    then read the new file back. Returns the key that reseals it.
+
+    Raises `WeakPassphrase` (nothing written), `DamagedKeyFile` when the new file does not
+    give `payload` back (the previous file is put back first), OSError.
+    """
+    check_new_passphrase(new_passphrase)
+    previous = path.read_bytes()
+    key = SealingKey.derive(new_passphrase, kdf=kdf)
+    reseal(path, key, payload, file_format)
+    try:
+        reopened, _ = open_sealed(path, new_passphrase, file_format)
+    except KeyManagementError:
+        reopened = None
+    if reopened != payload:
+        # Unreachable on a sound disk; if it happens, the old file is the one that works.
+        write_atomically(path, previous)
+        raise DamagedKeyFile(f"{path} did not read back as written, so the previous file was "
+                             f"put back (the passphrase is unchanged): check the disk")
+    return key
 
 
 def open_sealed(path: Path, passphrase: str, file_format: str) -> tuple[bytes, SealingKey]:

@@ -1,5 +1,6 @@
-"""`herald escrow init|issue-client|serve|audit`: what the escrow's operator runs, on the
-escrow machine. Each returns an exit status; errors say what to do next, never a secret.
+"""`herald escrow init|issue-client|serve|audit|keys|revoke|passphrase`: what the escrow's
+operator runs, on the escrow machine. Each returns an exit status; errors say what to do
+next, never a secret.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from types import FrameType
 
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.escrow_service.audit import AuditBroken, AuditLog, verify_audit_log
-from appliance.keys.escrow_service.keystore import Keystore
+from appliance.keys.escrow_service.keystore import Keystore, KeystoreBusy
+from appliance.keys.escrow_service.passphrase_change import EscrowPassphraseChange
 from appliance.keys.escrow_service.pki import create_service_pki, issue_client_certificate
 from appliance.keys.escrow_service.server import EscrowServer, EscrowService, server_tls_context
 from appliance.keys.sealed_file import check_new_passphrase
-from appliance.terminal import ask_secret
+from appliance.terminal import ask_secret, read_secret_file
 
-__all__ = ["AUDIT_FILE", "KEYSTORE_FILE", "audit", "init", "issue_client", "keys",
-           "read_passphrase", "revoke", "serve"]
+__all__ = ["AUDIT_FILE", "KEYSTORE_FILE", "audit", "init", "issue_client", "keys", "passphrase",
+           "read_new_passphrase", "read_passphrase", "revoke", "serve"]
 
 OPERATOR = "operator (herald escrow revoke)"  # the audit log's client for offline revocations
+PASSPHRASE_OPERATOR = "operator (herald escrow passphrase)"
 
 KEYSTORE_FILE = "escrow.keys"
 AUDIT_FILE = "audit.log"
@@ -33,23 +36,35 @@ def _fail(message: str) -> int:
     return 1
 
 
-def read_passphrase(passphrase_file: str | None, *, new: bool = False) -> str:
+def _exit(message: str) -> SystemExit:
+    return SystemExit(f"herald escrow: {message}")
+
+
+def read_passphrase(passphrase_file: str | None, *, new: bool = False,
+                    prompt: str = "Escrow passphrase: ") -> str:
     """From `passphrase_file` (its first line; "-" = standard input), else the terminal
     (asked twice when `new`)."""
-    if passphrase_file == "-":
-        return sys.stdin.readline().rstrip("\r\n")
     if passphrase_file is not None:
-        try:
-            with open(passphrase_file, encoding="utf-8") as file:
-                return file.readline().rstrip("\r\n")
-        except OSError as exc:
-            raise SystemExit(f"herald escrow: cannot read the passphrase file "
-                             f"{passphrase_file}: {exc.strerror}") from None
+        return read_secret_file(passphrase_file, error=_exit)
     return ask_secret(
-        "Escrow passphrase: ", confirm=new,
+        prompt, confirm=new,
         no_terminal="herald escrow: the escrow's passphrase is needed and there is no terminal "
                     "to ask on: pass --passphrase-file FILE (- reads it from standard input)",
         differ="herald escrow: the passphrases differ; nothing was created",
+    )
+
+
+def read_new_passphrase(new_passphrase_file: str | None) -> str:
+    """The new passphrase of `herald escrow passphrase`: from `new_passphrase_file` ("-" = the
+    next line of standard input), else asked twice on the terminal."""
+    if new_passphrase_file is not None:
+        return read_secret_file(new_passphrase_file, error=_exit)
+    return ask_secret(
+        "New escrow passphrase: ", confirm=True,
+        no_terminal="herald escrow: the new passphrase is needed and there is no terminal to "
+                    "ask on: pass --new-passphrase-file FILE (- reads it from standard input, "
+                    "after the current one if that comes from there too)",
+        differ="herald escrow: the new passphrases differ; nothing was changed",
     )
 
 
@@ -167,6 +182,59 @@ def revoke(directory: Path, passphrase: str, key_id: str) -> int:
         keystore.close()
     print(f"escrow key {key_id!r} revoked: what it wrapped can never be opened again. Destroy "
           f"any copy of {KEYSTORE_FILE} older than this moment, or the revocation is not final.")
+    return 0
+
+
+def passphrase(directory: Path, current: str, new: str) -> int:
+    """Seal escrow.keys, ca.key and server.key under `new` instead of `current`, with the
+    service stopped (it holds the keystore); audited, never the passphrases themselves."""
+    try:
+        change = EscrowPassphraseChange.prepare(directory, KEYSTORE_FILE, current, new)
+    except KeystoreBusy as exc:
+        return _fail(f"another process has {directory / KEYSTORE_FILE} open (a running `herald "
+                     f"escrow serve`?): stop it first, then change the passphrase and serve "
+                     f"again with the new one. Nothing was changed ({exc.code})")
+    except KeyManagementError as exc:
+        return _fail(f"{exc.message} ({exc.code})")
+    except OSError as exc:
+        return _fail(f"{exc.filename}: {exc.strerror}; is {directory} an escrow directory "
+                     f"(herald escrow init)? Nothing was changed")
+    try:
+        audit_log = AuditLog(directory / AUDIT_FILE)
+    except AuditBroken as exc:
+        change.close()
+        return _fail(f"{exc}; nothing was changed")
+    try:
+        try:
+            rewritten = change.apply()
+        except (KeyManagementError, OSError):
+            audit_log.append(PASSPHRASE_OPERATOR, "passphrase", "", "incomplete")
+            raise
+        if rewritten:
+            audit_log.append(PASSPHRASE_OPERATOR, "passphrase", "", "ok")
+    except KeyManagementError as exc:
+        return _fail(f"{exc.message} ({exc.code}); run the same command again to finish")
+    except OSError as exc:
+        return _fail(f"cannot write {exc.filename}: {exc.strerror}. Fix that and run the same "
+                     f"command again (same current and new passphrases): files already sealed "
+                     f"by the new passphrase are left as they are")
+    finally:
+        audit_log.close()
+        change.close()
+    if not rewritten:
+        print(f"every file of {directory} is sealed by the new passphrase already; nothing was "
+              f"changed")
+        return 0
+    finished = (f" (this finished an interrupted change: {', '.join(change.already_new)} had "
+                f"it already)" if change.already_new else "")
+    print(f"the escrow in {directory} is now sealed by the new passphrase: {KEYSTORE_FILE}, "
+          f"ca.key and server.key{finished}. The keys inside are unchanged: appliances and "
+          f"their certificates need nothing.\n"
+          f"Copies of these files made before now (backups) still open with the OLD "
+          f"passphrase: replace them with copies of the new files, or keep the old passphrase "
+          f"as safe as the new.\n"
+          f"Start the service again with the new passphrase: herald escrow serve --dir "
+          f"{directory} --listen HOST:PORT")
     return 0
 
 

@@ -33,7 +33,15 @@ from appliance.keys.errors import (
     KeyManagementError,
 )
 from appliance.keys.escrow import MAX_WRAP_BYTES, KeyState, check_key_id
-from appliance.keys.sealed_file import SealingKey, open_sealed, reseal, seal
+from appliance.keys.sealed_file import (
+    DEFAULT_KDF,
+    KdfParams,
+    SealingKey,
+    open_sealed,
+    replace_passphrase,
+    reseal,
+    seal,
+)
 
 __all__ = ["KEYSTORE_FORMAT", "Keystore", "KeystoreBusy"]
 
@@ -114,6 +122,15 @@ class Keystore:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+    def change_passphrase(self, new_passphrase: str, *, kdf: KdfParams = DEFAULT_KDF) -> None:
+        """Seal the same keys under `new_passphrase` (fresh salt, Argon2id parameters `kdf`),
+        atomically, and check that the file reads back; later changes are sealed under it too.
+        Raises `WeakPassphrase` (nothing written), `DamagedKeyFile` (the old file is put back),
+        OSError."""
+        with self._lock:
+            self._sealing_key = replace_passphrase(self._path, _encode(self._entries),
+                                                   new_passphrase, KEYSTORE_FORMAT, kdf=kdf)
 
     def key_states(self) -> dict[str, tuple[KeyState, str]]:
         """Every key id, its state and its owner."""

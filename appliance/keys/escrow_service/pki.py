@@ -27,10 +27,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from appliance.keys.errors import DamagedKeyFile, KeyFileExists, WrongPassphrase
 from appliance.keys.sealed_file import write_atomically
 
-__all__ = ["CA_DAYS", "LEAF_DAYS", "create_service_pki", "issue_client_certificate"]
+__all__ = [
+    "CA_DAYS",
+    "LEAF_DAYS",
+    "PASSPHRASE_KEY_FILES",
+    "change_private_key_passphrase",
+    "create_service_pki",
+    "issue_client_certificate",
+    "load_private_key",
+]
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
+PASSPHRASE_KEY_FILES = ("ca.key", "server.key")  # encrypted with the escrow passphrase
 
 
 def _name(common_name: str) -> x509.Name:
@@ -123,15 +132,7 @@ def issue_client_certificate(directory: Path, passphrase: str, name: str, out: P
     Raises `WrongPassphrase` if the passphrase does not open ca.key, `DamagedKeyFile` if it is
     not an ECDSA key, `KeyFileExists` if `out` already holds client files, OSError.
     """
-    try:
-        ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(),
-                                                    passphrase.encode())
-    except (ValueError, TypeError):
-        raise WrongPassphrase(f"the passphrase does not open {directory / 'ca.key'}; try "
-                              f"again") from None
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise DamagedKeyFile(f"{directory / 'ca.key'} is not the key herald escrow init made; "
-                             f"restore it from a backup")
+    ca_key = load_private_key(directory / "ca.key", passphrase)
     ca_pem = (directory / "ca.crt").read_bytes()
     ca_cert = x509.load_pem_x509_certificate(ca_pem)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,3 +145,37 @@ def issue_client_certificate(directory: Path, passphrase: str, name: str, out: P
     write_atomically(out / "client.key", _private_pem(client_key, None), exclusive=True)
     write_atomically(out / "client.crt", _cert_pem(client_cert), 0o644, exclusive=True)
     write_atomically(out / "ca.crt", ca_pem, 0o644)
+
+
+def load_private_key(path: Path, passphrase: str) -> ec.EllipticCurvePrivateKey:
+    """The private key in `path` (ca.key, server.key), encrypted with `passphrase`.
+
+    Raises `WrongPassphrase` if the passphrase does not open it, `DamagedKeyFile` if it is not
+    an ECDSA key, OSError.
+    """
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), passphrase.encode())
+    except (ValueError, TypeError):
+        raise WrongPassphrase(f"the passphrase does not open {path}; try again") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise DamagedKeyFile(f"{path} is not the key herald escrow init made; restore it from "
+                             f"a backup")
+    return key
+
+
+def change_private_key_passphrase(path: Path, key: ec.EllipticCurvePrivateKey,
+                                  new_passphrase: str) -> None:
+    """Encrypt the same `key` (loaded from `path`) with `new_passphrase` and replace `path`
+    atomically, then check that it reads back. Raises `DamagedKeyFile` when it does not (the
+    previous file is put back first), OSError."""
+    previous = path.read_bytes()
+    write_atomically(path, _private_pem(key, new_passphrase))
+    try:
+        same = (load_private_key(path, new_passphrase).private_numbers()
+                == key.private_numbers())
+    except (WrongPassphrase, DamagedKeyFile):
+        same = False
+    if not same:
+        write_atomically(path, previous)  # unreachable on a sound disk
+        raise DamagedKeyFile(f"{path} did not read back as written, so the previous file was "
+                             f"put back: check the disk")
