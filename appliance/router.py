@@ -179,7 +179,8 @@ class Router:
 
     async def _answer(self, conn: Connection, request: ClientFrame) -> Any:
         """The handler's data (None when a write answers after its commit); raises its
-        refusal. Reads may run twice (see `handle`): they change nothing."""
+        refusal. `handle` may run a request twice: one refused with `KeyNotInstalled` changed
+        nothing (reads change nothing, and a refused op leaves no trace in the store)."""
         _check_ids(request)
         data = self._handlers[type(request)](conn, request)
         if isinstance(data, Awaitable):
