@@ -20,6 +20,8 @@ from engine.errors import (
     NotFound,
     NotMember,
     Unauthenticated,
+    WeakPassword,
+    WrongPassword,
 )
 from engine.limits import Limits
 from engine.membership import MemberList
@@ -28,6 +30,7 @@ from engine.ops import (
     AddMembers,
     Append,
     Appended,
+    ChangePassword,
     ConversationOpened,
     CreateGroup,
     CreateSession,
@@ -43,6 +46,7 @@ from engine.ops import (
     MembershipChanged,
     OpenDirect,
     Operation,
+    PasswordChanged,
     PruneSessions,
     RemoveMember,
     Result,
@@ -58,7 +62,7 @@ from engine.ops import (
     TenantCreated,
     UserCreated,
 )
-from engine.passwords import hash_password, verify_password
+from engine.passwords import check_password_policy, hash_password, verify_password
 from engine.records import (
     ConversationKind,
     EpochState,
@@ -78,6 +82,7 @@ __all__ = [
     "Append",
     "Appended",
     "CapacityExceeded",
+    "ChangePassword",
     "Conflict",
     "ConversationKind",
     "ConversationOpened",
@@ -114,6 +119,7 @@ __all__ = [
     "OpenDirect",
     "Operation",
     "Page",
+    "PasswordChanged",
     "PruneSessions",
     "RemoveMember",
     "ResealProgress",
@@ -134,6 +140,9 @@ __all__ = [
     "TenantCreated",
     "Unauthenticated",
     "UserCreated",
+    "WeakPassword",
+    "WrongPassword",
+    "check_password_policy",
     "hash_password",
     "verify_password",
 ]

@@ -25,6 +25,8 @@ from engine import (
     NotMember,
     Operation,
     Unauthenticated,
+    WeakPassword,
+    WrongPassword,
     hash_password,
 )
 
@@ -90,6 +92,8 @@ WIRE_CODES: dict[type[HeraldError], str] = {
     CorruptData: "corrupt_data",
     KeyUnavailable: "key_unavailable",
     EngineClosed: "engine_closed",
+    WrongPassword: "wrong_password",
+    WeakPassword: "weak_password",
 }
 
 
