@@ -1,6 +1,7 @@
 """`herald chat`: a small interactive client for trying Herald by hand.
 
 Lines typed are sent to the open conversation; lines starting with '/' are commands (`/help`).
+`/password` asks for passwords on the terminal only (never echoed, never read from piped input).
 Incoming messages are printed as they arrive, each once and in order (the client library sees
 to that). Standard input is read a line at a time in a worker thread, so the chat behaves the
 same on a terminal and with piped input; the end of input quits, after what was typed is sent.
@@ -39,7 +40,7 @@ from appliance.client import (
 from appliance.protocol.frames import ConvSummary, WireMessage
 from appliance.terminal import ask_secret
 
-__all__ = ["HELP", "Command", "format_message", "parse_command", "run"]
+__all__ = ["HELP", "Chat", "Command", "PromptRefused", "format_message", "parse_command", "run"]
 
 PAGE_MESSAGES = 10  # shown on /open and per /history
 
@@ -48,6 +49,8 @@ HELP = """Commands:
   /open N       open conversation N of that list and show its latest messages
   /history      show older messages of the open conversation
   /dm LOGIN     open the direct conversation with LOGIN
+  /password     change your password (asked on the terminal, not shown); your other
+                devices are signed out, this chat stays signed in
   /help         show this help
   /quit         leave (so does the end of input, e.g. Ctrl-D)
 Any other line is sent to the open conversation."""
@@ -61,6 +64,15 @@ _EVENTS = {
     "member_left": "left",
     "role_changed": "changed the role of",
 }
+
+
+class PromptRefused(Exception):
+    """A password prompt gave no password: no terminal to ask on, cancelled, or the two
+    entries of the new one differ. The message says which."""
+
+
+_NO_TERMINAL = ("/password asks for the passwords on a terminal, and standard input is not "
+                "one: run herald chat in a terminal to change your password")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +114,13 @@ def format_message(
 class Chat:
     """One chat: what is listed, what is open, who is who."""
 
-    def __init__(self, client: HeraldClient, out: TextIO) -> None:
+    def __init__(
+        self, client: HeraldClient, out: TextIO, ask: Callable[..., str] = ask_secret,
+    ) -> None:
+        """`ask` asks for a secret as `appliance.terminal.ask_secret` does (tests script it)."""
         self._client = client
         self._out = out
+        self._ask = ask
         self._names: dict[int, str] = {client.user: client.display_name}
         self._listing: list[ConvSummary] = []
         self._labels: dict[int, str] = {}
@@ -211,6 +227,8 @@ class Chat:
             await self._older()
         elif name == "dm":
             await self._direct(arg)
+        elif name == "password":
+            await self._change_password()
         else:
             self.say(f"! unknown command /{name}; /help lists them")
         return True
@@ -246,6 +264,30 @@ class Chat:
         conv = await self._client.open_direct(peer.user)
         self._labels[conv] = peer.display_name
         await self._show(conv)
+
+    async def _change_password(self) -> None:
+        """Ask the current and the new password (twice) without echo, then change it."""
+        def ask() -> tuple[str, str]:
+            current = self._ask("Current password: ", no_terminal=_NO_TERMINAL,
+                                error=PromptRefused)
+            new = self._ask("New password: ", confirm=True, no_terminal=_NO_TERMINAL,
+                            differ="the new passwords differ; nothing was changed",
+                            error=PromptRefused)
+            return current, new
+
+        try:
+            current, new = await trio.to_thread.run_sync(ask)
+        except PromptRefused as refused:
+            self.say(f"! {refused}")
+            return
+        try:
+            await self._client.change_password(current, new)
+        except ConnectionLost:
+            self.say("! the connection broke before the server answered: the password may or "
+                     "may not have changed (the chat signs in again with whichever works)")
+            return
+        self.say("Password changed. Your other devices were signed out; this chat stays "
+                 "signed in.")
 
     async def _show(self, conv: int) -> None:
         """Open `conv`: show its latest messages and mark them read."""

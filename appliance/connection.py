@@ -59,6 +59,10 @@ class Connection:
         self.user = 0
         self.device = ""
         self.session = b""  # the SHA-256 of the session token, once logged in
+        # True while this connection's own password change is being committed: the session
+        # sweeper then leaves it alone (its old token is about to end, and it is about to be
+        # rebound to the new one; see SessionGuard.sweep).
+        self.changing_session = False
         self._tls = tls
         self.outbox = Outbox(stream.socket.fileno(), services.config.gateway.outbox_cap_bytes,
                              services.flusher, seal=tls.seal if tls is not None else None)

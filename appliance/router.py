@@ -3,6 +3,9 @@
 Every request except login, resume and ping needs a logged-in connection; the engine then checks
 membership and roles on every call with the connection's own tenant and user, never with ids
 the client claims for itself.
+
+Passwords (login, and a user's change of their own) are checked with Argon2id in worker
+threads, at most two at a time, behind the login backoff; they never reach a log.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from appliance.protocol.frames import (
     MembersRequest,
     OkData,
     OpenDirectRequest,
+    PasswordData,
+    PasswordRequest,
     PingRequest,
     ReadData,
     ReadRequest,
@@ -53,6 +58,7 @@ from engine import (
     Append,
     Appended,
     CapacityExceeded,
+    ChangePassword,
     ConversationOpened,
     CreateGroup,
     CreateSession,
@@ -69,6 +75,7 @@ from engine import (
     NotFound,
     OpenDirect,
     Operation,
+    PasswordChanged,
     RemoveMember,
     Result,
     RevokeSession,
@@ -76,6 +83,9 @@ from engine import (
     Role,
     SessionEnd,
     Unauthenticated,
+    WrongPassword,
+    check_password_policy,
+    hash_password,
 )
 
 if TYPE_CHECKING:
@@ -109,6 +119,11 @@ def _check_ids(request: ClientFrame) -> None:
             raise Invalid(f"{value} is not an id: ids are integers from 0 to {MAX_ID}")
 
 
+def _host(conn: Connection) -> str:
+    """The client's address without its port: what the login backoff counts failures by."""
+    return conn.address.rpartition(":")[0] or conn.address
+
+
 def _change(result: Result) -> ChangeData:
     assert isinstance(result, MembershipChanged)
     return ChangeData(result.conv, result.member_version, result.seq)
@@ -137,6 +152,7 @@ class Router:
             LoginRequest: self._login,
             ResumeRequest: self._resume,
             LogoutRequest: self._logout,
+            PasswordRequest: self._password,
             PingRequest: lambda conn, req: OkData(),
             SendRequest: self._send,
             SyncRequest: self._sync,
@@ -320,7 +336,7 @@ class Router:
             raise Invalid("this connection is logged in already")
         engine, backoff = self._s.engine, self._s.backoff
         account = (req.tenant, req.login)  # as typed: the same whether or not it exists
-        host = conn.address.rpartition(":")[0] or conn.address
+        host = _host(conn)
         await trio.sleep(backoff.delay_s(account, host))
         try:
             tenant = engine.find_tenant(req.tenant)
@@ -395,3 +411,64 @@ class Router:
             await self._s.writer.apply(op, origin=conn)
         conn.send_frame(encode_frame(Reply(req.id, OkData())))
         conn.close(1000)
+
+    async def _password(self, conn: Connection, req: PasswordRequest) -> None:
+        """Change the user's own password, given the current one.
+
+        The current password is checked like a login's (Argon2id in a worker thread, behind
+        the same backoff, counting failures against the same account and address), so that a
+        stolen session cannot guess it faster than a login could. Then one `ChangePassword`
+        ends every session of the user and starts a new one for this connection, which is
+        rebound to it in the writer's callback, before the session guard sees the commit.
+        """
+        check_password_policy(req.new)  # cheap, and says nothing about the current password
+        engine, backoff = self._s.engine, self._s.backoff
+        user = engine.user(conn.tenant, conn.user)
+        account = (engine.tenant(conn.tenant).name, user.login)  # the key its logins use
+        host = _host(conn)
+        await trio.sleep(backoff.delay_s(account, host))
+        try:
+            checked = await trio.to_thread.run_sync(
+                engine.check_password, conn.tenant, conn.user, req.current,
+                limiter=self._auth_limiter)
+        except WrongPassword:
+            log.info("password change refused: wrong current password tenant=%s user=%s "
+                     "address=%s", conn.tenant, conn.user, conn.address)
+            backoff.failed(account, host)
+            await trio.sleep(self._s.config.gateway.login_failure_delay_s)
+            raise
+        backoff.succeeded(account)
+        new_hash = await trio.to_thread.run_sync(hash_password, req.new,
+                                                 limiter=self._auth_limiter)
+        if conn.closing:  # ended meanwhile (revoked, evicted, shutdown): nobody to answer
+            return
+        token, token_hash = tokens.new_token()
+        expires_ms = self._s.clock_ms() + self._s.config.gateway.session_lifetime_s * 1000
+        op = ChangePassword(token_hash=conn.session, checked_hash=checked,
+                            password_hash=new_hash, new_token_hash=token_hash,
+                            expires_ms=expires_ms)
+        committed = trio.Event()
+
+        def done(outcome: Result | HeraldError) -> None:
+            # Runs in the writer right after the commit, before `on_committed` closes the
+            # other connections and before any other task (the sweeper) runs.
+            conn.changing_session = False
+            committed.set()
+            if not isinstance(outcome, PasswordChanged):
+                assert isinstance(outcome, HeraldError), outcome
+                conn.send_frame(encode_frame(error_frame(req.id, outcome)))
+                return
+            conn.session = token_hash
+            log.info("password changed by the user tenant=%s user=%s address=%s; %d sessions "
+                     "ended", conn.tenant, conn.user, conn.address,
+                     len(outcome.revoked.token_hashes))
+            conn.send_frame(encode_frame(Reply(req.id, PasswordData(token, expires_ms))))
+
+        try:
+            self._s.writer.submit(op, done, origin=conn)  # EngineClosed: answered by handle
+        except CapacityExceeded as busy:
+            conn.send_frame(encode_frame(ErrorFrame(
+                req.id, "throttled", busy.message, retry_after=BUSY_RETRY_AFTER_S)))
+            return
+        conn.changing_session = True
+        await committed.wait()  # this connection reads its next frame after the change

@@ -25,6 +25,7 @@ from engine import (
     CapacityExceeded,
     EngineClosed,
     HeraldError,
+    PasswordChanged,
     PruneSessions,
     SessionEnd,
     SessionsPruned,
@@ -70,9 +71,13 @@ class SessionGuard:
 
     def on_committed(self, batch: Sequence[Committed]) -> None:
         """Close at once the connections of sessions this server's own writes ended; the
-        connection that asked (a logout) answers and closes by itself."""
+        connection that asked answers by itself: a logout closes itself, and a password
+        change stays open, rebound to its new session (the router did that in the writer's
+        callback, which runs before this)."""
         for entry in batch:
             outcome = entry.outcome
+            if isinstance(outcome, PasswordChanged):
+                outcome = outcome.revoked
             if not isinstance(outcome, SessionsRevoked) or not outcome.token_hashes:
                 continue
             ended = set(outcome.token_hashes)
@@ -81,9 +86,16 @@ class SessionGuard:
                       and conn.session in ended], outcome.reason)
 
     def sweep(self, ended: dict[bytes, SessionEnd], conns: Sequence[Connection]) -> None:
-        """Close those of `conns` whose session is in `ended`."""
+        """Close those of `conns` whose session is in `ended`.
+
+        A connection changing its own password is skipped: `ended` may have been read after
+        that change committed (so its old token shows as ended) but be handled before the
+        writer's callback rebinds it to its new session. The next sweep sees it as it is.
+        """
         by_reason: dict[SessionEnd, list[Connection]] = {}
         for conn in conns:
+            if conn.changing_session:
+                continue
             reason = ended.get(conn.session)
             if reason is not None:
                 by_reason.setdefault(reason, []).append(conn)

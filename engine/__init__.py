@@ -21,6 +21,8 @@ from engine.errors import (
     NotFound,
     NotMember,
     Unauthenticated,
+    WeakPassword,
+    WrongPassword,
 )
 from engine.limits import Limits
 from engine.membership import MemberList
@@ -29,6 +31,7 @@ from engine.ops import (
     AddMembers,
     Append,
     Appended,
+    ChangePassword,
     ConversationOpened,
     CreateGroup,
     CreateSession,
@@ -44,6 +47,7 @@ from engine.ops import (
     MembershipChanged,
     OpenDirect,
     Operation,
+    PasswordChanged,
     PruneSessions,
     RemoveMember,
     Result,
@@ -59,7 +63,7 @@ from engine.ops import (
     TenantCreated,
     UserCreated,
 )
-from engine.passwords import hash_password, verify_password
+from engine.passwords import check_password_policy, hash_password, verify_password
 from engine.records import (
     ConversationKind,
     EpochState,
@@ -79,6 +83,7 @@ __all__ = [
     "Append",
     "Appended",
     "CapacityExceeded",
+    "ChangePassword",
     "Conflict",
     "ConversationKind",
     "ConversationOpened",
@@ -116,6 +121,7 @@ __all__ = [
     "OpenDirect",
     "Operation",
     "Page",
+    "PasswordChanged",
     "PruneSessions",
     "RemoveMember",
     "ResealProgress",
@@ -136,6 +142,9 @@ __all__ = [
     "TenantCreated",
     "Unauthenticated",
     "UserCreated",
+    "WeakPassword",
+    "WrongPassword",
+    "check_password_policy",
     "hash_password",
     "verify_password",
 ]

@@ -23,6 +23,7 @@ from engine.errors import (
     KeyUnavailable,
     NotFound,
     Unauthenticated,
+    WrongPassword,
 )
 from engine.hotstore import DEFAULT_MAP_SIZE_BYTES, HotStore
 from engine.keys import pack_ids
@@ -33,6 +34,7 @@ from engine.ops import (
     AddKeyEpoch,
     AddMembers,
     Append,
+    ChangePassword,
     CreateGroup,
     CreateSession,
     CreateTenant,
@@ -223,6 +225,7 @@ class Engine:
             RevokeSession: self._sessions.revoke,
             RevokeUserSessions: self._sessions.revoke_user,
             SetPassword: self._sessions.set_password,
+            ChangePassword: self._sessions.change_password,
             SetUserDisabled: self._sessions.set_disabled,
             PruneSessions: self._sessions.prune,
             AddKeyEpoch: self._add_key_epoch,
@@ -461,6 +464,17 @@ class Engine:
         if record is None or not matches or record.disabled:
             raise Unauthenticated("wrong login or password")
         return user
+
+    def check_password(self, tenant: int, user: int, password: str) -> str:
+        """Verify the current password of a signed-in user before a change of it; returns the
+        stored hash it was verified against, for `ChangePassword.checked_hash`. Slow by design
+        (Argon2id). Raises `WrongPassword` when it does not match, `NotFound` for an unknown
+        user."""
+        with self._store.read() as txn:
+            stored = self._membership.user(txn, tenant, user).password_hash
+        if not verify_password(stored, password):
+            raise WrongPassword("the current password is wrong; nothing was changed")
+        return stored
 
     # -- sessions -----------------------------------------------------------------------------
 

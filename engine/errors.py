@@ -19,6 +19,8 @@ __all__ = [
     "NotFound",
     "NotMember",
     "Unauthenticated",
+    "WeakPassword",
+    "WrongPassword",
 ]
 
 
@@ -73,6 +75,20 @@ class Unauthenticated(HeraldError):
     """Wrong login or password, or a disabled account. Deliberately says no more than that."""
 
     code = "unauthenticated"
+
+
+class WrongPassword(HeraldError):
+    """The current password given to confirm a change of one's own password is wrong. Not
+    `Unauthenticated`: the session that asked stays valid, and a client must not log out."""
+
+    code = "wrong_password"
+
+
+class WeakPassword(Invalid):
+    """A new password does not meet the password policy (engine.passwords): too short, or
+    too long to hash."""
+
+    code = "weak_password"
 
 
 class CapacityExceeded(HeraldError):

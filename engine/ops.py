@@ -16,6 +16,7 @@ __all__ = [
     "AddMembers",
     "Append",
     "Appended",
+    "ChangePassword",
     "ConversationOpened",
     "CreateGroup",
     "CreateSession",
@@ -31,6 +32,7 @@ __all__ = [
     "MembershipChanged",
     "OpenDirect",
     "Operation",
+    "PasswordChanged",
     "PruneSessions",
     "RemoveMember",
     "Result",
@@ -178,6 +180,20 @@ class SetPassword(_Op, frozen=True, kw_only=True):
     password_hash: str  # from engine.passwords.hash_password, computed outside the writer
 
 
+class ChangePassword(_Op, frozen=True, kw_only=True):
+    """A user's change of their own password, asked by one session, in one transaction:
+    refused unless that session is live and the stored hash is still `checked_hash`; then the
+    new hash is stored, EVERY session of the user ends (the asking one too: its token may be
+    what was stolen), and one new session starts under `new_token_hash` for the device that
+    asked, so that it stays signed in."""
+
+    token_hash: bytes  # the asking session's; its tenant and user are the ones changed
+    checked_hash: str  # the stored hash the current password was verified against
+    password_hash: str  # the new one, from engine.passwords.hash_password
+    new_token_hash: bytes
+    expires_ms: int  # of the new session
+
+
 class SetUserDisabled(_Op, frozen=True, kw_only=True):
     """Disable (ending all of its sessions in the same transaction) or re-enable a user."""
 
@@ -228,6 +244,7 @@ Operation = (
     | RevokeSession
     | RevokeUserSessions
     | SetPassword
+    | ChangePassword
     | SetUserDisabled
     | PruneSessions
     | AddKeyEpoch
@@ -283,6 +300,14 @@ class SessionsRevoked(msgspec.Struct, frozen=True):
     reason: SessionEnd
 
 
+class PasswordChanged(msgspec.Struct, frozen=True):
+    """A `ChangePassword` done: the sessions it ended (the asking one's old token among them)
+    and the one it started for the asking device."""
+
+    revoked: SessionsRevoked
+    session: SessionCreated
+
+
 class SessionsPruned(msgspec.Struct, frozen=True):
     count: int
     more: bool  # more expired sessions are left for the next prune
@@ -298,6 +323,6 @@ class KeyEpochShredded(msgspec.Struct, frozen=True):
 
 Result = (
     TenantCreated | UserCreated | ConversationOpened | MembershipChanged | Appended | CursorMoved
-    | SessionCreated | SessionsRevoked | SessionsPruned
+    | SessionCreated | SessionsRevoked | PasswordChanged | SessionsPruned
     | KeyEpochAdded | KeyEpochShredded
 )

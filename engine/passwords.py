@@ -14,7 +14,7 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from engine.errors import Invalid
+from engine.errors import WeakPassword
 
 __all__ = [
     "ARGON2_ITERATIONS",
@@ -22,6 +22,7 @@ __all__ = [
     "ARGON2_MEMORY_KIB",
     "MAX_PASSWORD_BYTES",
     "MIN_PASSWORD_CHARS",
+    "check_password_policy",
     "hash_password",
     "verify_password",
 ]
@@ -42,17 +43,24 @@ def _kdf(salt: bytes) -> Argon2id:
     )
 
 
+def check_password_policy(password: str) -> None:
+    """Raise `WeakPassword` (an `Invalid`) for a password shorter than MIN_PASSWORD_CHARS or
+    over MAX_PASSWORD_BYTES; cheap, so callers check before any slow hashing."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise WeakPassword(f"a password needs at least {MIN_PASSWORD_CHARS} characters; "
+                           f"choose a longer one")
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise WeakPassword(f"a password may be at most {MAX_PASSWORD_BYTES} bytes; "
+                           f"choose a shorter one")
+
+
 def hash_password(password: str, rng: Callable[[int], bytes] = os.urandom) -> str:
     """The PHC-encoded Argon2id hash of `password` with a fresh salt from `rng`.
 
-    Raises `Invalid` for a password shorter than MIN_PASSWORD_CHARS or over MAX_PASSWORD_BYTES.
+    Raises `WeakPassword` (an `Invalid`) when `check_password_policy` refuses the password.
     """
-    if len(password) < MIN_PASSWORD_CHARS:
-        raise Invalid(f"a password needs at least {MIN_PASSWORD_CHARS} characters")
-    encoded = password.encode()
-    if len(encoded) > MAX_PASSWORD_BYTES:
-        raise Invalid(f"a password may be at most {MAX_PASSWORD_BYTES} bytes")
-    return _kdf(rng(_SALT_BYTES)).derive_phc_encoded(encoded)
+    check_password_policy(password)
+    return _kdf(rng(_SALT_BYTES)).derive_phc_encoded(password.encode())
 
 
 def verify_password(phc_hash: str, password: str) -> bool:

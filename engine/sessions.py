@@ -20,7 +20,9 @@ from engine.hotstore import HotStore
 from engine.keys import pack_ids
 from engine.membership import Membership
 from engine.ops import (
+    ChangePassword,
     CreateSession,
+    PasswordChanged,
     PruneSessions,
     RevokeSession,
     RevokeUserSessions,
@@ -86,7 +88,8 @@ class Sessions:
 
     # -- operations (called by Engine.apply_batch inside its write transaction) ---------------
 
-    def create(self, txn: Any, op: CreateSession, now_ms: int) -> SessionCreated:
+    def _check_new(self, txn: Any, op: CreateSession, now_ms: int) -> None:
+        """Every refusal `create` can make, checked before anything is written."""
         if len(op.token_hash) != TOKEN_HASH_BYTES:
             raise Invalid(f"a token hash is {TOKEN_HASH_BYTES} bytes (SHA-256)")
         if op.expires_ms <= now_ms:
@@ -100,10 +103,16 @@ class Sessions:
             raise Unauthenticated("the password was changed meanwhile; log in again")
         if txn.get(op.token_hash, db=self._dbs.sessions) is not None:
             raise Conflict("a session with this token exists already")
+
+    def _store_new(self, txn: Any, op: CreateSession, now_ms: int) -> SessionCreated:
         record = SessionRecord(op.tenant, op.user, op.device, now_ms, op.expires_ms)
         txn.put(op.token_hash, self._encode(record), db=self._dbs.sessions)
         txn.put(pack_ids(op.tenant, op.user) + op.token_hash, b"", db=self._dbs.user_sessions)
         return SessionCreated(op.token_hash, op.expires_ms)
+
+    def create(self, txn: Any, op: CreateSession, now_ms: int) -> SessionCreated:
+        self._check_new(txn, op, now_ms)
+        return self._store_new(txn, op, now_ms)
 
     def revoke(self, txn: Any, op: RevokeSession, now_ms: int) -> SessionsRevoked:
         record = self._get(txn, op.token_hash)
@@ -125,6 +134,27 @@ class Sessions:
         updated = msgspec.structs.replace(record, password_hash=op.password_hash)
         self._membership.replace_user(txn, op.tenant, op.user, updated)
         return self._end_all(txn, op.tenant, op.user, SessionEnd.PASSWORD_CHANGED)
+
+    def change_password(self, txn: Any, op: ChangePassword, now_ms: int) -> PasswordChanged:
+        """The checks all come first: a refused change writes nothing (apply_batch's rule)."""
+        if not op.password_hash.startswith("$argon2id$"):
+            raise Invalid("password_hash must be an Argon2id hash from engine.passwords")
+        asking = self.session(txn, op.token_hash, now_ms)  # Unauthenticated once it ended
+        if op.new_token_hash == op.token_hash:
+            raise Invalid("the new session needs a new token")
+        user = self._membership.user(txn, asking.tenant, asking.user)
+        if user.password_hash != op.checked_hash:
+            # Every password change ends every session, so the asking one would have ended
+            # too; this guards the invariant rather than a reachable path.
+            raise Unauthenticated("the password was changed meanwhile; log in again")
+        successor = CreateSession(tenant=asking.tenant, user=asking.user,
+                                  token_hash=op.new_token_hash, device=asking.device,
+                                  expires_ms=op.expires_ms)
+        self._check_new(txn, successor, now_ms)  # disabled, token taken, expiry, device
+        updated = msgspec.structs.replace(user, password_hash=op.password_hash)
+        self._membership.replace_user(txn, asking.tenant, asking.user, updated)
+        revoked = self._end_all(txn, asking.tenant, asking.user, SessionEnd.PASSWORD_CHANGED)
+        return PasswordChanged(revoked, self._store_new(txn, successor, now_ms))
 
     def set_disabled(self, txn: Any, op: SetUserDisabled, now_ms: int) -> SessionsRevoked:
         record = self._membership.user(txn, op.tenant, op.user)

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 from conftest import PASSWORD
-from trio_websocket import WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
@@ -68,6 +69,24 @@ async def login(
     assert reply["type"] == "reply" and reply["id"] == request_id, reply
     data: dict[str, Any] = reply["data"]
     return data
+
+
+async def resume(ws: WebSocketConnection, token: str, request_id: int = 1) -> dict[str, Any]:
+    return await request(ws, {"op": "resume", "id": request_id, "token": token})
+
+
+async def expect_bye(ws: WebSocketConnection, code: str) -> None:
+    """The next frame is a `bye` with `code`, then the connection closes with 1008."""
+    bye = await receive_json(ws)
+    assert bye["type"] == "bye" and bye["code"] == code and bye["message"], bye
+    with pytest.raises(ConnectionClosed) as closed:
+        await ws.get_message()
+    assert closed.value.reason.code == 1008
+
+
+async def expect_alive(ws: WebSocketConnection, request_id: int = 99) -> None:
+    assert await request(ws, {"op": "ping", "id": request_id}) == {
+        "type": "reply", "id": request_id, "data": {}}
 
 
 # -- a raw WebSocket client --------------------------------------------------------------------

@@ -26,6 +26,8 @@ from engine import (
     NotMember,
     Operation,
     Unauthenticated,
+    WeakPassword,
+    WrongPassword,
     hash_password,
 )
 
@@ -92,6 +94,8 @@ WIRE_CODES: dict[type[HeraldError], str] = {
     KeyUnavailable: "key_unavailable",
     KeyNotInstalled: "key_unavailable",  # a kind of KeyUnavailable: the same code on the wire
     EngineClosed: "engine_closed",
+    WrongPassword: "wrong_password",
+    WeakPassword: "weak_password",
 }
 
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from conftest import PASSWORD
 from processes import ROOT, herald
+from servers import running_server, seed_org
 
-from appliance.chat import Command, format_message, parse_command
-from appliance.client import Message
+from appliance.chat import HELP, Chat, Command, PromptRefused, format_message, parse_command
+from appliance.client import ClientOptions, LoginFailed, Message, Reconnect, open_client
 
 
 async def test_two_people_chat_through_herald_chat_processes(tmp_path: Path) -> None:
@@ -54,8 +58,10 @@ async def test_two_people_chat_through_herald_chat_processes(tmp_path: Path) -> 
                         await bob.type("hi alice", "/convs")
                         await alice.expect(r"\d\d:\d\d Bob Li: hi alice$")
                         await bob.expect(r"^  1\. Alice Chen \(direct\) \(open\)$")  # all read
-                        await bob.type("/nonsense", "/quit")
+                        await bob.type("/nonsense", "/password", "/quit")
                         await bob.expect(r"! unknown command /nonsense")
+                        # Piped input is no terminal: passwords are never read from it.
+                        await bob.expect(r"! /password asks for the passwords on a terminal")
                     assert bob.process.returncode == 0, bob.err.decode()
 
                     await alice.type("/convs")
@@ -167,3 +173,63 @@ def test_messages_are_shown_with_names_and_events_in_words() -> None:
     assert show(added) == "00:00 * Alice Chen added Bob Li, user 9"
     created = Message(7, 1, 1, 0, "system", "group_created", mentions=(1, 2))
     assert show(created) == "00:00 * Alice Chen created the group"
+
+
+NEW_PASSWORD = "a password chosen in the chat"
+
+
+async def test_the_password_command_asks_without_echo_and_changes_the_password(
+    tmp_path: Path,
+) -> None:
+    prompts: list[tuple[str, bool]] = []
+    answers: list[str | PromptRefused] = [
+        "not my password", NEW_PASSWORD,  # a wrong current password
+        PASSWORD, PromptRefused("the new passwords differ; nothing was changed"),
+        PASSWORD, "short",  # refused by the policy
+        PASSWORD, NEW_PASSWORD,
+    ]
+
+    def scripted(prompt: str, *, confirm: bool = False, **how: Any) -> str:
+        assert how["error"] is PromptRefused and how["no_terminal"]
+        prompts.append((prompt, confirm))
+        answer = answers.pop(0)
+        if isinstance(answer, PromptRefused):
+            raise answer
+        return answer
+
+    options = ClientOptions(reconnect=Reconnect(first_delay_s=0.01, max_delay_s=0.05))
+    out = io.StringIO()
+    with trio.fail_after(30):
+        async with running_server(tmp_path / "data") as running:
+            seed_org(running.engine, "acme", ["alice"])
+            async with open_client(running.url, "acme", "alice", PASSWORD,
+                                   options=options) as client, \
+                    open_client(running.url, "acme", "alice", PASSWORD,
+                                options=options) as other_device:
+                chat = Chat(client, out, ask=scripted)
+                stdin = io.StringIO("/password\n" * 4 + "/quit\n")
+                await chat.read_commands(stdin)
+                with pytest.raises(LoginFailed) as ended:
+                    await other_device.messages.receive()
+                assert ended.value.code == "password_changed"
+                await client.ping()  # the chat itself stays signed in
+            async with open_client(running.url, "acme", "alice", NEW_PASSWORD,
+                                   options=options) as again:
+                await again.ping()
+    assert not answers
+    assert prompts == [("Current password: ", False), ("New password: ", True)] * 4
+    shown = out.getvalue()
+    assert shown.splitlines() == [
+        "! the current password is wrong; nothing was changed",
+        "! the new passwords differ; nothing was changed",
+        "! a password needs at least 8 characters; choose a longer one",
+        "Password changed. Your other devices were signed out; this chat stays signed in.",
+    ]
+    assert PASSWORD not in shown and NEW_PASSWORD not in shown
+
+
+def test_the_help_inside_and_outside_the_chat_lists_the_password_command() -> None:
+    assert "/password" in HELP
+    result = subprocess.run([sys.executable, "-m", "appliance.cli", "chat", "--help"],
+                            cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "/password" in result.stdout

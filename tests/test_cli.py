@@ -100,7 +100,7 @@ def test_user_lifecycle_commands_change_the_store_and_refuse_unknown_users(
     assert result.returncode == 0 and "0 sessions of 'alice' ended" in result.stdout, result
     short = herald("user", "passwd", "--data-dir", data, "--tenant", "acme", "alice",
                    "--password-stdin", stdin="short\n")
-    assert short.returncode == 1 and "(invalid)" in short.stderr
+    assert short.returncode == 1 and "(weak_password)" in short.stderr
     assert herald("user", "disable", "--data-dir", data, "--tenant", "acme",
                   "alice").returncode == 0
     assert "(disabled)" in herald("user", "list", "--data-dir", data, "--tenant", "acme").stdout

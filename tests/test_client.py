@@ -22,6 +22,7 @@ import appliance.client
 from appliance.client import (
     ClientError,
     ClientOptions,
+    ConnectionLost,
     HeraldClient,
     LoginFailed,
     Message,
@@ -30,6 +31,7 @@ from appliance.client import (
     open_client,
 )
 from appliance.client.cursors import Cursors, Held, Verdict
+from appliance.protocol.frames import PasswordRequest
 from engine import Append, CreateGroup, Engine, MessageKind, OpenDirect, RevokeUserSessions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -404,6 +406,61 @@ async def test_a_session_ended_by_an_administrator_stops_the_client_instead_of_l
             assert stopped.value.code == "session_revoked"
             assert alice.stats.logins == 1  # it did not log back in with its password
             await bob.ping()
+
+
+NEW_PASSWORD = "alice's own new password"
+
+
+async def test_a_password_change_keeps_this_client_and_stops_the_users_other_clients(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with server_with_org(tmp_path) as (running, _), open_tap(running.port) as tap, \
+                connect(tap.url, "alice") as phone, connect(running.url, "alice") as laptop, \
+                connect(running.url, "bob") as bob:
+            with pytest.raises(ClientError) as wrong:
+                await phone.change_password("not my password", NEW_PASSWORD)
+            assert wrong.value.code == "wrong_password"
+            with pytest.raises(ClientError) as weak:
+                await phone.change_password(PASSWORD, "short")
+            assert weak.value.code == "weak_password"
+            with pytest.raises(ValueError, match="manages its session"):
+                await phone.request(PasswordRequest(id=0, current=PASSWORD, new=NEW_PASSWORD))
+            await laptop.ping()  # the refusals changed nothing
+
+            await phone.change_password(PASSWORD, NEW_PASSWORD)
+            with pytest.raises(LoginFailed) as stopped:
+                await laptop.messages.receive()
+            assert stopped.value.code == "password_changed"
+            await phone.ping()
+            tap.cut()  # the phone reconnects and resumes with the token the change gave it
+            await phone.ping()
+            assert (phone.stats.logins, phone.stats.resumes, phone.stats.resumes_refused) == (
+                1, 1, 0)
+            await bob.ping()
+            async with connect(running.url, "alice", password=NEW_PASSWORD) as again:
+                await again.ping()
+
+
+async def test_a_password_change_whose_reply_is_lost_logs_in_with_the_new_password(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with server_with_org(tmp_path) as (running, ids), open_tap(running.port) as tap, \
+                connect(tap.url, "alice") as alice:
+            engine, tenant, user = running.engine, ids["tenant"], ids["alice"]
+            (before,) = engine.sessions(tenant, user)
+            tap.swallow()  # the server's reply will never reach alice on this connection
+            async with trio.open_nursery() as nursery:
+                async def changing() -> None:
+                    with pytest.raises(ConnectionLost):
+                        await alice.change_password(PASSWORD, NEW_PASSWORD)
+                nursery.start_soon(changing)
+                await wait_until(lambda: engine.sessions(tenant, user)[:1] != [before])
+                tap.cut()
+            await alice.ping()  # its old token and old password refused, the new one works
+            assert (alice.stats.resumes_refused, alice.stats.logins) == (1, 2)
+            assert engine.authenticate(tenant, "alice", NEW_PASSWORD) == user
 
 
 async def test_refusals_carry_the_server_code(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ from engine import (
     TenantCreated,
     Unauthenticated,
     UserCreated,
+    WeakPassword,
+    check_password_policy,
     hash_password,
     verify_password,
 )
@@ -304,7 +306,11 @@ def test_hash_password_takes_its_salt_from_the_rng() -> None:
 
 @pytest.mark.parametrize("password", ["", "seven77", "x" * 1025, "é" * 513])
 def test_hash_password_refuses_too_short_or_too_long_passwords(password: str) -> None:
-    with pytest.raises(Invalid) as refusal:
+    with pytest.raises(Invalid) as refusal:  # a WeakPassword is still an Invalid
         hash_password(password)
+    with pytest.raises(WeakPassword):
+        check_password_policy(password)
 
-    assert refusal.value.code == "invalid"
+    assert (type(refusal.value), refusal.value.code) == (WeakPassword, "weak_password")
+    check_password_policy("eight888")  # the limits themselves are allowed
+    check_password_policy("x" * 1024)

@@ -6,6 +6,7 @@ as someone with the disk in hand would.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Iterator
@@ -22,9 +23,11 @@ from engine import (
     AddMembers,
     Append,
     Appended,
+    ChangePassword,
     Conflict,
     CorruptData,
     CreateGroup,
+    CreateSession,
     CreateTenant,
     CreateUser,
     Engine,
@@ -40,7 +43,10 @@ from engine import (
     Message,
     MessageKind,
     NotFound,
+    PasswordChanged,
     ShredKeyEpoch,
+    Unauthenticated,
+    hash_password,
 )
 from engine.blocks import pack_block
 from engine.crypto import MAX_SEALS_PER_EPOCH, AeadSealer
@@ -751,3 +757,37 @@ def test_tenant_names_are_sealed_and_blinded_yet_found_by_name(
     assert name.encode() not in (sealed.path / "data.mdb").read_bytes()
     eng = sealed.reopen()
     assert eng.find_tenant(name) == org.tenant
+
+
+def test_a_users_own_password_change_works_in_a_sealed_store_and_a_refused_one_writes_nothing(
+    sealed: Sealed, password_hash: str,
+) -> None:
+    # The user record is sealed, so the change runs in a nested transaction: a refusal after
+    # its checks must leave the store as it was.
+    engine, org = sealed.engine, sealed_org(sealed, "acme", password_hash)
+
+    def session() -> bytes:
+        digest = hashlib.sha256(os.urandom(32)).digest()
+        engine.apply(CreateSession(tenant=org.tenant, user=org.alice, token_hash=digest,
+                                   device="phone", expires_ms=NOW_MS + 60_000), NOW_MS)
+        return digest
+
+    asking, taken = session(), session()
+    new_hash = hash_password("a sealed new password")
+
+    def change(new_token: bytes) -> ChangePassword:
+        return ChangePassword(token_hash=asking, checked_hash=password_hash,
+                              password_hash=new_hash, new_token_hash=new_token,
+                              expires_ms=NOW_MS + 60_000)
+
+    before = snapshot(engine, org.tenant)
+    assert_refusal(refused(engine, change(taken)), Conflict)
+    assert snapshot(engine, org.tenant) == before
+    successor = hashlib.sha256(b"successor").digest()
+    result = engine.apply(change(successor), NOW_MS)
+    assert isinstance(result, PasswordChanged)
+    assert set(result.revoked.token_hashes) == {asking, taken}
+    assert engine.session(successor, NOW_MS).device == "phone"
+    assert engine.authenticate(org.tenant, "alice", "a sealed new password") == org.alice
+    with pytest.raises(Unauthenticated):
+        engine.authenticate(org.tenant, "alice", PASSWORD)

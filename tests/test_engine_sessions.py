@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from engine import (
+    ChangePassword,
+    Conflict,
     CorruptData,
     CreateSession,
     CreateTenant,
@@ -24,6 +26,7 @@ from engine import (
     Engine,
     Invalid,
     NotFound,
+    PasswordChanged,
     PruneSessions,
     RevokeSession,
     RevokeUserSessions,
@@ -34,6 +37,7 @@ from engine import (
     SetPassword,
     SetUserDisabled,
     Unauthenticated,
+    WrongPassword,
     hash_password,
 )
 
@@ -96,6 +100,103 @@ def test_a_session_checked_against_a_password_since_changed_is_refused(
                              password_hash=hash_password("a changed password")), NOW_MS)
     # A login that verified the old password, committing after the change, gets no session.
     assert_refusal(refused(engine, op(password_hash)), Unauthenticated)
+    assert engine.sessions(org.tenant, org.alice) == []
+
+
+NEW_PASSWORD = "a self-chosen password"
+_NEW_HASH = hash_password(NEW_PASSWORD, rng=lambda n: b"another-salt-16b"[:n])
+
+
+def change(asking: bytes, checked: str, *, new_token: bytes | None = None,
+           expires_ms: int = NOW_MS + 2 * HOUR_MS) -> ChangePassword:
+    return ChangePassword(token_hash=asking, checked_hash=checked, password_hash=_NEW_HASH,
+                          new_token_hash=new_token or new_hash(), expires_ms=expires_ms)
+
+
+def test_a_self_service_change_ends_every_session_and_starts_one_for_the_asker(
+    engine: Engine, org: Org, password_hash: str,
+) -> None:
+    asking = create(engine, org, org.alice, device="phone")
+    others = {create(engine, org, org.alice) for _ in range(2)}
+    bobs = create(engine, org, org.bob)
+    checked = engine.check_password(org.tenant, org.alice, PASSWORD)
+    assert checked == password_hash
+    successor = new_hash()
+    result = engine.apply(change(asking, checked, new_token=successor), NOW_MS)
+    assert isinstance(result, PasswordChanged)
+    assert result.revoked.reason == SessionEnd.PASSWORD_CHANGED
+    assert set(result.revoked.token_hashes) == others | {asking}  # the asker's old token too
+    assert result.session == SessionCreated(successor, NOW_MS + 2 * HOUR_MS)
+    record = engine.session(successor, NOW_MS)
+    assert (record.tenant, record.user, record.device) == (org.tenant, org.alice, "phone")
+    assert [digest for digest, _ in engine.sessions(org.tenant, org.alice)] == [successor]
+    assert engine.ended_sessions([asking, *others], NOW_MS) == dict.fromkeys(
+        [asking, *others], SessionEnd.PASSWORD_CHANGED)
+    assert engine.authenticate(org.tenant, "alice", NEW_PASSWORD) == org.alice
+    with pytest.raises(Unauthenticated):
+        engine.authenticate(org.tenant, "alice", PASSWORD)
+    assert engine.session(bobs, NOW_MS).user == org.bob
+    assert engine.authenticate(org.tenant, "bob", PASSWORD) == org.bob
+
+
+def test_checking_the_current_password_says_wrong_password_and_changes_nothing(
+    engine: Engine, org: Org,
+) -> None:
+    with pytest.raises(WrongPassword) as wrong:
+        engine.check_password(org.tenant, org.alice, "not her password")
+    assert wrong.value.code == "wrong_password"
+    with pytest.raises(WrongPassword):
+        engine.check_password(org.tenant, org.alice, "x" * 5000)  # too long to hash: wrong
+    with pytest.raises(NotFound):
+        engine.check_password(org.tenant, 10_000, PASSWORD)
+    assert engine.authenticate(org.tenant, "alice", PASSWORD) == org.alice
+
+
+def test_a_change_asked_by_a_session_no_longer_live_is_refused_and_writes_nothing(
+    engine: Engine, org: Org, password_hash: str,
+) -> None:
+    revoked = create(engine, org, org.alice)
+    engine.apply(RevokeSession(token_hash=revoked), NOW_MS)
+    expiring = create(engine, org, org.alice, expires_ms=NOW_MS + 10)
+    live = create(engine, org, org.alice)
+    before = engine.stats()
+    assert_refusal(refused(engine, change(revoked, password_hash)), Unauthenticated)
+    assert_refusal(refused(engine, change(expiring, password_hash), NOW_MS + 10),
+                   Unauthenticated)
+    assert_refusal(refused(engine, change(new_hash(), password_hash)), Unauthenticated)
+    # The stored hash moved since the check (the guard behind "every change ends every
+    # session"), a token that is taken, the asker's own token, an expiry in the past:
+    assert_refusal(refused(engine, change(live, _NEW_HASH)), Unauthenticated)
+    assert_refusal(refused(engine, change(live, password_hash, new_token=expiring)), Conflict)
+    assert_refusal(refused(engine, change(live, password_hash, new_token=live)), Invalid)
+    assert_refusal(refused(engine, change(live, password_hash, expires_ms=NOW_MS)), Invalid)
+    bad_hash = ChangePassword(token_hash=live, checked_hash=password_hash,
+                              password_hash="plain text", new_token_hash=new_hash(),
+                              expires_ms=NOW_MS + HOUR_MS)
+    assert_refusal(refused(engine, bad_hash), Invalid)
+    assert engine.stats() == before
+    assert engine.session(live, NOW_MS).user == org.alice
+    assert engine.authenticate(org.tenant, "alice", PASSWORD) == org.alice
+
+
+def test_a_change_by_a_disabled_account_is_refused(
+    engine: Engine, org: Org, password_hash: str,
+) -> None:
+    live = create(engine, org, org.alice)
+    engine.apply(SetUserDisabled(tenant=org.tenant, user=org.alice, disabled=True), NOW_MS)
+    assert_refusal(refused(engine, change(live, password_hash)), Unauthenticated)
+
+
+def test_a_logout_everywhere_committed_first_in_the_same_batch_refuses_the_change(
+    engine: Engine, org: Org, password_hash: str,
+) -> None:
+    asking = create(engine, org, org.alice)
+    ended, refusal = engine.apply_batch(
+        [RevokeUserSessions(tenant=org.tenant, user=org.alice), change(asking, password_hash)],
+        NOW_MS)
+    assert isinstance(ended, SessionsRevoked) and ended.token_hashes == (asking,)
+    assert_refusal(refusal, Unauthenticated)
+    assert engine.authenticate(org.tenant, "alice", PASSWORD) == org.alice
     assert engine.sessions(org.tenant, org.alice) == []
 
 

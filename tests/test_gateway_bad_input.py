@@ -442,6 +442,7 @@ def session_requests(gw: Gateway) -> dict[str, dict[str, Any]]:
     team, alice, bob = gw.team, gw.acme["alice"], gw.acme["bob"]
     return {
         "logout": {},
+        "password": {"current": PASSWORD, "new": "a new password for dave"},
         "send": {"conv": team, "cmid": "x1", "body": "let me in"},
         "sync": {},
         "history": {"conv": team},

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trio
-from clients import http_exchange, login, open_ws, receive_json, request
+from clients import expect_alive, expect_bye, http_exchange, login, open_ws, request, resume
 from conftest import PASSWORD
 from servers import RunningServer, running_server, seed_org
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
@@ -48,24 +48,6 @@ async def herald_cli(running: RunningServer, *args: str, stdin: str = "") -> str
     )
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode()
-
-
-async def resume(ws: WebSocketConnection, token: str, request_id: int = 1) -> dict[str, Any]:
-    return await request(ws, {"op": "resume", "id": request_id, "token": token})
-
-
-async def expect_bye(ws: WebSocketConnection, code: str) -> None:
-    """The next frame is a `bye` with `code`, then the connection closes with 1008."""
-    bye = await receive_json(ws)
-    assert bye["type"] == "bye" and bye["code"] == code and bye["message"], bye
-    with pytest.raises(ConnectionClosed) as closed:
-        await ws.get_message()
-    assert closed.value.reason.code == 1008
-
-
-async def expect_alive(ws: WebSocketConnection, request_id: int = 99) -> None:
-    assert await request(ws, {"op": "ping", "id": request_id}) == {
-        "type": "reply", "id": request_id, "data": {}}
 
 
 async def open_sessions(

@@ -65,6 +65,8 @@ from appliance.protocol.frames import (
     MsgPush,
     OkData,
     OpenDirectRequest,
+    PasswordData,
+    PasswordRequest,
     PingRequest,
     ReadData,
     ReadPush,
@@ -146,6 +148,9 @@ class HeraldClient:
         self._tenant_name = tenant
         self._login = login
         self._password = password  # kept to log in again when the session token is refused
+        # A password change whose reply was lost: the server may have made it or not, so a
+        # login tries this one when the held password is refused (see `change_password`).
+        self._password_in_doubt: str | None = None
         self._options = options or ClientOptions()
         self._rng = rng
         self.stats = ClientStats()
@@ -214,7 +219,7 @@ class HeraldClient:
         Raises `ClientError` when the server refuses, `ServerUnreachable`, `LoginFailed` or
         `CertificateRejected` once the client has stopped, `ClientClosed` after `aclose`,
         `ProtocolViolation` for a reply this client cannot decode, `ValueError` for login,
-        resume and logout (the client manages its session itself).
+        resume, logout and password (the client manages its session itself).
         """
         data, _ = await self.request_counted(frame)
         return data
@@ -222,7 +227,7 @@ class HeraldClient:
     async def request_counted(self, frame: ClientFrame) -> tuple[Any, int]:
         """`request`, and the generation of the session that answered (1 for the first
         logged-in connection, 2 for the next, ...). Raises as `request`."""
-        if isinstance(frame, LoginRequest | ResumeRequest | LogoutRequest):
+        if isinstance(frame, LoginRequest | ResumeRequest | LogoutRequest | PasswordRequest):
             raise ValueError("the client manages its session itself")
         reply_type = _REPLY_TYPES[type(frame)]
         while True:
@@ -359,6 +364,40 @@ class HeraldClient:
         reply: ChangeData = await self.request(JoinRequest(id=0, conv=conv))
         return reply
 
+    async def change_password(self, current: str, new: str) -> None:
+        """Change the user's own password. Every other session of the user ends (their
+        connections get `bye` `password_changed`); this client stays logged in, under the
+        new session token the server returns, and logs in with `new` from now on.
+
+        Raises `ClientError` `wrong_password` for a wrong `current` (answered late on
+        purpose, and each failure slows the next attempts and logins: never retry in a loop),
+        `weak_password` for a `new` the policy refuses (at least 8 characters), and as
+        `request`. Not repeated when the connection breaks: `ConnectionLost` then means the
+        change may or may not have been made; the client, reconnecting, resumes if it was
+        not and otherwise logs in with whichever of the two passwords works.
+        """
+        frame = PasswordRequest(id=0, current=current, new=new)
+
+        def adopt(data: Any) -> None:
+            # Runs in the reader as the reply is read: a reconnect right after it already
+            # resumes with the new token.
+            try:
+                reply = msgspec.convert(data, PasswordData)
+            except msgspec.ValidationError:
+                return  # `_convert` below reports it to the caller
+            self._token, self._password, self._password_in_doubt = reply.token, new, None
+            if self._login_data is not None:
+                self._login_data = msgspec.structs.replace(
+                    self._login_data, token=reply.token, expires_ms=reply.expires_ms)
+
+        session = await self._ready_session()
+        try:
+            data = await session.request(frame, on_reply=adopt)
+        except ConnectionLost:
+            self._password_in_doubt = new
+            raise
+        _convert(data, PasswordData)
+
     async def ping(self) -> None:
         """A round trip to the server. Raises as `request`."""
         await self.request(PingRequest(id=0))
@@ -489,16 +528,31 @@ class HeraldClient:
                 log.info("session token refused (%s); logging in again", exc)
             else:
                 self._logged_in(_convert(data, LoginData))
+                self._password_in_doubt = None  # a change would have ended that session
                 self.stats.resumes += 1
                 return
-        login = LoginRequest(id=0, tenant=self._tenant_name, login=self._login,
-                             password=self._password, device=self._options.device)
         try:
-            data = await session.request(login)
+            data = await self._log_in(session, self._password)
         except ClientError as exc:
-            raise LoginFailed(exc.code, exc.message, exc.retry_after, exc.request_id) from None
+            doubt, self._password_in_doubt = self._password_in_doubt, None
+            if doubt is None or exc.code != "unauthenticated":
+                raise LoginFailed(exc.code, exc.message, exc.retry_after,
+                                  exc.request_id) from None
+            try:  # the change whose reply was lost was made after all
+                data = await self._log_in(session, doubt)
+            except ClientError as again:
+                raise LoginFailed(again.code, again.message, again.retry_after,
+                                  again.request_id) from None
+            self._password = doubt
+        self._password_in_doubt = None
         self._logged_in(_convert(data, LoginData))
         self.stats.logins += 1
+
+    async def _log_in(self, session: Session, password: str) -> Any:
+        """The reply data of a login with `password`. Raises `ClientError`, `ConnectionLost`."""
+        return await session.request(LoginRequest(
+            id=0, tenant=self._tenant_name, login=self._login, password=password,
+            device=self._options.device))
 
     def _logged_in(self, data: LoginData) -> None:
         self._login_data = data

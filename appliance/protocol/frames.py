@@ -41,6 +41,8 @@ __all__ = [
     "MsgPush",
     "OkData",
     "OpenDirectRequest",
+    "PasswordData",
+    "PasswordRequest",
     "PingRequest",
     "ReadData",
     "ReadPush",
@@ -82,6 +84,14 @@ class ResumeRequest(_Request, tag="resume"):
 
 class LogoutRequest(_Request, tag="logout"):
     everywhere: bool = False  # end every session of the user, not only this one
+
+
+class PasswordRequest(_Request, tag="password"):
+    """Change the signed-in user's own password. Every other session of the user ends; this
+    connection stays signed in under the new token of the reply."""
+
+    current: str
+    new: str
 
 
 class PingRequest(_Request, tag="ping"):
@@ -175,6 +185,7 @@ ClientFrame = (
     LoginRequest
     | ResumeRequest
     | LogoutRequest
+    | PasswordRequest
     | PingRequest
     | SendRequest
     | SyncRequest
@@ -216,6 +227,13 @@ class LoginData(msgspec.Struct, frozen=True):
     tenant: int
     user: int
     display_name: str
+    expires_ms: int
+
+
+class PasswordData(msgspec.Struct, frozen=True):
+    """The new session of the connection that changed its password (the old token is dead)."""
+
+    token: str
     expires_ms: int
 
 
