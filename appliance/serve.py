@@ -9,6 +9,13 @@ from typing import Any
 
 import trio
 
+from appliance.cert_watch import (
+    check_now,
+    expired_gateway_refusal,
+    utc_now,
+    watch_certificates,
+    watched_certificates,
+)
 from appliance.config import Config, ConfigError
 from appliance.demo import ensure_demo
 from appliance.demo_keys import prepare_demo_keys
@@ -51,9 +58,14 @@ def serve(config: Config, *, demo: bool = False) -> int:
             raise ConfigError(refusal)
         if config.tls.enabled:
             server_context(config.tls)
+        refusal = expired_gateway_refusal(config, utc_now())
+        if refusal is not None:
+            raise ConfigError(refusal)
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)
         return 2
+    # Before the keys are unwrapped: an expired escrow certificate explains what follows.
+    check_now(watched_certificates(config), utc_now())
     try:
         if demo:
             config, notice = prepare_demo_keys(config)
@@ -116,6 +128,7 @@ async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool) 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as keys:
             keys.start_soon(run_key_refresh, manager, interval_s, early)
+            keys.start_soon(watch_certificates, watched_certificates(config))
             if config.keys.reseal_messages:
                 resealer = MessageResealer(
                     engine, batch_blocks=config.keys.reseal_batch_blocks,

@@ -304,7 +304,7 @@ def _stop_and_read_stderr(service: RunningEscrow) -> str:
 @pytest.mark.parametrize("command", [["escrow"], ["escrow", "init"], ["escrow", "issue-client"],
                                      ["escrow", "serve"], ["escrow", "audit"],
                                      ["escrow", "keys"], ["escrow", "revoke"],
-                                     ["escrow", "passphrase"]],
+                                     ["escrow", "passphrase"], ["escrow", "renew"]],
                          ids=" ".join)
 def test_every_escrow_command_has_help(command: list[str]) -> None:
     result = herald(*command, "--help")
