@@ -93,8 +93,8 @@ def read_validity(path: Path) -> CertificateValidity:
 
 
 def describe_validity(validity: CertificateValidity, now: datetime.datetime) -> str:
-    """"valid until 2027-03-01 12:00 UTC (94 days left)", or "EXPIRED on ..." , for listings;
-    "within 30 days" is marked with "RENEW SOON"."""
+    """For listings: `valid until 2027-03-01 12:00 UTC (94 days left)`, with `, RENEW SOON`
+    after the days when fewer than `WARN_WITHIN_DAYS` are left, or `EXPIRED on ...`."""
     when = f"{validity.not_after:%Y-%m-%d %H:%M} UTC"
     if validity.expired(now):
         return f"EXPIRED on {when}"
