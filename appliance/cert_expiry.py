@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -31,6 +31,7 @@ __all__ = [
     "check_certificates",
     "describe_validity",
     "log_findings",
+    "pin_in_use",
     "read_validity",
     "run_daily_checks",
 ]
@@ -48,11 +49,17 @@ class CertificateUnreadable(Exception):
 class WatchedCertificate:
     """A certificate file a server depends on: what it is (`role`, e.g. "the gateway's TLS
     certificate ([tls] cert_file)"), where it is, and what renews it (`renewal`, a sentence
-    for the operator)."""
+    for the operator).
+
+    `in_use` (see `pin_in_use`) is what a running server loaded from the file at its start:
+    servers load their certificates once, so a file renewed since changes nothing until a
+    restart, and the checks must judge the certificate in use, not the file. None: the file
+    is what counts (a listing, or a check at start)."""
 
     role: str
     path: Path
     renewal: str
+    in_use: CertificateValidity | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,27 +126,58 @@ class ExpiryFinding:
         return self.level == logging.ERROR
 
 
-def _finding(watched: WatchedCertificate, now: datetime.datetime) -> ExpiryFinding | None:
+def pin_in_use(watched: Iterable[WatchedCertificate]) -> list[WatchedCertificate]:
+    """`watched`, each with `in_use` read from its file now: for a server that has just
+    loaded them. An unreadable file stays unpinned (its checks say it cannot be read)."""
+    pinned = []
+    for each in watched:
+        try:
+            pinned.append(replace(each, in_use=read_validity(each.path)))
+        except CertificateUnreadable:
+            pinned.append(each)
+    return pinned
+
+
+def _replaced_note(watched: WatchedCertificate, in_use: CertificateValidity) -> str:
+    """When the file no longer holds the certificate in use: what to do about it."""
     try:
-        validity = read_validity(watched.path)
+        on_disk = read_validity(watched.path)
     except CertificateUnreadable as exc:
-        return ExpiryFinding(logging.WARNING, watched,
-                             f"cannot check when {watched.role} expires: {exc}")
+        return f" The file has changed since the start and cannot be read now ({exc})."
+    if on_disk.not_after == in_use.not_after:
+        return ""
+    return (f" {watched.path} has been replaced since the start (it now ends on "
+            f"{on_disk.not_after:%Y-%m-%d %H:%M} UTC), but the certificate in use is the one "
+            f"loaded at the start: restart the server to use the new file.")
+
+
+def _finding(watched: WatchedCertificate, now: datetime.datetime) -> ExpiryFinding | None:
+    note = ""
+    if watched.in_use is not None:
+        validity = watched.in_use
+    else:
+        try:
+            validity = read_validity(watched.path)
+        except CertificateUnreadable as exc:
+            return ExpiryFinding(logging.WARNING, watched,
+                                 f"cannot check when {watched.role} expires: {exc}")
     when = f"{validity.not_after:%Y-%m-%d %H:%M} UTC"
     which = f" (the first to end of its {validity.count}: {validity.subject})" \
         if validity.count > 1 else ""
+    days = validity.days_left(now)
+    if not validity.expired(now) and days >= WARN_WITHIN_DAYS:
+        return None
+    if watched.in_use is not None:
+        note = _replaced_note(watched, watched.in_use)
+    renewal = watched.renewal if not note else note.lstrip()
     if validity.expired(now):
         return ExpiryFinding(
             logging.ERROR, watched,
-            f"{watched.role}, {watched.path}{which}, EXPIRED on {when}. {watched.renewal}",
-            validity)
-    days = validity.days_left(now)
-    if days >= WARN_WITHIN_DAYS:
-        return None
+            f"{watched.role}, {watched.path}{which}, EXPIRED on {when}. {renewal}", validity)
     left = "in less than a day" if days == 0 else f"in {days} day{'s' * (days != 1)}"
     return ExpiryFinding(
         logging.WARNING, watched,
-        f"{watched.role}, {watched.path}{which}, expires on {when}, {left}. {watched.renewal}",
+        f"{watched.role}, {watched.path}{which}, expires on {when}, {left}. {renewal}",
         validity)
 
 

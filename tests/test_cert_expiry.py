@@ -17,6 +17,7 @@ from appliance.cert_expiry import (
     WatchedCertificate,
     check_certificates,
     describe_validity,
+    pin_in_use,
     read_validity,
     run_daily_checks,
 )
@@ -111,6 +112,28 @@ def test_an_unreadable_certificate_is_a_warning_that_says_why(tmp_path: Path) ->
     assert found.level == logging.WARNING
     assert found.message.startswith("cannot check when the test certificate expires: cannot "
                                     "read ")
+
+
+def test_a_running_server_is_judged_on_the_certificate_it_loaded_not_on_a_renewed_file(
+    tmp_path: Path,
+) -> None:
+    """Servers load their certificates once: renewing the file without a restart must not
+    silence the warning, and the warning then says to restart."""
+    path = _cert(tmp_path / "in-use", days_left=10)
+    (pinned,) = pin_in_use([_watched(path)])
+    assert pinned.in_use == read_validity(path)
+    path.write_bytes(_cert(tmp_path / "renewed", days_left=400).read_bytes())
+    assert check_certificates([_watched(path)], NOW) == []  # the file alone: renewed
+    (found,) = check_certificates([pinned], NOW)
+    assert found.level == logging.WARNING
+    assert found.message == (
+        f"the test certificate, {path}, expires on 2026-12-07 06:00 UTC, in 10 days. {path} "
+        f"has been replaced since the start (it now ends on 2028-01-01 06:00 UTC), but the "
+        f"certificate in use is the one loaded at the start: restart the server to use the "
+        f"new file.")
+    (expired,) = check_certificates([pinned], NOW + 11 * DAY)
+    assert expired.level == logging.ERROR and "restart the server" in expired.message
+    assert pin_in_use([_watched(tmp_path / "none.pem")])[0].in_use is None
 
 
 def test_listings_mark_what_ends_within_30_days(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from appliance.cert_expiry import (
     check_certificates,
     describe_validity,
     log_findings,
+    pin_in_use,
     read_validity,
     run_daily_checks,
 )
@@ -155,7 +156,8 @@ def _escrow_log() -> logging.Logger:
 def serve(directory: Path, passphrase: str, host: str, port: int) -> int:
     """Serve until SIGTERM or SIGINT. Refused while the escrow's server certificate or CA has
     expired: no appliance could verify it, and the renewal is a command away."""
-    watched = escrow_certificates(directory)
+    # Pinned: loaded once, below, so the daily checks judge the certificates in use.
+    watched = pin_in_use(escrow_certificates(directory))
     findings = check_certificates(watched, _utc_now())
     log_findings(findings, _escrow_log())
     expired = [found for found in findings if found.expired]
