@@ -253,8 +253,9 @@ def _add_escrow_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     serve.add_argument("--passphrase-file", help=passphrase_help)
     keys = escrow_cmds.add_parser(
         "keys", help="list the escrow keys and their states (service stopped)",
-        description="List every key id and whether it is active or revoked. The service "
-                    "must be stopped: it holds the key file.")
+        description="Say when the escrow's server certificate and CA certificate end (marked "
+                    "RENEW SOON within 30 days), then list every key id and whether it is "
+                    "active or revoked. The service must be stopped: it holds the key file.")
     keys.add_argument("--dir", type=Path, required=True, help="the escrow directory")
     keys.add_argument("--passphrase-file", help=passphrase_help)
     revoke = escrow_cmds.add_parser(
@@ -283,6 +284,17 @@ def _add_escrow_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
                         help="read the new passphrase from the first line of FILE ('-': the "
                              "next line of standard input) instead of asking twice on the "
                              "terminal")
+    renew = escrow_cmds.add_parser(
+        "renew", help="renew the escrow's server certificate (and with --ca its CA's)",
+        description="Sign server.crt again for 825 days with the same key and host names; "
+                    "with --ca, first sign ca.crt again for 3650 days with the same CA key and "
+                    "name, so that the appliances' client certificates stay valid (give them "
+                    "the new ca.crt). Restart herald escrow serve afterwards. Not `herald "
+                    "escrow init`: a new escrow holds none of the existing escrow keys.")
+    renew.add_argument("--dir", type=Path, required=True, help="the escrow directory")
+    renew.add_argument("--ca", action="store_true",
+                       help="renew the CA certificate too (then give ca.crt to the appliances)")
+    renew.add_argument("--passphrase-file", help=passphrase_help)
     audit = escrow_cmds.add_parser(
         "audit", help="print the audit log and verify its hash chain",
         description="Print every audited operation and check that no line was edited, added "
@@ -316,6 +328,8 @@ def _run_escrow(args: argparse.Namespace) -> int:
         return commands.keys(args.dir, passphrase)
     if args.action == "revoke":
         return commands.revoke(args.dir, passphrase, args.key_id)
+    if args.action == "renew":
+        return commands.renew(args.dir, passphrase, args.ca)
     try:
         host, port = _parse_listen(args.listen)
     except ConfigError as exc:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from appliance.accounts import run_keyed
+from appliance.cert_expiry import CertificateUnreadable, describe_validity, read_validity
 from appliance.config import Config
 from appliance.keys.errors import KeyManagementError, MasterKeyInHsm, PassphraseChangeBusy
 from appliance.keys.manager import KeyManager
@@ -156,7 +157,7 @@ def key_status(config: Config) -> int:
         manager = _manager(keyed)
         statuses = {s.tenant: s for s in manager.status()}
         where = keyed.master_key.describe() if keyed.master_key is not None else "unknown"
-        lines = [f"master key: {where}"]
+        lines = [f"master key: {where}", *_escrow_certificates(config)]
         for tenant, record in keyed.engine.tenants():
             status = statuses.get(tenant)
             state = status.state if status else "unknown"
@@ -171,6 +172,24 @@ def key_status(config: Config) -> int:
         return "\n".join(lines if len(lines) > 1 else [*lines, "no tenants yet"])
 
     return run_keyed(config, action)
+
+
+def _escrow_certificates(config: Config) -> list[str]:
+    """With Herald's escrow service: when this appliance's client certificate and the escrow's
+    CA end (either ended, no data key can be unwrapped: docs/security.md, "Certificate
+    lifetimes")."""
+    if config.escrow.backend != "service":
+        return []
+    now = datetime.datetime.now(datetime.UTC)
+    lines = []
+    for what, path in (("escrow client certificate", config.escrow.cert_file),
+                       ("escrow CA certificate", config.escrow.ca_file)):
+        try:
+            shown = describe_validity(read_validity(Path(path)), now)
+        except CertificateUnreadable as exc:
+            shown = f"cannot be checked: {exc}"
+        lines.append(f"{what}: {path}: {shown}")
+    return lines
 
 
 def _message_blocks(keyed: KeyedEngine, tenant: int, name: str) -> str:

@@ -9,6 +9,14 @@ from typing import Any
 
 import trio
 
+from appliance.cert_expiry import WatchedCertificate, pin_in_use
+from appliance.cert_watch import (
+    check_now,
+    expired_gateway_refusal,
+    utc_now,
+    watch_certificates,
+    watched_certificates,
+)
 from appliance.config import Config, ConfigError
 from appliance.demo import ensure_demo
 from appliance.demo_keys import prepare_demo_keys
@@ -51,9 +59,16 @@ def serve(config: Config, *, demo: bool = False) -> int:
             raise ConfigError(refusal)
         if config.tls.enabled:
             server_context(config.tls)
+        refusal = expired_gateway_refusal(config, utc_now())
+        if refusal is not None:
+            raise ConfigError(refusal)
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)
         return 2
+    # Before the keys are unwrapped: an expired escrow certificate explains what follows.
+    # Pinned: the files are loaded once, now, so the daily checks judge what is in use.
+    watched = pin_in_use(watched_certificates(config))
+    check_now(watched, utc_now())
     try:
         if demo:
             config, notice = prepare_demo_keys(config)
@@ -81,7 +96,7 @@ def serve(config: Config, *, demo: bool = False) -> int:
             if created:
                 print(created, flush=True)
         try:
-            trio.run(_run, config, engine, manager, demo)
+            trio.run(_run, config, engine, manager, demo, watched)
         except ConfigError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
@@ -106,7 +121,8 @@ def describe_keys(statuses: list[TenantKeyStatus]) -> str:
     return f"Keys: tenants {summary} (herald keys status shows each)."
 
 
-async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool) -> None:
+async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool,
+               watched: list[WatchedCertificate]) -> None:
     server = Server(config, engine)
     interval_s = min(KEY_REFRESH_MAX_INTERVAL_S, config.escrow.cache_lifetime_s / 4)
     early = KeyRefresh()
@@ -116,6 +132,7 @@ async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool) 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as keys:
             keys.start_soon(run_key_refresh, manager, interval_s, early)
+            keys.start_soon(watch_certificates, watched)
             if config.keys.reseal_messages:
                 resealer = MessageResealer(
                     engine, batch_blocks=config.keys.reseal_batch_blocks,

@@ -37,6 +37,7 @@ from appliance.keys import (
     unwrap_dek,
     wrap_dek,
 )
+from appliance.keys.errors import EscrowCertificateRefused
 from appliance.keys.escrow_service.keystore import Keystore
 from appliance.keys.escrow_service.wire import MAX_FRAME_BYTES
 
@@ -144,7 +145,7 @@ def test_a_client_certificate_from_another_ca_is_refused(service: RunningEscrow,
     for name in ("client.crt", "client.key"):
         (foreign / name).write_bytes((foreign_escrow.client_dir / name).read_bytes())
     (foreign / "ca.crt").write_bytes((service.files.client_dir / "ca.crt").read_bytes())
-    with pytest.raises(EscrowRefused, match="client certificate"):
+    with pytest.raises(EscrowCertificateRefused, match="client certificate"):
         service.client(foreign).status(new_key_id())
     assert service.client().status(new_key_id()) == "missing"  # still serving
     assert "refused a connection" in _stop_and_read_stderr(service)
@@ -160,7 +161,7 @@ def test_a_client_without_a_certificate_gets_no_answer(service: RunningEscrow) -
 def test_a_service_certificate_from_another_ca_is_refused(service: RunningEscrow,
                                                           foreign_escrow: EscrowFiles) -> None:
     """The appliance trusts only its escrow's CA, not just any escrow."""
-    with pytest.raises(EscrowRefused, match="does not verify"):
+    with pytest.raises(EscrowCertificateRefused, match="does not verify"):
         service.files.client(service.address, foreign_escrow.client_dir).status("k")
 
 
@@ -304,7 +305,7 @@ def _stop_and_read_stderr(service: RunningEscrow) -> str:
 @pytest.mark.parametrize("command", [["escrow"], ["escrow", "init"], ["escrow", "issue-client"],
                                      ["escrow", "serve"], ["escrow", "audit"],
                                      ["escrow", "keys"], ["escrow", "revoke"],
-                                     ["escrow", "passphrase"]],
+                                     ["escrow", "passphrase"], ["escrow", "renew"]],
                          ids=" ".join)
 def test_every_escrow_command_has_help(command: list[str]) -> None:
     result = herald(*command, "--help")

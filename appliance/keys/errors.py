@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "DamagedKeyFile",
     "DekMismatch",
+    "EscrowCertificateRefused",
     "EscrowError",
     "EscrowRefused",
     "EscrowUnavailable",
@@ -101,6 +102,17 @@ class EscrowUnavailable(EscrowError):
     """The escrow cannot be reached or is not working right now: retry later."""
 
     code = "escrow_unavailable"
+
+
+class EscrowCertificateRefused(EscrowUnavailable):
+    """The TLS session with the escrow service failed on a certificate: this appliance's
+    (expired, or not from the escrow's CA) or the service's (expired, or not from [escrow]
+    ca_file). No request reached the escrow, so this says nothing about any key: it is
+    unavailable until the certificate is fixed. So held data keys stay until their cache
+    lifetime ends (an `EscrowRefused` would drop them at once and report the tenant revoked),
+    and a revocation is not taken for done."""
+
+    code = "escrow_certificate_refused"
 
 
 class EscrowRefused(EscrowError):

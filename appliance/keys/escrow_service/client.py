@@ -3,8 +3,10 @@
 One TLS 1.3 connection per call, with a timeout on every step: escrow calls are rare (at start
 and when cached DEKs near their expiry), and a fresh connection has no stale state to recover
 from. Errors map to the `Escrow` contract: cannot connect, timed out or cut off ->
-`EscrowUnavailable`; the service's "refused"/"bad_request" replies, a server certificate that
-does not verify, or the service rejecting our certificate -> `EscrowRefused`.
+`EscrowUnavailable`; the service's "refused"/"bad_request" replies -> `EscrowRefused`; a server
+certificate that does not verify, or the service rejecting ours (expired, or from another CA)
+-> `EscrowCertificateRefused`, an `EscrowUnavailable`: no key was refused, and it works again
+once the certificate is fixed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import ssl
 
 import msgspec
 
-from appliance.keys.errors import EscrowError, EscrowRefused, EscrowUnavailable
+from appliance.keys.errors import (
+    EscrowCertificateRefused,
+    EscrowError,
+    EscrowRefused,
+    EscrowUnavailable,
+)
 from appliance.keys.escrow import KEY_STATES, KeyState, check_key_id
 from appliance.keys.escrow_service.wire import (
     GREETING,
@@ -114,17 +121,26 @@ class ServiceEscrow:
                     write_frame(connection, request)
                     payload = read_frame(connection)
         except ssl.SSLCertVerificationError as exc:
-            raise EscrowRefused(f"{where} presented a certificate that does not verify "
-                                f"({exc.verify_message}); check ca_file and the address") from None
+            expired = ("; if it has expired, the escrow's operator renews it: herald escrow "
+                       "renew" if "expired" in str(exc.verify_message) else "")
+            raise EscrowCertificateRefused(
+                f"{where} presented a certificate that does not verify ({exc.verify_message}); "
+                f"check ca_file and the address{expired}") from None
         except (TimeoutError, ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
             raise EscrowUnavailable(f"{where} did not answer ({type(exc).__name__}); retry "
                                     f"later") from None
         except ssl.SSLError as exc:
             # With TLS 1.3 a rejected client certificate arrives as an alert on the first read,
             # the greeting's.
-            raise EscrowRefused(f"{where} refused the TLS session ({exc.reason}); check that "
-                                f"this appliance's client certificate was issued by that "
-                                f"escrow") from None
+            if "EXPIRED" in str(exc.reason):
+                raise EscrowCertificateRefused(
+                    f"{where} refused the TLS session ({exc.reason}): a certificate has "
+                    f"expired, this appliance's ([escrow] cert_file: the escrow's operator "
+                    f"issues a new one with herald escrow issue-client) or the escrow's CA "
+                    f"(herald escrow renew --ca)") from None
+            raise EscrowCertificateRefused(
+                f"{where} refused the TLS session ({exc.reason}); check that this appliance's "
+                f"client certificate was issued by that escrow") from None
         except (OSError, FrameTooLarge) as exc:
             raise EscrowUnavailable(f"{where} failed ({type(exc).__name__}); retry later"
                                     ) from None

@@ -1,10 +1,12 @@
-"""`herald escrow init|issue-client|serve|audit|keys|revoke|passphrase`: what the escrow's
+"""`herald escrow init|issue-client|serve|audit|keys|revoke|passphrase|renew`: what the escrow's
 operator runs, on the escrow machine. Each returns an exit status; errors say what to do
 next, never a secret.
 """
 
 from __future__ import annotations
 
+import datetime
+import logging
 import signal
 import ssl
 import sys
@@ -12,17 +14,32 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from appliance.cert_expiry import (
+    CertificateUnreadable,
+    WatchedCertificate,
+    check_certificates,
+    describe_validity,
+    log_findings,
+    pin_in_use,
+    read_validity,
+    run_daily_checks,
+)
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.escrow_service.audit import AuditBroken, AuditLog, verify_audit_log
 from appliance.keys.escrow_service.keystore import Keystore, KeystoreBusy
 from appliance.keys.escrow_service.passphrase_change import EscrowPassphraseChange
-from appliance.keys.escrow_service.pki import create_service_pki, issue_client_certificate
+from appliance.keys.escrow_service.pki import (
+    create_service_pki,
+    issue_client_certificate,
+    renew_service_certificates,
+)
 from appliance.keys.escrow_service.server import EscrowServer, EscrowService, server_tls_context
 from appliance.keys.sealed_file import check_new_passphrase
 from appliance.terminal import ask_secret, read_secret_file
 
-__all__ = ["AUDIT_FILE", "KEYSTORE_FILE", "audit", "init", "issue_client", "keys", "passphrase",
-           "read_new_passphrase", "read_passphrase", "revoke", "serve"]
+__all__ = ["AUDIT_FILE", "KEYSTORE_FILE", "audit", "escrow_certificates", "init", "issue_client",
+           "keys", "passphrase", "read_new_passphrase", "read_passphrase", "renew", "revoke",
+           "serve"]
 
 OPERATOR = "operator (herald escrow revoke)"  # the audit log's client for offline revocations
 PASSPHRASE_OPERATOR = "operator (herald escrow passphrase)"
@@ -101,7 +118,53 @@ def issue_client(directory: Path, passphrase: str, name: str, out: Path) -> int:
     return 0
 
 
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def escrow_certificates(directory: Path) -> list[WatchedCertificate]:
+    """The escrow's own certificates, with what renews each (docs/security.md, "Certificate
+    lifetimes")."""
+    return [
+        WatchedCertificate(
+            "the escrow's server certificate", directory / "server.crt",
+            f"Once it has expired no appliance can reach the escrow, and none can unwrap a "
+            f"data key. Renew it: `herald escrow renew --dir {directory}`, then restart herald "
+            f"escrow serve."),
+        WatchedCertificate(
+            "the escrow's CA certificate", directory / "ca.crt",
+            f"Once it has expired the escrow and its appliances cannot verify each other, and "
+            f"no appliance can unwrap a data key. Renew it: `herald escrow renew --dir "
+            f"{directory} --ca` (same CA key: the client certificates stay valid), restart "
+            f"herald escrow serve and give the new ca.crt to every appliance ([escrow] "
+            f"ca_file)."),
+    ]
+
+
+def _escrow_log() -> logging.Logger:
+    """The escrow service's log: lines on standard error, like the service's other notes."""
+    log = logging.getLogger("herald.escrow")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("herald escrow: %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
 def serve(directory: Path, passphrase: str, host: str, port: int) -> int:
+    """Serve until SIGTERM or SIGINT. Refused while the escrow's server certificate or CA has
+    expired: no appliance could verify it, and the renewal is a command away."""
+    # Pinned: loaded once, below, so the daily checks judge the certificates in use.
+    watched = pin_in_use(escrow_certificates(directory))
+    findings = check_certificates(watched, _utc_now())
+    log_findings(findings, _escrow_log())
+    expired = [found for found in findings if found.expired]
+    if expired:
+        return _fail(f"refusing to serve with an expired certificate: "
+                     f"{expired[0].certificate.path}. Renew it (`herald escrow renew --dir "
+                     f"{directory} --ca` renews both) and start again")
     try:
         keystore = Keystore.open(directory / KEYSTORE_FILE, passphrase)
     except KeyManagementError as exc:
@@ -127,7 +190,12 @@ def serve(directory: Path, passphrase: str, host: str, port: int) -> int:
         keystore.close()
         return _fail(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --listen")
 
+    stopping = threading.Event()
+    threading.Thread(target=run_daily_checks, args=(watched, _escrow_log()),
+                     kwargs={"wait": stopping.wait, "now": _utc_now}, daemon=True).start()
+
     def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
         # shutdown() waits for serve_forever, which runs in this very thread: hand it off.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
@@ -138,6 +206,7 @@ def serve(directory: Path, passphrase: str, host: str, port: int) -> int:
     try:
         server.serve_forever()
     finally:
+        stopping.set()
         server.server_close()
         audit_log.close()
         keystore.close()
@@ -146,7 +215,9 @@ def serve(directory: Path, passphrase: str, host: str, port: int) -> int:
 
 
 def keys(directory: Path, passphrase: str) -> int:
-    """List the key ids and their states (the service must be stopped: it holds the file)."""
+    """When the escrow's certificates end, then the key ids and their states (the service must
+    be stopped: it holds the file)."""
+    print(describe_certificates(directory, _utc_now()))
     try:
         keystore = Keystore.open(directory / KEYSTORE_FILE, passphrase)
     except KeyManagementError as exc:
@@ -156,6 +227,39 @@ def keys(directory: Path, passphrase: str) -> int:
             print(f"{key_id:<40} {state:<8} {owner}")
     finally:
         keystore.close()
+    return 0
+
+
+def describe_certificates(directory: Path, now: datetime.datetime) -> str:
+    """One line per certificate of the escrow: its file and when it ends, marked when it
+    ends within 30 days."""
+    lines = []
+    for label, watched in zip(("server certificate", "CA certificate"),
+                              escrow_certificates(directory), strict=True):
+        try:
+            shown = describe_validity(read_validity(watched.path), now)
+        except CertificateUnreadable as exc:
+            shown = f"cannot be checked: {exc}"
+        lines.append(f"{label}: {watched.path}: {shown}")
+    return "\n".join(lines)
+
+
+def renew(directory: Path, passphrase: str, ca: bool) -> int:
+    """Sign the escrow's server certificate again (and with `ca` its CA certificate), same
+    keys and names; a running service uses them from its next start."""
+    try:
+        replaced = renew_service_certificates(directory, passphrase, ca=ca)
+    except KeyManagementError as exc:
+        return _fail(exc.message)
+    except OSError as exc:
+        return _fail(f"{exc.filename}: {exc.strerror}; is {directory} an escrow directory "
+                     f"(herald escrow init)?")
+    print(describe_certificates(directory, _utc_now()))
+    print(f"renewed {' and '.join(path.name for path in replaced)} (same keys and names). "
+          f"Restart herald escrow serve to use "
+          f"{'them' if len(replaced) > 1 else 'it'}."
+          + (f" Give the new {directory / 'ca.crt'} to every appliance ([escrow] ca_file; "
+             f"their client certificates stay valid) and restart them." if ca else ""))
     return 0
 
 

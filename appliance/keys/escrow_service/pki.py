@@ -35,6 +35,7 @@ __all__ = [
     "create_service_pki",
     "issue_client_certificate",
     "load_private_key",
+    "renew_service_certificates",
 ]
 
 CA_DAYS = 3650
@@ -49,8 +50,9 @@ def _name(common_name: str) -> x509.Name:
 
 def _certificate(subject: x509.Name, public_key: ec.EllipticCurvePublicKey, issuer: x509.Name,
                  issuer_key: ec.EllipticCurvePrivateKey, days: int,
-                 extensions: list[tuple[x509.ExtensionType, bool]]) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
+                 extensions: list[tuple[x509.ExtensionType, bool]],
+                 now: datetime.datetime | None = None) -> x509.Certificate:
+    now = now or datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
                .public_key(public_key).serial_number(x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -125,9 +127,11 @@ def create_service_pki(directory: Path, passphrase: str, hosts: list[str]) -> No
     write_atomically(directory / "server.crt", _cert_pem(server_cert), 0o644, exclusive=True)
 
 
-def issue_client_certificate(directory: Path, passphrase: str, name: str, out: Path) -> None:
-    """Sign a client certificate for the appliance `name` with the CA in `directory`, and write
-    client.key, client.crt and ca.crt to `out` (created if needed).
+def issue_client_certificate(directory: Path, passphrase: str, name: str, out: Path, *,
+                             now: datetime.datetime | None = None) -> None:
+    """Sign a client certificate for the appliance `name` with the CA in `directory`, valid
+    LEAF_DAYS from `now` (default: the present), and write client.key, client.crt and ca.crt
+    to `out` (created if needed).
 
     Raises `WrongPassphrase` if the passphrase does not open ca.key, `DamagedKeyFile` if it is
     not an ECDSA key, `KeyFileExists` if `out` already holds client files, OSError.
@@ -141,7 +145,8 @@ def issue_client_certificate(directory: Path, passphrase: str, name: str, out: P
             raise KeyFileExists(f"{out / file_name} already exists; choose another --out")
     client_key = ec.generate_private_key(ec.SECP256R1())
     client_cert = _certificate(_name(name), client_key.public_key(), ca_cert.subject, ca_key,
-                               LEAF_DAYS, _leaf_extensions(ExtendedKeyUsageOID.CLIENT_AUTH))
+                               LEAF_DAYS, _leaf_extensions(ExtendedKeyUsageOID.CLIENT_AUTH),
+                               now)
     write_atomically(out / "client.key", _private_pem(client_key, None), exclusive=True)
     write_atomically(out / "client.crt", _cert_pem(client_cert), 0o644, exclusive=True)
     write_atomically(out / "ca.crt", ca_pem, 0o644)
@@ -179,3 +184,35 @@ def change_private_key_passphrase(path: Path, key: ec.EllipticCurvePrivateKey,
         write_atomically(path, previous)  # unreachable on a sound disk
         raise DamagedKeyFile(f"{path} did not read back as written, so the previous file was "
                              f"put back: check the disk")
+
+
+def renew_service_certificates(directory: Path, passphrase: str, *, ca: bool = False,
+                               now: datetime.datetime | None = None) -> list[Path]:
+    """Sign server.crt again for LEAF_DAYS from `now` (default: the present), with the same
+    key, name and host names; with `ca`, first sign ca.crt again for CA_DAYS with the same
+    key, name and extensions. Returns the files replaced (atomically).
+
+    Certificates keep working across a renewal: the CA keeps its key and name, so client
+    certificates it signed before still verify against the new ca.crt, and the appliances'
+    copies of the old ca.crt still verify the new server.crt until the old one ends.
+
+    Raises `WrongPassphrase` if the passphrase does not open ca.key, `DamagedKeyFile` if a key
+    is not an ECDSA key, OSError.
+    """
+    ca_key = load_private_key(directory / "ca.key", passphrase)
+    ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+    replaced = []
+    if ca:
+        ca_cert = _certificate(ca_cert.subject, ca_key.public_key(), ca_cert.subject, ca_key,
+                               CA_DAYS, [(ext.value, ext.critical) for ext in ca_cert.extensions],
+                               now)
+        write_atomically(directory / "ca.crt", _cert_pem(ca_cert), 0o644)
+        replaced.append(directory / "ca.crt")
+    server_key = load_private_key(directory / "server.key", passphrase)
+    old_server = x509.load_pem_x509_certificate((directory / "server.crt").read_bytes())
+    server_cert = _certificate(old_server.subject, server_key.public_key(), ca_cert.subject,
+                               ca_key, LEAF_DAYS,
+                               [(ext.value, ext.critical) for ext in old_server.extensions], now)
+    write_atomically(directory / "server.crt", _cert_pem(server_cert), 0o644)
+    replaced.append(directory / "server.crt")
+    return replaced
