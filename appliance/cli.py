@@ -339,6 +339,16 @@ def _run_escrow(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`herald`: run one command; Ctrl-C ends any of them with a line, not a traceback (every
+    store write is a transaction, and the long ones say they are safe to run again)."""
+    try:
+        return _run_command(argv)
+    except KeyboardInterrupt:
+        print("\nherald: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
+
+
+def _run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "chat":
         from appliance.chat import run

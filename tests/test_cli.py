@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import platform
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,37 @@ def test_user_lifecycle_commands_change_the_store_and_refuse_unknown_users(
     out = _in_store(data, find_alice + "print(engine.authenticate(tenant, 'alice', "
                                        "'the next password') == alice)")
     assert out == "True\n"
+
+
+# The syscall number of read(2), which /proc/PID/syscall shows first while a process waits in it.
+_READ_SYSCALL = {"x86_64": 0, "aarch64": 63}
+
+
+def test_ctrl_c_ends_a_command_with_a_line_not_a_traceback(tmp_path: Path) -> None:
+    read_syscall = _READ_SYSCALL.get(platform.machine())
+    if read_syscall is None:
+        pytest.skip(f"no read(2) number known for {platform.machine()}")
+    # `user add --password-stdin` waits for its line on standard input, which never comes.
+    process = subprocess.Popen(
+        [*HERALD, "user", "add", "--data-dir", str(tmp_path / "data"), "--tenant", "acme",
+         "alice", "--password-stdin"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Interrupt it only once it waits in read(0, ...): its Python is running by then, so
+        # the Ctrl-C reaches its code and not the interpreter's start.
+        syscall = Path(f"/proc/{process.pid}/syscall")
+        for _ in range(6000):
+            fields = syscall.read_text().split()
+            if fields and fields[0] == str(read_syscall) and int(fields[1], 16) == 0:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the command never waited for its password on standard input")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 130, err
+    assert "herald: interrupted" in err
+    assert "Traceback" not in err
