@@ -28,6 +28,7 @@ from processes import herald as herald_process
 from appliance.certs import VALID_DAYS, SelfSigned, make_self_signed
 from appliance.keys.errors import EscrowCertificateRefused
 from appliance.keys.escrow_service.pki import (
+    CA_DAYS,
     LEAF_DAYS,
     issue_client_certificate,
     renew_service_certificates,
@@ -210,7 +211,22 @@ def test_escrow_keys_shows_when_the_escrow_certificates_end_and_renew_extends_th
     assert code == 0, err
     assert out.splitlines()[0].endswith(f" ({LEAF_DAYS - 1} days left)"), out
     assert "Restart herald escrow serve" in out
+    assert "WARNING" not in out  # the CA outlives the new server certificate
     assert (directory / "ca.crt").read_bytes() == ca_before  # without --ca
+
+
+def test_renewing_the_server_certificate_warns_when_the_ca_ends_before_it(
+    escrow_files: EscrowFiles,
+) -> None:
+    directory = escrow_files.escrow_dir
+    renew_service_certificates(directory, ESCROW_PASSPHRASE, ca=True,
+                               now=_made_so_that_it_ends_in(100, CA_DAYS))
+    code, out, err = _escrow("renew", "--dir", str(directory))
+    assert code == 0, err
+    (warning,) = [line for line in out.splitlines() if line.startswith("WARNING")]
+    assert "the escrow's CA certificate ends on " in warning
+    assert "before the new server certificate" in warning
+    assert "herald escrow renew --ca" in warning
 
 
 def test_escrow_serve_warns_of_its_server_certificate_ending_in_10_days(

@@ -255,12 +255,31 @@ def renew(directory: Path, passphrase: str, ca: bool) -> int:
         return _fail(f"{exc.filename}: {exc.strerror}; is {directory} an escrow directory "
                      f"(herald escrow init)?")
     print(describe_certificates(directory, _utc_now()))
+    warning = "" if ca else _ca_ends_first(directory)
+    if warning:
+        print(warning)
     print(f"renewed {' and '.join(path.name for path in replaced)} (same keys and names). "
           f"Restart herald escrow serve to use "
           f"{'them' if len(replaced) > 1 else 'it'}."
           + (f" Give the new {directory / 'ca.crt'} to every appliance ([escrow] ca_file; "
              f"their client certificates stay valid) and restart them." if ca else ""))
     return 0
+
+
+def _ca_ends_first(directory: Path) -> str:
+    """A warning when ca.crt ends before the server certificate just signed: the server
+    certificate stops verifying with its CA, whatever its own date says."""
+    try:
+        ca_end = read_validity(directory / "ca.crt").not_after
+        server_end = read_validity(directory / "server.crt").not_after
+    except CertificateUnreadable as exc:
+        return f"WARNING: {exc}"
+    if ca_end >= server_end:
+        return ""
+    return (f"WARNING: the escrow's CA certificate ends on {ca_end:%Y-%m-%d}, before the new "
+            f"server certificate ({server_end:%Y-%m-%d}): from then on no appliance can verify "
+            f"this escrow. Run `herald escrow renew --ca` before then, and give the new ca.crt "
+            f"to every appliance.")
 
 
 def revoke(directory: Path, passphrase: str, key_id: str) -> int:
