@@ -43,6 +43,7 @@ from engine.ops import (
     Join,
     KeyEpochAdded,
     KeyEpochShredded,
+    KeyEpochsRevoked,
     Leave,
     MarkDelivered,
     MarkRead,
@@ -51,6 +52,7 @@ from engine.ops import (
     PruneSessions,
     RemoveMember,
     Result,
+    RevokeKeyEpochs,
     RevokeSession,
     RevokeUserSessions,
     SetPassword,
@@ -96,7 +98,7 @@ _DECOY_HASH = (
 # refuses them before they write, so they need no nested transaction (about 4% of an append's
 # time at batch 100, docs/benchmarks.md). Every other op gets one in a sealed store.
 _ATOMIC_ALONE = frozenset({
-    Append, MarkRead, MarkDelivered, AddKeyEpoch, ShredKeyEpoch,
+    Append, MarkRead, MarkDelivered, AddKeyEpoch, ShredKeyEpoch, RevokeKeyEpochs,
     CreateSession, RevokeSession, RevokeUserSessions, PruneSessions,
 })
 
@@ -230,6 +232,7 @@ class Engine:
             PruneSessions: self._sessions.prune,
             AddKeyEpoch: self._add_key_epoch,
             ShredKeyEpoch: self._shred_key_epoch,
+            RevokeKeyEpochs: self._revoke_key_epochs,
         }
 
     @property
@@ -320,6 +323,9 @@ class Engine:
                 keyring.set_current(result.tenant, result.epoch)
             elif isinstance(result, KeyEpochShredded):
                 keyring.mark_shredded(result.tenant, result.epoch)
+            elif isinstance(result, KeyEpochsRevoked):
+                for epoch in result.epochs:
+                    keyring.mark_revoked(result.tenant, epoch)
 
     def apply(self, op: Operation, now_ms: int) -> Result:
         """Apply one op in its own transaction; raises its refusal instead of returning it."""
@@ -355,6 +361,11 @@ class Engine:
         self._check_sealed()
         self._membership.tenant(txn, op.tenant)
         return self._epochs.add(txn, op, now_ms)
+
+    def _revoke_key_epochs(self, txn: Any, op: RevokeKeyEpochs, now_ms: int) -> KeyEpochsRevoked:
+        self._check_sealed()
+        self._membership.tenant(txn, op.tenant)
+        return self._epochs.revoke(txn, op)
 
     def _shred_key_epoch(self, txn: Any, op: ShredKeyEpoch, now_ms: int) -> KeyEpochShredded:
         self._check_sealed()

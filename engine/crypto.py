@@ -132,6 +132,7 @@ class Keyring:
         self._keys: dict[bytes, dict[int, _Dek]] = {}  # packed tenant -> epoch -> DEK
         self._current: dict[bytes, int] = {}
         self._shredded: set[tuple[bytes, int]] = set()
+        self._revoked: set[tuple[bytes, int]] = set()
         # Told (packed tenant, epoch or None) after a DEK is dropped: the engine's cache of
         # opened messages frees their plaintexts. A tuple, replaced whole, so that `forget`
         # in one thread never iterates a collection another thread is changing.
@@ -154,6 +155,8 @@ class Keyring:
         packed = pack_id(tenant)
         if (packed, epoch) in self._shredded:
             raise Invalid(f"key epoch {epoch} of tenant {tenant} was shredded; it cannot return")
+        if (packed, epoch) in self._revoked:
+            raise Invalid(f"key epoch {epoch} of tenant {tenant} was revoked; it cannot return")
         self._keys.setdefault(packed, {})[epoch] = _Dek(
             AESGCMSIV(dek), AESGCM(_bulk_subkey(dek)), expires_at
         )
@@ -206,6 +209,23 @@ class Keyring:
     def is_shredded(self, tenant: int, epoch: int) -> bool:
         """Whether `epoch` of `tenant` was shredded: its records are gone for good."""
         return (pack_id(tenant), epoch) in self._shredded
+
+    def mark_revoked(self, tenant: int, epoch: int) -> None:
+        """Forget the epoch's DEK for good because its escrow key was destroyed: its records
+        say so from now on. Called by the engine when `RevokeKeyEpochs` commits, and at open."""
+        self.forget(tenant, epoch)
+        self._revoked.add((pack_id(tenant), epoch))
+        if self._current.get(pack_id(tenant)) == epoch:
+            del self._current[pack_id(tenant)]
+
+    def is_revoked(self, tenant: int, epoch: int) -> bool:
+        """Whether `epoch` of `tenant` was revoked: its records are gone for good."""
+        return (pack_id(tenant), epoch) in self._revoked
+
+    def is_gone(self, tenant: int, epoch: int) -> bool:
+        """Shredded or revoked: no key will ever open the epoch's records again."""
+        packed = (pack_id(tenant), epoch)
+        return packed in self._shredded or packed in self._revoked
 
     def current(self, tenant: int) -> int | None:
         """The epoch new records of `tenant` are sealed under, if any."""
@@ -272,6 +292,11 @@ class Keyring:
                     f"key epoch {epoch} of tenant {_tenant_id(tenant)} was shredded: its "
                     f"records are gone for good"
                 )
+            if (tenant, epoch) in self._revoked:
+                raise KeyUnavailable(
+                    f"the escrow key of tenant {_tenant_id(tenant)}, epoch {epoch}, was "
+                    f"revoked: its records are gone for good"
+                )
             tenant_id = _tenant_id(tenant)
             for listener in self._missing_listeners:
                 listener(tenant_id, epoch)
@@ -291,6 +316,11 @@ class Keyring:
         """The current epoch of (packed) `tenant`; `KeyUnavailable` when it has none."""
         epoch = self._current.get(tenant)
         if epoch is None:
+            if any(revoked == tenant for revoked, _ in list(self._revoked)):
+                raise KeyUnavailable(
+                    f"the escrow keys of tenant {_tenant_id(tenant)} were revoked: its data is "
+                    f"gone for good, and it writes nothing until it gets a new key epoch"
+                )
             raise KeyUnavailable(
                 f"tenant {_tenant_id(tenant)} has no current key epoch: add one (AddKeyEpoch) "
                 f"and install its data key before writing"

@@ -18,7 +18,14 @@ from engine.crypto import MAX_EPOCH, AeadSealer
 from engine.errors import CapacityExceeded, Conflict, Invalid, NotFound
 from engine.hotstore import HotStore
 from engine.keys import pack_id, pack_ids, unpack_id, unpack_last_id
-from engine.ops import AddKeyEpoch, KeyEpochAdded, KeyEpochShredded, ShredKeyEpoch
+from engine.ops import (
+    AddKeyEpoch,
+    KeyEpochAdded,
+    KeyEpochShredded,
+    KeyEpochsRevoked,
+    RevokeKeyEpochs,
+    ShredKeyEpoch,
+)
 from engine.records import EpochRecord, EpochState, PlainSealer
 
 __all__ = ["MAX_KEY_ID_CHARS", "MAX_WRAPPED_DEK_BYTES", "KeyEpoch", "KeyEpochs"]
@@ -113,6 +120,16 @@ class KeyEpochs:
         self._put(txn, key, shredded)
         return KeyEpochShredded(op.tenant, op.epoch)
 
+    def revoke(self, txn: Any, op: RevokeKeyEpochs) -> KeyEpochsRevoked:
+        """Mark every epoch of the tenant that is neither shredded nor revoked `revoked` (the
+        caller checked that the tenant exists). Its wrapped DEK stays: it opens nothing now."""
+        revoked = []
+        for key, record in self._scan(txn, op.tenant):
+            if record.state in (EpochState.ACTIVE, EpochState.RETIRED):
+                self._put(txn, key, msgspec.structs.replace(record, state=EpochState.REVOKED))
+                revoked.append(unpack_last_id(key))
+        return KeyEpochsRevoked(op.tenant, tuple(revoked))
+
     def add_seals(self, txn: Any, counts: dict[tuple[int, int], int]) -> None:
         """Add the seals of a batch to the epochs' counters, in the batch's transaction."""
         for (tenant, epoch), seals in counts.items():
@@ -133,8 +150,8 @@ class KeyEpochs:
         ]
 
     def load_into(self, txn: Any, sealer: AeadSealer) -> None:
-        """Tell the sealer's keyring every tenant's current epoch and shredded epochs, and the
-        sealer the seal counts so far (at open)."""
+        """Tell the sealer's keyring every tenant's current epoch and its shredded and revoked
+        epochs, and the sealer the seal counts so far (at open)."""
         keyring = sealer.keyring
         counts = []
         for key, record in self._scan(txn, None):
@@ -144,4 +161,6 @@ class KeyEpochs:
                 keyring.set_current(tenant, epoch)
             elif record.state is EpochState.SHREDDED:
                 keyring.mark_shredded(tenant, epoch)
+            elif record.state is EpochState.REVOKED:
+                keyring.mark_revoked(tenant, epoch)
         sealer.load_seal_counts(counts)

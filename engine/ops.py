@@ -26,6 +26,7 @@ __all__ = [
     "Join",
     "KeyEpochAdded",
     "KeyEpochShredded",
+    "KeyEpochsRevoked",
     "Leave",
     "MarkDelivered",
     "MarkRead",
@@ -36,6 +37,7 @@ __all__ = [
     "PruneSessions",
     "RemoveMember",
     "Result",
+    "RevokeKeyEpochs",
     "RevokeSession",
     "RevokeUserSessions",
     "SessionCreated",
@@ -227,6 +229,15 @@ class ShredKeyEpoch(_Op, frozen=True, kw_only=True):
     epoch: int
 
 
+class RevokeKeyEpochs(_Op, frozen=True, kw_only=True):
+    """Record that the escrow destroyed the tenant's escrow keys (the appliance revoked them
+    first): every epoch not shredded becomes `revoked`, so that every engine on the store,
+    including a running server's, refuses its records at once instead of when its DEKs
+    expire. Nothing to do for a tenant revoked already."""
+
+    tenant: int
+
+
 Operation = (
     CreateTenant
     | CreateUser
@@ -249,6 +260,7 @@ Operation = (
     | PruneSessions
     | AddKeyEpoch
     | ShredKeyEpoch
+    | RevokeKeyEpochs
 )
 
 
@@ -321,8 +333,13 @@ class KeyEpochShredded(msgspec.Struct, frozen=True):
     epoch: int
 
 
+class KeyEpochsRevoked(msgspec.Struct, frozen=True):
+    tenant: int
+    epochs: tuple[int, ...]  # those this op revoked (none when revoked already)
+
+
 Result = (
     TenantCreated | UserCreated | ConversationOpened | MembershipChanged | Appended | CursorMoved
     | SessionCreated | SessionsRevoked | PasswordChanged | SessionsPruned
-    | KeyEpochAdded | KeyEpochShredded
+    | KeyEpochAdded | KeyEpochShredded | KeyEpochsRevoked
 )

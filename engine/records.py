@@ -131,6 +131,7 @@ class EpochState(enum.StrEnum):
     ACTIVE = "active"  # the tenant's current epoch: new records are sealed under it
     RETIRED = "retired"  # replaced by a newer epoch; its records still open
     SHREDDED = "shredded"  # its wrapped DEK is deleted: its records can never open again
+    REVOKED = "revoked"  # its escrow key is destroyed: its records can never open again
 
 
 class EpochRecord(msgspec.Struct, array_like=True, frozen=True):

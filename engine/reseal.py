@@ -78,7 +78,7 @@ class Resealer:
         """Re-seal up to `max_records` records of `tenant` in `table` after `after_key` (a key
         from an earlier batch, or empty) that are not under the tenant's current epoch,
         looking at no more than max(`max_records`, MIN_SCAN_PER_BATCH) records. Records
-        under a shredded epoch are skipped: they can never be opened again.
+        under a shredded or revoked epoch are skipped: they can never be opened again.
 
         Opens every record of the batch before it writes any: a missing or shredded DEK raises
         `KeyUnavailable` with nothing written. `Invalid` for an unknown table, a batch size out
@@ -109,7 +109,7 @@ class Resealer:
                 scanned += 1
                 epoch = sealed_epoch(value)
                 if epoch != current and not (
-                    epoch is not None and keyring.is_shredded(tenant, epoch)
+                    epoch is not None and keyring.is_gone(tenant, epoch)
                 ):
                     opened.append((key, self._sealer.open(name, key, value)))
                 if len(opened) >= max_records or scanned >= scan_limit:
@@ -136,8 +136,8 @@ class Resealer:
         return None
 
     def count_pending(self, txn: Any, tenant: int, table: str) -> tuple[int, int]:
-        """(records of `tenant` in `table` not under its current epoch nor a shredded one,
-        all its records)."""
+        """(records of `tenant` in `table` not under its current epoch nor a shredded or
+        revoked one, all its records)."""
         db = self._db(table)
         prefix = pack_id(tenant)
         keyring = self._sealer.keyring
@@ -151,6 +151,6 @@ class Resealer:
                     total += 1
                     epoch = sealed_epoch(value)
                     pending += epoch != current and not (
-                        epoch is not None and keyring.is_shredded(tenant, epoch)
+                        epoch is not None and keyring.is_gone(tenant, epoch)
                     )
         return pending, total

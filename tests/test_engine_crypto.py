@@ -36,6 +36,7 @@ from engine import (
     Invalid,
     KeyEpochAdded,
     KeyEpochShredded,
+    KeyEpochsRevoked,
     KeyNotInstalled,
     Keyring,
     KeyUnavailable,
@@ -44,6 +45,7 @@ from engine import (
     MessageKind,
     NotFound,
     PasswordChanged,
+    RevokeKeyEpochs,
     ShredKeyEpoch,
     Unauthenticated,
     hash_password,
@@ -463,6 +465,59 @@ def test_the_current_epoch_cannot_be_shredded_and_a_shred_happens_once(
     reseal_metadata(eng, org.tenant)
     eng.apply(ShredKeyEpoch(tenant=org.tenant, epoch=1), NOW_MS)
     assert_refusal(refused_op(eng, ShredKeyEpoch(tenant=org.tenant, epoch=1)), Conflict)
+
+
+def test_revoked_epochs_refuse_their_records_for_good_and_a_new_epoch_writes_again(
+    sealed: Sealed, password_hash: str
+) -> None:
+    acme, globex = sealed_org(sealed, "acme", password_hash), sealed_org(sealed, "globex",
+                                                                          password_hash)
+    eng = sealed.engine
+    conv, globex_conv = group(eng, acme), group(eng, globex)
+    eng.apply_batch([say(acme, conv, f"a{i}", f"old {i}") for i in range(3)], NOW_MS)
+    assert sealed.add_epoch(acme.tenant) == 2
+    eng.apply(say(acme, conv, "b0", "under epoch 2"), NOW_MS)
+
+    assert eng.apply(RevokeKeyEpochs(tenant=acme.tenant), NOW_MS) == KeyEpochsRevoked(
+        acme.tenant, (1, 2))
+    assert [(e.epoch, e.state) for e in eng.key_epochs(acme.tenant)] == [
+        (1, EpochState.REVOKED), (2, EpochState.REVOKED)]
+    for epoch_seq in (1, 4):
+        with pytest.raises(KeyUnavailable) as refusal:
+            eng.messages(acme.tenant, conv, epoch_seq, epoch_seq)
+        assert type(refusal.value) is KeyUnavailable  # not one the appliance could fetch
+        assert "revoked" in refusal.value.message
+    write = refused_op(eng, say(acme, conv, "c0", "after the revocation"))
+    assert_refusal(write, KeyUnavailable)
+    assert "revoked" in write.message
+    # Other tenants carry on; the escrow would refuse the keys anyway, and so does the keyring.
+    eng.apply(say(globex, globex_conv, "g0"), NOW_MS)
+    with pytest.raises(Invalid):
+        sealed.keyring.install(acme.tenant, 2, sealed.deks[acme.tenant, 2])
+    assert eng.apply(RevokeKeyEpochs(tenant=acme.tenant), NOW_MS) == KeyEpochsRevoked(
+        acme.tenant, ())
+    assert_refusal(refused(eng, RevokeKeyEpochs(tenant=999)), NotFound)
+
+    # Every engine on the store learns it at open, even one whose keyring still held the DEKs.
+    fresh = Keyring(name_key=NAME_KEY)
+    for (tenant, epoch), dek in sealed.deks.items():
+        fresh.install(tenant, epoch, dek)
+    eng = sealed.reopen(fresh)
+    with pytest.raises(KeyUnavailable, match="revoked"):
+        eng.messages(acme.tenant, conv, 1, 1)
+    assert fresh.installed(acme.tenant) == []
+
+    # A new epoch seals new records again; what was sealed before (messages, and the
+    # tenant's users and groups too) stays gone.
+    sealed.keyring = fresh
+    assert sealed.add_epoch(acme.tenant) == 3
+    eng.apply(say(acme, conv, "d0", "under epoch 3"), NOW_MS)
+    latest = eng.page_before(acme.tenant, acme.alice, conv, None, 1)  # opens no member record
+    assert [m.body for m in latest.messages] == ["under epoch 3"]
+    for read in (lambda: eng.messages(acme.tenant, conv, 1, 1),
+                 lambda: eng.user(acme.tenant, acme.alice)):
+        with pytest.raises(KeyUnavailable, match="revoked"):
+            read()
 
 
 def test_add_key_epoch_checks_its_arguments(sealed: Sealed, password_hash: str) -> None:

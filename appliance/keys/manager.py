@@ -29,6 +29,7 @@ from engine import (
     EpochState,
     Keyring,
     KeyUnavailable,
+    RevokeKeyEpochs,
     ShredKeyEpoch,
 )
 
@@ -99,19 +100,31 @@ class KeyManager:
         """Unwrap the live epochs of `tenant` (all with `force`, else those not installed or
         past half their lifetime) and install them with a fresh expiry."""
         all_epochs = self._engine.key_epochs(tenant)
-        for shredded in (e.epoch for e in all_epochs if e.state == EpochState.SHREDDED):
-            if not self._keyring.is_shredded(tenant, shredded):
-                # Shredded by another process (`herald keys shred`): forget it now rather than
-                # when it expires, never install it again, and let re-seals step over it.
-                self._keyring.mark_shredded(tenant, shredded)
-                self._expiry.pop((tenant, shredded), None)
-                log.info("tenant=%s epoch %s was shredded: its key is forgotten", tenant,
-                         shredded)
-        epochs = [e for e in all_epochs if e.state != EpochState.SHREDDED]
-        if not epochs:
+        for entry in all_epochs:
+            # Shredded or revoked by another process (`herald keys shred|revoke`): forget the
+            # key now rather than when it expires, never install it again, and let re-seals
+            # step over its records.
+            if entry.state == EpochState.SHREDDED and not self._keyring.is_shredded(
+                    tenant, entry.epoch):
+                self._keyring.mark_shredded(tenant, entry.epoch)
+            elif entry.state == EpochState.REVOKED and not self._keyring.is_revoked(
+                    tenant, entry.epoch):
+                self._keyring.mark_revoked(tenant, entry.epoch)
+            else:
+                continue
+            self._expiry.pop((tenant, entry.epoch), None)
+            log.info("tenant=%s epoch %s was %s: its key is forgotten", tenant, entry.epoch,
+                     entry.state)
+        epochs = [e for e in all_epochs if e.state in (EpochState.ACTIVE, EpochState.RETIRED)]
+        actives = [e.epoch for e in epochs if e.state == EpochState.ACTIVE]
+        if not actives:
+            if any(e.state == EpochState.REVOKED for e in all_epochs):
+                return self._note(TenantKeyStatus(
+                    tenant, "revoked", 0, 0, "escrow keys revoked: none of its stored data "
+                    "(messages, users, groups) can be read again"))
             return self._note(TenantKeyStatus(tenant, "no_key", 0, 0,
                                               "no data key yet: herald keys rotate creates one"))
-        current = max(e.epoch for e in epochs if e.state == EpochState.ACTIVE)
+        current = max(actives)
         now = self._clock()
         renew_before = now + self._lifetime_s / 2
         refused: list[str] = []
@@ -230,6 +243,9 @@ class KeyManager:
             if entry.key_id:
                 with contextlib.suppress(EscrowRefused):  # revoked before: the outcome holds
                     self._escrow.revoke(entry.key_id)
+        # Then the store says so, for every server on it to forget the keys at its next key
+        # refresh (within 5 s) instead of when it next asks the escrow (half a DEK lifetime).
+        self._engine.apply(RevokeKeyEpochs(tenant=tenant), self._now_ms())
         self._keyring.forget(tenant)
         self._expiry = {k: v for k, v in self._expiry.items() if k[0] != tenant}
         self._note(TenantKeyStatus(tenant, "revoked", 0, 0, "escrow keys revoked"))
