@@ -59,6 +59,13 @@ async def request(ws: WebSocketConnection, frame: dict[str, Any]) -> dict[str, A
     return await receive_json(ws)
 
 
+async def only_conversation(ws: WebSocketConnection, request_id: int = 2) -> int:
+    """The id of the one conversation the logged-in user of `ws` is in (`convs`)."""
+    convs = await request(ws, {"op": "convs", "id": request_id})
+    (conv,) = [c["conv"] for c in convs["data"]["convs"]]
+    return int(conv)
+
+
 async def login(
     ws: WebSocketConnection, tenant: str, login_name: str, password: str = PASSWORD,
     request_id: int = 1,

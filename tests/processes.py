@@ -75,3 +75,8 @@ async def herald(nursery: trio.Nursery, *args: str) -> AsyncIterator[Process]:
             await process.wait()
         if process.stdin is not None:
             await process.stdin.aclose()
+
+
+async def served_port(server: Process) -> int:
+    """The port a `herald serve --listen 127.0.0.1:0` child says it listens on (plain ws://)."""
+    return int((await server.expect(r"listening at ws://127\.0\.0\.1:(\d+)/")).group(1))

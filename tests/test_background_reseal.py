@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from clients import login, open_ws, request
+from clients import login, only_conversation, open_ws, request
 from conftest import PASSWORD
 from keyed_dirs import add_acme_with_a_group, herald, keyed_data_dir
-from processes import Process
+from processes import Process, served_port
 from processes import herald as herald_process
 
 MESSAGES = 120
@@ -104,12 +104,10 @@ async def test_the_server_reseals_messages_after_a_rotation_so_a_shred_loses_non
         async with trio.open_nursery() as nursery:
             async with herald_process(nursery, "serve", "--data-dir", str(data),
                                       "--listen", "127.0.0.1:0") as server:
-                port = int((await server.expect(r"listening at ws://127\.0\.0\.1:(\d+)/")
-                            ).group(1))
+                port = await served_port(server)
                 async with open_ws(port) as alice:
                     await login(alice, "acme", "alice")
-                    convs = await request(alice, {"op": "convs", "id": 2})
-                    (group,) = [c["conv"] for c in convs["data"]["convs"]]
+                    group = await only_conversation(alice)
                     sent = await _send(alice, group, 1, MESSAGES)
                     pending, before = await trio.to_thread.run_sync(_blocks, data)
                     assert pending == 0 and before >= 8, (pending, before)
@@ -139,8 +137,7 @@ async def test_the_server_reseals_messages_after_a_rotation_so_a_shred_loses_non
             # A new server has never held epoch 1's key: what it reads is what the disk holds.
             async with herald_process(nursery, "serve", "--data-dir", str(data),
                                       "--listen", "127.0.0.1:0") as again:
-                port = int((await again.expect(r"listening at ws://127\.0\.0\.1:(\d+)/")
-                            ).group(1))
+                port = await served_port(again)
                 async with open_ws(port) as alice:
                     await login(alice, "acme", "alice")
                     bodies = await _all_bodies(alice, group)
@@ -158,12 +155,10 @@ async def test_without_the_switch_nothing_is_resealed_and_a_shred_takes_the_old_
         async with trio.open_nursery() as nursery, herald_process(
             nursery, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"
         ) as server:
-            port = int((await server.expect(r"listening at ws://127\.0\.0\.1:(\d+)/")
-                        ).group(1))
+            port = await served_port(server)
             async with open_ws(port) as alice:
                 await login(alice, "acme", "alice")
-                convs = await request(alice, {"op": "convs", "id": 2})
-                (group,) = [c["conv"] for c in convs["data"]["convs"]]
+                group = await only_conversation(alice)
                 await _send(alice, group, 1, MESSAGES)
                 _, total = await trio.to_thread.run_sync(_blocks, data)
                 rotated = await trio.to_thread.run_sync(

@@ -11,10 +11,11 @@ import subprocess
 from pathlib import Path
 
 import trio
-from clients import login, open_ws, request
+from clients import login, only_conversation, open_ws, request
 from escrows import ESCROW_PASSPHRASE, HERALD, EscrowFiles, init_escrow
 from keyed_dirs import herald, keyed_data_dir
 from processes import herald as herald_process
+from processes import served_port
 
 MARKER = "sealed-marker"
 
@@ -91,12 +92,11 @@ async def test_the_server_serves_sealed_data_and_a_revoked_tenant_goes_dark_alon
         async with trio.open_nursery() as nursery, herald_process(
             nursery, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"
         ) as server:
-            port = int((await server.expect(r"listening at ws://127\.0\.0\.1:(\d+)/")).group(1))
+            port = await served_port(server)
             async with open_ws(port) as alice, open_ws(port) as erin:
                 await login(alice, "acme", "alice")
                 await login(erin, "globex", "erin")
-                convs = await request(alice, {"op": "convs", "id": 2})
-                (group,) = [c["conv"] for c in convs["data"]["convs"]]
+                group = await only_conversation(alice)
                 for n in range(200):
                     ack = await request(alice, {"op": "send", "id": 10 + n, "conv": group,
                                                 "cmid": f"m{n}", "body": f"{MARKER}-{n}"})
@@ -204,7 +204,7 @@ async def test_a_server_started_while_the_escrow_is_down_serves_the_tenant_once_
             nursery, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"
         ) as server:
             await server.expect(r"Keys: tenants 1 unavailable")
-            served = int((await server.expect(r"listening at ws://127\.0\.0\.1:(\d+)/")).group(1))
+            served = await served_port(server)
             async with open_ws(served) as ws:
                 refused = await request(ws, alice)
             assert refused["type"] == "error" and refused["code"] == "key_unavailable", refused

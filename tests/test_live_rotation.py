@@ -10,10 +10,11 @@ import signal
 from pathlib import Path
 
 import trio
-from clients import login, open_ws, request
+from clients import login, only_conversation, open_ws, request
 from conftest import PASSWORD
 from keyed_dirs import add_acme_with_a_group, herald, keyed_data_dir
 from processes import herald as herald_process
+from processes import served_port
 
 EARLY = "refreshing the keys now"
 
@@ -28,11 +29,10 @@ async def test_a_rotation_by_another_process_is_picked_up_when_a_record_names_it
         async with trio.open_nursery() as nursery, herald_process(
             nursery, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"
         ) as server:
-            port = int((await server.expect(r"listening at ws://127\.0\.0\.1:(\d+)/")).group(1))
+            port = await served_port(server)
             async with open_ws(port) as alice:
                 await login(alice, "acme", "alice")
-                convs = await request(alice, {"op": "convs", "id": 2})
-                (group,) = [c["conv"] for c in convs["data"]["convs"]]
+                group = await only_conversation(alice)
                 assert EARLY not in server.err.decode()
 
                 rotated = await trio.to_thread.run_sync(

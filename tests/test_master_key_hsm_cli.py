@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from clients import login, open_ws, request
+from clients import login, only_conversation, open_ws, request
 from keyed_dirs import herald, keyed_data_dir
 from processes import herald as herald_process
+from processes import served_port
 
 from appliance.demo_keys import SOFTHSM_MODULES
 
@@ -94,11 +95,10 @@ async def _read_back(config: Path, send: bool) -> list[str]:
     async with trio.open_nursery() as nursery, herald_process(
         nursery, "serve", "--config", str(config), "--listen", "127.0.0.1:0"
     ) as server:
-        port = int((await server.expect(r"listening at ws://127\.0\.0\.1:(\d+)/")).group(1))
+        port = await served_port(server)
         async with open_ws(port) as alice:
             await login(alice, "acme", "alice")
-            convs = await request(alice, {"op": "convs", "id": 2})
-            (group,) = [c["conv"] for c in convs["data"]["convs"]]
+            group = await only_conversation(alice)
             if send:
                 ack = await request(alice, {"op": "send", "id": 3, "conv": group, "cmid": "m1",
                                             "body": MARKER})

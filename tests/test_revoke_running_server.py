@@ -9,10 +9,11 @@ import signal
 from pathlib import Path
 
 import trio
-from clients import login, open_ws, request
+from clients import login, only_conversation, open_ws, request
 from conftest import PASSWORD
 from keyed_dirs import add_acme_with_a_group, herald, keyed_data_dir
 from processes import herald as herald_process
+from processes import served_port
 
 
 async def test_a_revocation_by_another_process_darkens_the_tenant_at_the_next_key_refresh(
@@ -24,11 +25,10 @@ async def test_a_revocation_by_another_process_darkens_the_tenant_at_the_next_ke
         async with trio.open_nursery() as nursery, herald_process(
             nursery, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"
         ) as server:
-            port = int((await server.expect(r"listening at ws://127\.0\.0\.1:(\d+)/")).group(1))
+            port = await served_port(server)
             async with open_ws(port) as alice:
                 await login(alice, "acme", "alice")
-                convs = await request(alice, {"op": "convs", "id": 2})
-                (group,) = [c["conv"] for c in convs["data"]["convs"]]
+                group = await only_conversation(alice)
                 ack = await request(alice, {"op": "send", "id": 3, "conv": group,
                                             "cmid": "before", "body": "before the revocation"})
                 assert ack["type"] == "reply", ack
