@@ -131,8 +131,9 @@ class Keyring:
         self._clock = clock
         self._keys: dict[bytes, dict[int, _Dek]] = {}  # packed tenant -> epoch -> DEK
         self._current: dict[bytes, int] = {}
-        self._shredded: set[tuple[bytes, int]] = set()
-        self._revoked: set[tuple[bytes, int]] = set()
+        # (packed tenant, epoch) -> "shredded" or "revoked": epochs whose records no key will
+        # ever open again, and why.
+        self._gone: dict[tuple[bytes, int], str] = {}
         # Told (packed tenant, epoch or None) after a DEK is dropped: the engine's cache of
         # opened messages frees their plaintexts. A tuple, replaced whole, so that `forget`
         # in one thread never iterates a collection another thread is changing.
@@ -153,10 +154,9 @@ class Keyring:
         if not 1 <= epoch <= MAX_EPOCH:
             raise Invalid(f"a key epoch must be 1 to {MAX_EPOCH}")
         packed = pack_id(tenant)
-        if (packed, epoch) in self._shredded:
-            raise Invalid(f"key epoch {epoch} of tenant {tenant} was shredded; it cannot return")
-        if (packed, epoch) in self._revoked:
-            raise Invalid(f"key epoch {epoch} of tenant {tenant} was revoked; it cannot return")
+        why = self._gone.get((packed, epoch))
+        if why is not None:
+            raise Invalid(f"key epoch {epoch} of tenant {tenant} was {why}; it cannot return")
         self._keys.setdefault(packed, {})[epoch] = _Dek(
             AESGCMSIV(dek), AESGCM(_bulk_subkey(dek)), expires_at
         )
@@ -201,31 +201,31 @@ class Keyring:
     def mark_shredded(self, tenant: int, epoch: int) -> None:
         """Forget the epoch's DEK for good: it can no longer be installed, and its records say
         that they were shredded. Called by the engine when `ShredKeyEpoch` commits."""
+        self._mark_gone(tenant, epoch, "shredded")
+
+    def mark_revoked(self, tenant: int, epoch: int) -> None:
+        """The same, because the epoch's escrow key was destroyed: its records say they were
+        revoked. Called by the engine when `RevokeKeyEpochs` commits."""
+        self._mark_gone(tenant, epoch, "revoked")
+
+    def _mark_gone(self, tenant: int, epoch: int, why: str) -> None:
         self.forget(tenant, epoch)
-        self._shredded.add((pack_id(tenant), epoch))
-        if self._current.get(pack_id(tenant)) == epoch:
-            del self._current[pack_id(tenant)]
+        packed = pack_id(tenant)
+        self._gone[packed, epoch] = why
+        if self._current.get(packed) == epoch:
+            del self._current[packed]
 
     def is_shredded(self, tenant: int, epoch: int) -> bool:
         """Whether `epoch` of `tenant` was shredded: its records are gone for good."""
-        return (pack_id(tenant), epoch) in self._shredded
-
-    def mark_revoked(self, tenant: int, epoch: int) -> None:
-        """Forget the epoch's DEK for good because its escrow key was destroyed: its records
-        say so from now on. Called by the engine when `RevokeKeyEpochs` commits, and at open."""
-        self.forget(tenant, epoch)
-        self._revoked.add((pack_id(tenant), epoch))
-        if self._current.get(pack_id(tenant)) == epoch:
-            del self._current[pack_id(tenant)]
+        return self._gone.get((pack_id(tenant), epoch)) == "shredded"
 
     def is_revoked(self, tenant: int, epoch: int) -> bool:
         """Whether `epoch` of `tenant` was revoked: its records are gone for good."""
-        return (pack_id(tenant), epoch) in self._revoked
+        return self._gone.get((pack_id(tenant), epoch)) == "revoked"
 
     def is_gone(self, tenant: int, epoch: int) -> bool:
         """Shredded or revoked: no key will ever open the epoch's records again."""
-        packed = (pack_id(tenant), epoch)
-        return packed in self._shredded or packed in self._revoked
+        return (pack_id(tenant), epoch) in self._gone
 
     def current(self, tenant: int) -> int | None:
         """The epoch new records of `tenant` are sealed under, if any."""
@@ -287,15 +287,11 @@ class Keyring:
         """Both ciphers of (packed `tenant`, `epoch`); as `aead`."""
         dek = self._keys.get(tenant, {}).get(epoch)
         if dek is None:
-            if (tenant, epoch) in self._shredded:
+            why = self._gone.get((tenant, epoch))
+            if why is not None:
                 raise KeyUnavailable(
-                    f"key epoch {epoch} of tenant {_tenant_id(tenant)} was shredded: its "
-                    f"records are gone for good"
-                )
-            if (tenant, epoch) in self._revoked:
-                raise KeyUnavailable(
-                    f"the escrow key of tenant {_tenant_id(tenant)}, epoch {epoch}, was "
-                    f"revoked: its records are gone for good"
+                    f"key epoch {epoch} of tenant {_tenant_id(tenant)} was {why}: its records "
+                    f"are gone for good"
                 )
             tenant_id = _tenant_id(tenant)
             for listener in self._missing_listeners:
@@ -316,7 +312,7 @@ class Keyring:
         """The current epoch of (packed) `tenant`; `KeyUnavailable` when it has none."""
         epoch = self._current.get(tenant)
         if epoch is None:
-            if any(revoked == tenant for revoked, _ in list(self._revoked)):
+            if "revoked" in [why for (t, _), why in list(self._gone.items()) if t == tenant]:
                 raise KeyUnavailable(
                     f"the escrow keys of tenant {_tenant_id(tenant)} were revoked: its data is "
                     f"gone for good, and it writes nothing until it gets a new key epoch"
