@@ -19,6 +19,7 @@ import trio
 
 from appliance import tokens
 from appliance.protocol.frames import (
+    OPEN_REQUESTS,
     AddRequest,
     ChangeData,
     ClientFrame,
@@ -52,7 +53,14 @@ from appliance.protocol.frames import (
     UsersRequest,
     encode_frame,
 )
-from appliance.wire import convs_data, error_frame, history_data, members_data, sync_data
+from appliance.wire import (
+    convs_data,
+    error_frame,
+    history_data,
+    members_data,
+    not_logged_in,
+    sync_data,
+)
 from engine import (
     AddMembers,
     Append,
@@ -96,7 +104,6 @@ __all__ = ["Router"]
 
 log = logging.getLogger("herald.router")
 
-_OPEN_OPS = (LoginRequest, ResumeRequest, PingRequest)
 BUSY_RETRY_AFTER_S = 0.5
 KEY_FETCH_RETRY_AFTER_S = 0.2  # an unwrap is one escrow round trip
 MAX_USERS_PER_REQUEST = 500
@@ -172,10 +179,8 @@ class Router:
 
     async def handle(self, conn: Connection, request: ClientFrame) -> None:
         """Answer `request` on `conn`: a reply now, a reply after the commit, or an error frame."""
-        if not conn.authenticated and not isinstance(request, _OPEN_OPS):
-            conn.send_frame(encode_frame(ErrorFrame(
-                request.id, "unauthenticated", "log in first (op 'login' or 'resume')"
-            )))
+        if not conn.authenticated and not isinstance(request, OPEN_REQUESTS):
+            conn.send_frame(encode_frame(not_logged_in(request.id)))
             return
         try:
             try:

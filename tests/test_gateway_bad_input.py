@@ -239,12 +239,22 @@ async def test_json_of_the_wrong_shape_gets_bad_frame_echoing_a_readable_id(
                 await gw.assert_others_still_work(connections=3)
 
 
-async def test_an_unknown_op_gets_unknown_op_before_and_after_login(tmp_path: Path) -> None:
+async def test_an_unknown_op_gets_unauthenticated_before_login_and_unknown_op_after(
+    tmp_path: Path,
+) -> None:
     with trio.fail_after(20):
         async with gateway(tmp_path) as gw:
             before = gw.state()
             async with open_ws(gw.running.port) as probe:
-                assert_error(await request(probe, {"op": "frobnicate", "id": 3}), 3, "unknown_op")
+                # Before login every op but login, resume and ping is refused alike, known
+                # or not, well formed or not: nothing tells which ops this server has.
+                for n, frame in enumerate([{"op": "frobnicate"}, {"op": "drop_tables", "conv": 1},
+                                           {"op": "send"}, {"op": "send", "conv": "x"},
+                                           {"op": "convs"}], start=40):
+                    assert_error(await request(probe, {**frame, "id": n}), n, "unauthenticated")
+                # A login, resume or ping of the wrong shape is still a malformed frame.
+                assert_error(await request(probe, {"op": "login", "id": 50}), 50, "bad_frame")
+                assert_error(await request(probe, {"op": "ping", "id": "x"}), None, "bad_frame")
                 await login(probe, "acme", "dave")
                 assert_error(await request(probe, {"op": "drop_tables", "id": 4, "conv": 1}),
                              4, "unknown_op")
@@ -661,8 +671,10 @@ async def test_error_frames_echo_the_request_id_across_its_whole_range(tmp_path:
                     assert_error(await request(probe, {"op": "convs", "id": request_id}),
                                  request_id, "unauthenticated")
                     assert_error(await request(probe, {"op": "nope", "id": request_id}),
-                                 request_id, "unknown_op")
+                                 request_id, "unauthenticated")
                     assert_error(await request(probe, {"op": "send", "id": request_id}),
+                                 request_id, "unauthenticated")
+                    assert_error(await request(probe, {"op": "resume", "id": request_id}),
                                  request_id, "bad_frame")
                 await login(probe, "acme", "dave")
                 for request_id in (0, MAX_REQUEST_ID):

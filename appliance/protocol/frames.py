@@ -16,6 +16,8 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "OPEN_OPS",
+    "OPEN_REQUESTS",
     "AddRequest",
     "Bye",
     "ChangeData",
@@ -204,6 +206,10 @@ ClientFrame = (
 )
 
 CLIENT_OPS = frozenset(t.__struct_config__.tag for t in ClientFrame.__args__)  # type: ignore[attr-defined]
+# The requests a connection may make before it logs in; any other op, even one that is not
+# an op at all, is answered `unauthenticated` there.
+OPEN_REQUESTS = (LoginRequest, ResumeRequest, PingRequest)
+OPEN_OPS = frozenset(t.__struct_config__.tag for t in OPEN_REQUESTS)
 
 
 # -- server frames ---------------------------------------------------------------------------
@@ -359,13 +365,17 @@ ServerFrame = Reply | ErrorFrame | MsgPush | ReadPush | Bye
 
 class FrameError(Exception):
     """A client frame could not be decoded. `code` is `bad_frame` or `unknown_op`; `id` is the
-    request id when one could be read, so the error frame can still be matched."""
+    request id when one could be read, so the error frame can still be matched; `op` is the
+    frame's `op` when it is a string (known or not), else None."""
 
-    def __init__(self, code: str, message: str, request_id: int | None) -> None:
+    def __init__(
+        self, code: str, message: str, request_id: int | None, op: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.op = op
 
 
 _client_decoder = msgspec.json.Decoder(ClientFrame)
@@ -384,7 +394,8 @@ def decode_client_frame(data: bytes | str) -> ClientFrame:
     except msgspec.DecodeError as exc:
         raise _explain(data, exc) from None
     if not 0 <= frame.id <= MAX_REQUEST_ID:
-        raise FrameError("bad_frame", f"id must be an integer from 0 to {MAX_REQUEST_ID}", None)
+        raise FrameError("bad_frame", f"id must be an integer from 0 to {MAX_REQUEST_ID}", None,
+                         type(frame).__struct_config__.tag)  # type: ignore[arg-type]
     return frame
 
 
@@ -399,8 +410,9 @@ def _explain(data: bytes | str, exc: msgspec.DecodeError) -> FrameError:
     request_id = raw_id if type(raw_id) is int and 0 <= raw_id <= MAX_REQUEST_ID else None
     op = loose.get("op")
     if isinstance(op, str) and op not in CLIENT_OPS:
-        return FrameError("unknown_op", f"unknown op {op[:40]!r}", request_id)
-    return FrameError("bad_frame", f"malformed {op!r} frame: {exc}", request_id)
+        return FrameError("unknown_op", f"unknown op {op[:40]!r}", request_id, op)
+    return FrameError("bad_frame", f"malformed {op!r} frame: {exc}", request_id,
+                      op if isinstance(op, str) else None)
 
 
 def decode_server_frame(data: bytes | str) -> ServerFrame:
