@@ -137,6 +137,7 @@ def _add(w: World) -> Probes:
     probes = _conv_op(w, lambda c: {"op": "add", "conv": c, "users": [w.acme["alice"]]},
                       "not_member")
     probes.hidden += _user_pairs(w, lambda u: {"op": "add", "conv": w.lab, "users": [u]})
+    probes.hidden += _login_pairs(w, lambda name: {"op": "add", "conv": w.lab, "logins": [name]})
     probes.visible.append(({"op": "add", "conv": w.team, "users": [w.acme["carol"]]},
                            "forbidden"))
     probes.malformed += [{"op": "add", "conv": w.lab, "users": [bad]} for bad in MALFORMED_IDS]
@@ -161,13 +162,17 @@ def _join(w: World) -> Probes:
 
 def _lookup(w: World) -> Probes:
     probes = Probes(hidden=_login_pairs(w, lambda name: {"op": "lookup", "login": name}))
-    probes.malformed = [{"op": "lookup", "login": 5}]
+    probes.hidden += _login_pairs(w, lambda name: {"op": "lookup", "logins": [name, "alice"]})
+    probes.malformed = [{"op": "lookup", "login": 5}, {"op": "lookup", "logins": "alice"},
+                        {"op": "lookup", "logins": [7]}]
     return probes
 
 
 def _create_group(w: World) -> Probes:
     probes = Probes(hidden=_user_pairs(w, lambda u: {"op": "create_group", "title": "spy",
                                                      "members": [u]}))
+    probes.hidden += _login_pairs(w, lambda name: {"op": "create_group", "title": "spy",
+                                                   "logins": [name]})
     probes.malformed = [{"op": "create_group", "title": "spy", "members": [bad]}
                         for bad in MALFORMED_IDS]
     return probes

@@ -37,6 +37,7 @@ __all__ = [
     "LoginData",
     "LoginRequest",
     "LogoutRequest",
+    "LookupData",
     "LookupRequest",
     "MembersData",
     "MembersRequest",
@@ -142,9 +143,12 @@ class ConvsRequest(_Request, tag="convs"):
 
 
 class LookupRequest(_Request, tag="lookup"):
-    """Find a user of the caller's tenant by login (to open a direct conversation)."""
+    """Find users of the caller's tenant by login: one (`login`, answered with its `UserData`
+    or `not_found`), or many at once (`logins`, answered with `LookupData`). Give one of the
+    two."""
 
-    login: str
+    login: str | None = None
+    logins: list[str] | None = None
 
 
 class UsersRequest(_Request, tag="users"):
@@ -155,8 +159,11 @@ class UsersRequest(_Request, tag="users"):
 
 
 class CreateGroupRequest(_Request, tag="create_group"):
+    """`members` by id and `logins` by login: both are added."""
+
     title: str
     members: list[int] = []
+    logins: list[str] = []
     open: bool = False
 
 
@@ -165,8 +172,11 @@ class OpenDirectRequest(_Request, tag="open_direct"):
 
 
 class AddRequest(_Request, tag="add"):
+    """`users` by id and `logins` by login: both are added."""
+
     conv: int
-    users: list[int]
+    users: list[int] = []
+    logins: list[str] = []
     role: Literal["member", "admin"] = "member"
 
 
@@ -323,6 +333,14 @@ class UserData(msgspec.Struct, frozen=True):
 
 class UsersData(msgspec.Struct, frozen=True):
     users: list[UserData]
+
+
+class LookupData(msgspec.Struct, frozen=True):
+    """The answer to a `lookup` of many logins: the users found, and the logins that name no
+    user of the tenant, each in the order asked."""
+
+    users: list[UserData]
+    unknown: list[str]
 
 
 class OkData(msgspec.Struct, frozen=True):
