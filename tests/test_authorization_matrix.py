@@ -192,7 +192,8 @@ MATRIX: dict[str, Callable[[World], Probes]] = {
         for name in w.foreign_logins[:1]]),
     "resume": lambda w: Probes(fresh=True, visible=[
         ({"op": "resume", "token": "A" * 43}, "unauthenticated")]),
-    "logout": _no_ids(),  # ends the prober's session: test_logout_... covers it elsewhere
+    # Names no id; it ends the prober's session, so it comes last of all.
+    "logout": lambda w: Probes(last=[({"op": "logout"}, "reply")]),
     "password": _no_ids(({"op": "password", "current": "not it at all", "new": "x"},
                          "weak_password")),
     "ping": _no_ids(({"op": "ping"}, "reply")),
@@ -400,10 +401,12 @@ async def test_what_a_user_may_not_see_is_refused_exactly_as_what_does_not_exist
                     assert ack["type"] == "reply", ack
                 # pat's answers come in order after any push queued for it before them.
                 assert (await prober.ask({"op": "ping"}))["type"] == "reply"
-                for frame, expected in last:  # joining the open group pat may see
+                listed = await prober.ask({"op": "convs"})
+                assert {c["conv"] for c in listed["data"]["convs"]} == {w.team, w.lab}
+                # Joining the open group pat may see, then logging out.
+                for frame, expected in sorted(last, key=lambda row: row[0]["op"] == "logout"):
                     answer = await prober.ask(frame)
                     assert answer["type"] == expected, (frame, answer)
-                assert (await prober.ask({"op": "ping"}))["type"] == "reply"
 
             leaked = [message for message in received if CANARY in message]
             assert not leaked, leaked
