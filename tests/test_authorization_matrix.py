@@ -37,7 +37,8 @@ from trio_websocket import WebSocketConnection
 from appliance.protocol.frames import CLIENT_OPS
 from engine import Append, CreateGroup, Engine, OpenDirect, RemoveMember
 
-CANARY = "canary-"  # every hidden conversation's messages start with it; no probe contains it
+# Every message and title of a hidden conversation starts with it; no probe contains it.
+CANARY = "canary-"
 NOWHERE = 10**9  # conversation and user ids no tenant has (NOWHERE + k)
 NOWHERE_LOGIN = "nobody-here"
 MAX_ID = 2**64 - 1
@@ -279,16 +280,17 @@ async def _build(running: RunningServer) -> World:
     a, g = acme["tenant"], globex["tenant"]
     team = group(a, acme["alice"], "team", (acme["pat"], acme["bob"]))
     lab = group(a, acme["pat"], "lab")
-    private = group(a, acme["carol"], "carol's notes", (acme["bob"],))
+    private = group(a, acme["carol"], CANARY + "title-private", (acme["bob"],))
     pair = direct(a, acme["alice"], acme["bob"])
-    removed = group(a, acme["carol"], "was pat's", (acme["pat"],))
+    removed = group(a, acme["carol"], CANARY + "title-removed", (acme["pat"],))
     engine.apply(RemoveMember(tenant=a, actor=acme["carol"], conv=removed, user=acme["pat"]),
                  NOW_MS)
     open_group = group(a, acme["olga"], "open to all", open_=True)
     for n in range(6):
         group(g, globex[f"filler{n}"], f"filler {n}")
-    foreign_open = group(g, globex["erin"], "project falcon", (globex["frank"],), open_=True)
-    foreign_private = group(g, globex["erin"], "merger", (globex["frank"],))
+    foreign_open = group(g, globex["erin"], CANARY + "title-foreign-open", (globex["frank"],),
+                         open_=True)
+    foreign_private = group(g, globex["erin"], CANARY + "title-foreign", (globex["frank"],))
     foreign_direct = direct(g, globex["erin"], globex["frank"])
     hidden = {"private": private, "pair": pair, "removed": removed,
               "foreign_open": foreign_open, "foreign_private": foreign_private,
