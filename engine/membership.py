@@ -268,7 +268,7 @@ class Membership:
         so that no refusal tells a user what it may not see."""
         record = self.conversation(txn, tenant, conv)
         role = self._role(txn, tenant, conv, user)
-        if role is None and not (record.kind is ConversationKind.GROUP and record.open):
+        if role is None and not record.seen_by_everyone:
             raise NotFound(f"conversation {conv} does not exist")
         return record, role
 

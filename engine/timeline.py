@@ -33,7 +33,6 @@ from engine.limits import Limits
 from engine.message_cache import PLAIN_EPOCH, CachedMessage, MessageCache
 from engine.ops import Append, Appended
 from engine.records import (
-    ConversationKind,
     ConversationRecord,
     MemberRecord,
     Message,
@@ -387,13 +386,11 @@ class Timeline:
     def _member_value(self, txn: Any, key: bytes, tenant: int, conv: int, user: int) -> bytes:
         found = txn.get(key, db=self._dbs.members)
         if found is None:
-            # Only an open group (which anyone of the tenant may join) is visible to a
-            # non-member; any other conversation is refused exactly as one that does not exist.
             conv_key = _pack_ids2(tenant, conv)
             stored = txn.get(conv_key, db=self._dbs.convs)
             if stored is not None:
                 record = self._decode_conversation(self._sealer.open(_CONVS, conv_key, stored))
-                if record.kind is ConversationKind.GROUP and record.open:
+                if record.seen_by_everyone:
                     raise NotMember(f"user {user} is not a member of conversation {conv}")
             raise NotFound(f"conversation {conv} does not exist")
         return found  # type: ignore[no-any-return]
