@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 import trio
 
 from appliance.outbox import Outbox
-from appliance.protocol.frames import Bye, ErrorFrame, FrameError, decode_client_frame, encode_frame
+from appliance.protocol.frames import (
+    OPEN_OPS,
+    Bye,
+    ErrorFrame,
+    FrameError,
+    decode_client_frame,
+    encode_frame,
+)
 from appliance.protocol.websocket import (
     CloseReceived,
     ConnectionEnded,
@@ -30,6 +37,7 @@ from appliance.protocol.websocket import (
     encode_text_frame,
 )
 from appliance.tls import TlsChannel, TlsFailed
+from appliance.wire import not_logged_in
 
 if TYPE_CHECKING:
     from appliance.server import Services
@@ -188,7 +196,11 @@ class Connection:
         try:
             request = decode_client_frame(text)
         except FrameError as exc:
-            self.send_frame(encode_frame(ErrorFrame(exc.request_id, exc.code, exc.message)))
+            if not self.authenticated and exc.op is not None and exc.op not in OPEN_OPS:
+                # As a well-formed request of that op would be: say nothing of which ops exist.
+                self.send_frame(encode_frame(not_logged_in(exc.request_id)))
+            else:
+                self.send_frame(encode_frame(ErrorFrame(exc.request_id, exc.code, exc.message)))
             return
         except RecursionError:
             # msgspec's decoders overflow on deeply nested JSON ("[[[[..."), and

@@ -19,6 +19,7 @@ import trio
 
 from appliance import tokens
 from appliance.protocol.frames import (
+    OPEN_REQUESTS,
     AddRequest,
     ChangeData,
     ClientFrame,
@@ -33,6 +34,7 @@ from appliance.protocol.frames import (
     LoginData,
     LoginRequest,
     LogoutRequest,
+    LookupData,
     LookupRequest,
     MembersRequest,
     OkData,
@@ -52,7 +54,14 @@ from appliance.protocol.frames import (
     UsersRequest,
     encode_frame,
 )
-from appliance.wire import convs_data, error_frame, history_data, members_data, sync_data
+from appliance.wire import (
+    convs_data,
+    error_frame,
+    history_data,
+    members_data,
+    not_logged_in,
+    sync_data,
+)
 from engine import (
     AddMembers,
     Append,
@@ -96,11 +105,12 @@ __all__ = ["Router"]
 
 log = logging.getLogger("herald.router")
 
-_OPEN_OPS = (LoginRequest, ResumeRequest, PingRequest)
 BUSY_RETRY_AFTER_S = 0.5
 KEY_FETCH_RETRY_AFTER_S = 0.2  # an unwrap is one escrow round trip
 MAX_USERS_PER_REQUEST = 500
 MAX_DEVICE_CHARS = 64
+MAX_LOGINS_NAMED = 5  # unknown logins a refusal names, each cut to MAX_NAME_ECHO_CHARS
+MAX_NAME_ECHO_CHARS = 64
 MAX_ID = 2**64 - 1  # ids are packed as unsigned 64-bit integers into LMDB keys
 _ID_FIELDS = ("conv", "peer", "user")
 _ID_LIST_FIELDS = ("users", "members", "mentions")
@@ -122,6 +132,16 @@ def _check_ids(request: ClientFrame) -> None:
 def _host(conn: Connection) -> str:
     """The client's address without its port: what the login backoff counts failures by."""
     return conn.address.rpartition(":")[0] or conn.address
+
+
+def _no_such_logins(logins: list[str]) -> NotFound:
+    """The refusal of a request naming logins that are no user of the caller's tenant (another
+    tenant's logins among them: nothing tells those apart)."""
+    named = ", ".join(repr(login[:MAX_NAME_ECHO_CHARS]) for login in logins[:MAX_LOGINS_NAMED])
+    more = len(logins) - MAX_LOGINS_NAMED
+    noun = "login" if len(logins) == 1 else "logins"
+    tail = f" and {more} more" if more > 0 else ""
+    return NotFound(f"no user has the {noun} {named}{tail} in this tenant")
 
 
 def _change(result: Result) -> ChangeData:
@@ -172,10 +192,8 @@ class Router:
 
     async def handle(self, conn: Connection, request: ClientFrame) -> None:
         """Answer `request` on `conn`: a reply now, a reply after the commit, or an error frame."""
-        if not conn.authenticated and not isinstance(request, _OPEN_OPS):
-            conn.send_frame(encode_frame(ErrorFrame(
-                request.id, "unauthenticated", "log in first (op 'login' or 'resume')"
-            )))
+        if not conn.authenticated and not isinstance(request, OPEN_REQUESTS):
+            conn.send_frame(encode_frame(not_logged_in(request.id)))
             return
         try:
             try:
@@ -251,8 +269,9 @@ class Router:
         self._submit(conn, req.id, op, _read)
 
     def _create_group(self, conn: Connection, req: CreateGroupRequest) -> None:
+        members = self._named_users(conn, req.members, req.logins)
         op = CreateGroup(
-            tenant=conn.tenant, creator=conn.user, title=req.title, members=tuple(req.members),
+            tenant=conn.tenant, creator=conn.user, title=req.title, members=members,
             open=req.open,
         )
         self._submit(conn, req.id, op, _conv)
@@ -263,8 +282,8 @@ class Router:
 
     def _add(self, conn: Connection, req: AddRequest) -> None:
         op = AddMembers(
-            tenant=conn.tenant, actor=conn.user, conv=req.conv, users=tuple(req.users),
-            role=Role(req.role),
+            tenant=conn.tenant, actor=conn.user, conv=req.conv,
+            users=self._named_users(conn, req.users, req.logins), role=Role(req.role),
         )
         self._submit(conn, req.id, op, _change)
 
@@ -310,11 +329,48 @@ class Router:
     def _convs(self, conn: Connection, req: ConvsRequest) -> Any:
         return convs_data(self._s.engine.conversations(conn.tenant, conn.user))
 
+    def _named_users(self, conn: Connection, ids: list[int], logins: list[str]
+                     ) -> tuple[int, ...]:
+        """The users a group change names: `ids`, then the users with `logins`. Logins are
+        resolved before the write is submitted: a login, once given, names the same user
+        forever (users are disabled, never deleted). Raises `NotFound` naming the logins
+        that are no user of the tenant, `Invalid` past MAX_USERS_PER_REQUEST logins."""
+        if not logins:
+            return tuple(ids)
+        found, unknown = self._find_logins(conn.tenant, logins)
+        if unknown:
+            raise _no_such_logins(unknown)
+        return (*ids, *found)
+
+    def _find_logins(self, tenant: int, logins: list[str]) -> tuple[list[int], list[str]]:
+        """The users of `tenant` with these logins, and the logins that are none, each once
+        in the order given. Raises `Invalid` past MAX_USERS_PER_REQUEST logins."""
+        if len(logins) > MAX_USERS_PER_REQUEST:
+            raise Invalid(f"name at most {MAX_USERS_PER_REQUEST} logins at a time")
+        engine = self._s.engine
+        found, unknown = [], []
+        for login in dict.fromkeys(logins):
+            try:
+                found.append(engine.find_user(tenant, login))
+            except NotFound:
+                unknown.append(login)  # another tenant's login is as unknown as none at all
+        return found, unknown
+
     def _lookup(self, conn: Connection, req: LookupRequest) -> Any:
         engine = self._s.engine
-        user = engine.find_user(conn.tenant, req.login)
-        record = engine.user(conn.tenant, user)
-        return UserData(user, record.login, record.display_name)
+        if (req.login is None) == (req.logins is None):
+            raise Invalid("give either 'login' (one user) or 'logins' (a list of them)")
+        if req.login is not None:
+            user = engine.find_user(conn.tenant, req.login)
+            record = engine.user(conn.tenant, user)
+            return UserData(user, record.login, record.display_name)
+        assert req.logins is not None
+        found, unknown = self._find_logins(conn.tenant, req.logins)
+        users = []
+        for user in found:
+            record = engine.user(conn.tenant, user)
+            users.append(UserData(user, record.login, record.display_name))
+        return LookupData(users, unknown)
 
     def _users(self, conn: Connection, req: UsersRequest) -> Any:
         if len(req.users) > MAX_USERS_PER_REQUEST:

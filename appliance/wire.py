@@ -19,6 +19,7 @@ __all__ = [
     "error_frame",
     "history_data",
     "members_data",
+    "not_logged_in",
     "sync_data",
     "wire_message",
 ]
@@ -56,6 +57,12 @@ def convs_data(summaries: list[ConversationSummary]) -> ConvsData:
                     s.unread, s.member_version, s.member_count, s.open)
         for s in summaries
     ])
+
+
+def not_logged_in(request_id: int | None) -> ErrorFrame:
+    """The refusal of any op but login, resume and ping before a connection logs in: one
+    answer whether the op exists or is well formed, so that it tells nothing more."""
+    return ErrorFrame(request_id, "unauthenticated", "log in first (op 'login' or 'resume')")
 
 
 def error_frame(request_id: int | None, refusal: HeraldError) -> ErrorFrame:

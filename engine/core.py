@@ -520,7 +520,8 @@ class Engine:
             return [self._summary(txn, tenant, user, c.conv) for c in result.conversations]
 
     def conversation(self, tenant: int, user: int, conv: int) -> ConversationSummary:
-        """One conversation of `user`; `NotFound` or `NotMember` otherwise."""
+        """One conversation of `user`; otherwise `NotMember` for an open group, `NotFound`
+        for any other (as for one that does not exist)."""
         with self._store.read() as txn:
             return self._summary(txn, tenant, user, conv)
 

@@ -42,13 +42,17 @@ class HeraldError(Exception):
 
 
 class NotFound(HeraldError):
-    """The tenant, user or conversation does not exist (in the caller's tenant)."""
+    """The tenant, user or conversation does not exist (in the caller's tenant), or the
+    caller may not see it: a conversation it is not in, other than an open group, is refused
+    exactly as one that does not exist, so that a refusal reveals nothing of it."""
 
     code = "not_found"
 
 
 class NotMember(HeraldError):
-    """The user is not a member of the conversation it tried to use."""
+    """The user is not a member of the conversation it tried to use, and may see that it
+    exists: an open group, which anyone of the tenant may join (else `NotFound`), or, for
+    the target of a change, any conversation the actor is in."""
 
     code = "not_member"
 

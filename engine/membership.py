@@ -259,19 +259,35 @@ class Membership:
 
     # -- member changes -----------------------------------------------------------------------
 
-    def _group(self, txn: Any, tenant: int, conv: int) -> ConversationRecord:
+    def _seen_by(
+        self, txn: Any, tenant: int, conv: int, user: int
+    ) -> tuple[ConversationRecord, Role | None]:
+        """The conversation and `user`'s role in it (None: not a member), when `user` may see
+        it: as a member, or as anyone of the tenant for an open group, which they may join.
+        Any other conversation is refused with `NotFound`, exactly as one that does not exist,
+        so that no refusal tells a user what it may not see."""
         record = self.conversation(txn, tenant, conv)
+        role = self._role(txn, tenant, conv, user)
+        if role is None and not record.seen_by_everyone:
+            raise NotFound(f"conversation {conv} does not exist")
+        return record, role
+
+    def _group_seen_by(
+        self, txn: Any, tenant: int, conv: int, user: int
+    ) -> tuple[ConversationRecord, Role | None]:
+        """`_seen_by`, for a change of members: `Invalid` for a direct conversation (which
+        only its members may see: an open group is never direct)."""
+        record, role = self._seen_by(txn, tenant, conv, user)
         if record.kind is not ConversationKind.GROUP:
             raise Invalid("the members of a direct conversation cannot change")
-        return record
+        return record, role
 
     def _role(self, txn: Any, tenant: int, conv: int, user: int) -> Role | None:
         found = self._get(txn, self._dbs.members, pack_ids(tenant, conv, user), MemberRecord)
         return None if found is None else found.role
 
     def add_members(self, txn: Any, op: AddMembers, now_ms: int) -> MembershipChanged:
-        record = self._group(txn, op.tenant, op.conv)
-        actor_role = self._role(txn, op.tenant, op.conv, op.actor)
+        record, actor_role = self._group_seen_by(txn, op.tenant, op.conv, op.actor)
         if actor_role is None:
             raise NotMember(f"user {op.actor} is not a member of conversation {op.conv}")
         if actor_role is Role.MEMBER:
@@ -294,12 +310,10 @@ class Membership:
         )
 
     def join(self, txn: Any, op: Join, now_ms: int) -> MembershipChanged:
-        record = self._group(txn, op.tenant, op.conv)
-        if not record.open:
-            raise Forbidden("this group is not open; ask an admin to add you")
-        self.user(txn, op.tenant, op.user)
-        if self._role(txn, op.tenant, op.conv, op.user) is not None:
+        record, role = self._group_seen_by(txn, op.tenant, op.conv, op.user)
+        if role is not None:
             raise Conflict("you are a member already")
+        self.user(txn, op.tenant, op.user)
         if record.member_count + 1 > self._limits.max_group_members:
             raise Invalid(f"a group may have at most {self._limits.max_group_members} members")
         changes = [(op.user, Role.MEMBER)]
@@ -308,8 +322,7 @@ class Membership:
         )
 
     def remove_member(self, txn: Any, op: RemoveMember, now_ms: int) -> MembershipChanged:
-        record = self._group(txn, op.tenant, op.conv)
-        actor_role = self._role(txn, op.tenant, op.conv, op.actor)
+        record, actor_role = self._group_seen_by(txn, op.tenant, op.conv, op.actor)
         if actor_role is None:
             raise NotMember(f"user {op.actor} is not a member of conversation {op.conv}")
         target_role = self._role(txn, op.tenant, op.conv, op.user)
@@ -327,8 +340,7 @@ class Membership:
         )
 
     def leave(self, txn: Any, op: Leave, now_ms: int) -> MembershipChanged:
-        record = self._group(txn, op.tenant, op.conv)
-        role = self._role(txn, op.tenant, op.conv, op.user)
+        record, role = self._group_seen_by(txn, op.tenant, op.conv, op.user)
         if role is None:
             raise NotMember(f"user {op.user} is not a member of conversation {op.conv}")
         changes: list[tuple[int, Role | None]] = [(op.user, None)]
@@ -341,8 +353,7 @@ class Membership:
         )
 
     def set_role(self, txn: Any, op: SetRole, now_ms: int) -> MembershipChanged:
-        record = self._group(txn, op.tenant, op.conv)
-        actor_role = self._role(txn, op.tenant, op.conv, op.actor)
+        record, actor_role = self._group_seen_by(txn, op.tenant, op.conv, op.actor)
         if actor_role is None:
             raise NotMember(f"user {op.actor} is not a member of conversation {op.conv}")
         if actor_role is not Role.OWNER:

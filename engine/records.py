@@ -93,6 +93,13 @@ class ConversationRecord(msgspec.Struct, array_like=True, frozen=True):
     member_count: int
     open: bool = False  # a group anyone in the tenant may join without being added
 
+    @property
+    def seen_by_everyone(self) -> bool:
+        """Whether users of the tenant who are not members may see that it exists: only an
+        open group, which they may join. Any other conversation is refused to a non-member
+        exactly as one that does not exist."""
+        return self.kind is ConversationKind.GROUP and self.open
+
 
 class MemberRecord(msgspec.Struct, array_like=True, frozen=True):
     role: Role

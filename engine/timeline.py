@@ -33,6 +33,7 @@ from engine.limits import Limits
 from engine.message_cache import PLAIN_EPOCH, CachedMessage, MessageCache
 from engine.ops import Append, Appended
 from engine.records import (
+    ConversationRecord,
     MemberRecord,
     Message,
     MessageKind,
@@ -75,6 +76,7 @@ def _seek_block(cur: Any, conv_key: bytes, seq: int) -> bool:
 
 _MESSAGES = b"messages"  # table names, which a sealer binds each record to
 _MEMBERS = b"members"
+_CONVS = b"convs"
 _USER_KINDS = frozenset({MessageKind.TEXT, MessageKind.BOT, MessageKind.RECALL})
 # A scan of at most this many seqs first asks the cache for all of them, and skips the LMDB
 # cursor when it has every one (more than the largest page, sync's per-conversation share and
@@ -129,6 +131,7 @@ class Timeline:
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode_message = msgspec.msgpack.Decoder(Message).decode
         self._decode_member = msgspec.msgpack.Decoder(MemberRecord).decode
+        self._decode_conversation = msgspec.msgpack.Decoder(ConversationRecord).decode
 
     # -- writes (inside the caller's write transaction) ---------------------------------------
 
@@ -136,8 +139,8 @@ class Timeline:
         """Append a user message. Checks everything before writing anything.
 
         Raises `Invalid` (sizes, kind, client_msg_id, a mention of a non-member), `NotFound`
-        (no such conversation),
-        `NotMember`, `Forbidden` (recalling another's message without being an admin),
+        (no such conversation, or one the sender may not see), `NotMember` (an open group the
+        sender is not in), `Forbidden` (recalling another's message without being an admin),
         `Conflict` (client_msg_id already used for another conversation).
         """
         limits = self._limits
@@ -368,7 +371,9 @@ class Timeline:
     # -- reads (inside any transaction) -------------------------------------------------------
 
     def member(self, txn: Any, tenant: int, conv: int, user: int) -> MemberRecord:
-        """The membership of `user` in `conv`; `NotFound` or `NotMember` otherwise."""
+        """The membership of `user` in `conv`; otherwise `NotMember` for an open group (which
+        the user may see, and join), `NotFound` for any other conversation, as for one that
+        does not exist."""
         key = _pack_ids3(tenant, conv, user)
         found = self._member_value(txn, key, tenant, conv, user)
         return self._decode_member(self._sealer.open(_MEMBERS, key, found))
@@ -381,9 +386,13 @@ class Timeline:
     def _member_value(self, txn: Any, key: bytes, tenant: int, conv: int, user: int) -> bytes:
         found = txn.get(key, db=self._dbs.members)
         if found is None:
-            if txn.get(_pack_ids2(tenant, conv), db=self._dbs.heads) is None:
-                raise NotFound(f"conversation {conv} does not exist")
-            raise NotMember(f"user {user} is not a member of conversation {conv}")
+            conv_key = _pack_ids2(tenant, conv)
+            stored = txn.get(conv_key, db=self._dbs.convs)
+            if stored is not None:
+                record = self._decode_conversation(self._sealer.open(_CONVS, conv_key, stored))
+                if record.seen_by_everyone:
+                    raise NotMember(f"user {user} is not a member of conversation {conv}")
+            raise NotFound(f"conversation {conv} does not exist")
         return found  # type: ignore[no-any-return]
 
     def head(self, txn: Any, tenant: int, conv: int) -> tuple[int, int]:

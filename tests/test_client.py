@@ -463,6 +463,26 @@ async def test_a_password_change_whose_reply_is_lost_logs_in_with_the_new_passwo
             assert engine.authenticate(tenant, "alice", NEW_PASSWORD) == user
 
 
+async def test_users_are_looked_up_and_grouped_by_login(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with server_with_org(tmp_path) as (running, ids), \
+                connect(running.url, "alice") as alice:
+            found = await alice.lookup_many(["carol", "nobody", "bob"])
+            assert [(u.user, u.login) for u in found.users] == [
+                (ids["carol"], "carol"), (ids["bob"], "bob")]
+            assert found.unknown == ["nobody"]
+            conv = await alice.create_group("by login", logins=["bob"])
+            change = await alice.add_members(conv, logins=["carol"])
+            assert change.conv == conv
+            members = await alice.members(conv)
+            assert sorted(user for user, _ in members.members) == sorted(
+                [ids["alice"], ids["bob"], ids["carol"]])
+            with pytest.raises(ClientError) as error:
+                await alice.create_group("nope", logins=["nobody"])
+            assert error.value.code == "not_found"
+            assert "'nobody'" in error.value.message
+
+
 async def test_refusals_carry_the_server_code(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with server_with_org(tmp_path) as (running, ids):
@@ -474,7 +494,7 @@ async def test_refusals_carry_the_server_code(tmp_path: Path) -> None:
             async with connect(running.url, "carol") as carol:
                 with pytest.raises(ClientError) as error:
                     await carol.send(group, "let me in")
-                assert error.value.code == "not_member"
+                assert error.value.code == "not_found"  # she may not see alice and bob's group
                 with pytest.raises(ClientError) as error:
                     await carol.lookup("nobody")
                 assert error.value.code == "not_found"

@@ -24,7 +24,7 @@ from engine import (
     EngineClosed,
     Invalid,
     MarkRead,
-    NotMember,
+    NotFound,
     OpenDirect,
     TenantCreated,
     UserCreated,
@@ -111,7 +111,7 @@ def test_a_refused_op_changes_nothing_and_fails_no_other_op(
     results = engine.apply_batch(ops, NOW_MS)
 
     assert results[0] == Appended(direct, 2, NOW_MS)
-    assert_refusal(results[1], NotMember)
+    assert_refusal(results[1], NotFound)  # carol may not even see it
     assert results[2] == Appended(direct, 3, NOW_MS)  # the refused op took no seq
     page = engine.page_after(org.tenant, org.alice, direct, 0, 10)
     assert [(m.seq, m.sender) for m in page.messages[1:]] == [(2, org.alice), (3, org.bob)]
@@ -145,10 +145,10 @@ def test_apply_returns_the_result_or_raises_the_refusal(
 ) -> None:
     assert engine.apply(hello(org, direct, org.bob, "m"), NOW_MS) == Appended(direct, 2, NOW_MS)
 
-    with pytest.raises(NotMember) as refusal:
+    with pytest.raises(NotFound) as refusal:
         engine.apply(hello(org, direct, org.carol, "m"), NOW_MS)
 
-    assert refusal.value.code == "not_member"
+    assert refusal.value.code == "not_found"
 
 
 def test_something_that_is_not_an_operation_is_a_bug_and_commits_nothing(engine: Engine) -> None:

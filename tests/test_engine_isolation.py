@@ -3,6 +3,8 @@
 Two tenants are set up alike (same logins, same client_msg_ids). Every read and every write is
 then made by "mine" with ids of "theirs" (or with their tenant id and my user), and must be
 refused with NotFound or NotMember, return none of their data, and change nothing of either.
+NotMember only for their open group (which anyone may see, to join it); their direct
+conversation is refused as one that does not exist.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ READS: list[Any] = [
         id="page_before_of_theirs",
     ),
     pytest.param(
-        lambda e, m, t: e.page_before(t.t, m.org.bob, t.direct, None, 10), NotMember,
+        lambda e, m, t: e.page_before(t.t, m.org.bob, t.direct, None, 10), NotFound,
         id="page_before_in_their_tenant_as_my_user",
     ),
     pytest.param(lambda e, m, t: e.sync(m.t, t.org.alice), NotFound, id="sync"),
@@ -236,7 +238,7 @@ WRITES: list[Any] = [
         "mark_read_as_their_user"),
     _op(lambda m, t: MarkDelivered(tenant=m.t, user=m.org.bob, conv=t.direct, seq=1), NotFound,
         "mark_delivered_in_their_direct"),
-    _op(lambda m, t: MarkDelivered(tenant=t.t, user=m.org.bob, conv=t.direct, seq=1), NotMember,
+    _op(lambda m, t: MarkDelivered(tenant=t.t, user=m.org.bob, conv=t.direct, seq=1), NotFound,
         "mark_delivered_in_their_tenant_as_my_user"),
 ]
 

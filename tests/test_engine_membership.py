@@ -254,25 +254,36 @@ def test_open_direct_refusals_create_nothing(
 
 
 @pytest.mark.parametrize(
-    "change",
+    ("change", "expected"),
     [
-        lambda o, c: AddMembers(tenant=o.tenant, actor=o.alice, conv=c, users=(o.carol,)),
-        lambda o, c: RemoveMember(tenant=o.tenant, actor=o.alice, conv=c, user=o.bob),
-        lambda o, c: Leave(tenant=o.tenant, user=o.alice, conv=c),
-        lambda o, c: Join(tenant=o.tenant, user=o.carol, conv=c),
-        lambda o, c: SetRole(tenant=o.tenant, actor=o.alice, conv=c, user=o.bob, role=Role.ADMIN),
+        (lambda o, c: AddMembers(tenant=o.tenant, actor=o.alice, conv=c, users=(o.carol,)),
+         Invalid),
+        (lambda o, c: RemoveMember(tenant=o.tenant, actor=o.alice, conv=c, user=o.bob), Invalid),
+        (lambda o, c: Leave(tenant=o.tenant, user=o.alice, conv=c), Invalid),
+        (lambda o, c: Join(tenant=o.tenant, user=o.alice, conv=c), Invalid),
+        (lambda o, c: SetRole(tenant=o.tenant, actor=o.alice, conv=c, user=o.bob,
+                              role=Role.ADMIN), Invalid),
+        # Not in it, carol may not even see it: told nothing of its kind.
+        (lambda o, c: Join(tenant=o.tenant, user=o.carol, conv=c), NotFound),
+        (lambda o, c: AddMembers(tenant=o.tenant, actor=o.carol, conv=c, users=(o.dave,)),
+         NotFound),
     ],
-    ids=["add", "remove", "leave", "join", "set_role"],
+    ids=["add", "remove", "leave", "join", "set_role", "join_by_another", "add_by_another"],
 )
 def test_the_members_of_a_direct_conversation_cannot_change(
-    engine: Engine, org: Org, change: Callable[[Org, int], Operation]
+    engine: Engine, org: Org, change: Callable[[Org, int], Operation],
+    expected: type[HeraldError],
 ) -> None:
     conv = engine.apply(OpenDirect(tenant=org.tenant, user=org.alice, peer=org.bob), NOW_MS).conv
     before = snapshot(engine, org.tenant)
 
     error = refused(engine, change(org, conv))
 
-    assert (type(error), error.code) == (Invalid, "invalid")
+    assert_refusal(error, expected)
+    if expected is NotFound:  # word for word as for a conversation that does not exist
+        assert error.message == f"conversation {conv} does not exist"
+        assert refused(engine, change(org, UNKNOWN)).message == \
+            f"conversation {UNKNOWN} does not exist"
     assert snapshot(engine, org.tenant) == before
 
 
@@ -304,7 +315,8 @@ def _set_role(actor: str, user: str, role: Role) -> Change:
 TEAM_REFUSALS = [
     # adding
     pytest.param(_add("member", "outsider"), Forbidden, id="a_member_may_not_add"),
-    pytest.param(_add("outsider", "outsider"), NotMember, id="a_non_member_may_not_add"),
+    # A closed group is not seen by a non-member: as if it did not exist.
+    pytest.param(_add("outsider", "outsider"), NotFound, id="a_non_member_may_not_add"),
     pytest.param(
         _add("admin", "outsider", role=Role.ADMIN), Forbidden, id="an_admin_may_not_appoint_admins"
     ),
@@ -328,7 +340,7 @@ TEAM_REFUSALS = [
     pytest.param(_remove("admin", "owner"), Forbidden, id="an_admin_may_not_remove_the_owner"),
     pytest.param(_remove("owner", "owner"), Invalid, id="the_owner_may_not_remove_itself"),
     pytest.param(_remove("admin", "admin"), Invalid, id="an_admin_may_not_remove_itself"),
-    pytest.param(_remove("outsider", "member"), NotMember, id="a_non_member_may_not_remove"),
+    pytest.param(_remove("outsider", "member"), NotFound, id="a_non_member_may_not_remove"),
     pytest.param(_remove("owner", "outsider"), NotMember, id="removing_a_non_member"),
     pytest.param(
         lambda t: RemoveMember(tenant=t.tenant, actor=t.owner, conv=UNKNOWN, user=t.member),
@@ -336,7 +348,7 @@ TEAM_REFUSALS = [
     ),
     # leaving and joining
     pytest.param(
-        lambda t: Leave(tenant=t.tenant, user=t.outsider, conv=t.conv), NotMember,
+        lambda t: Leave(tenant=t.tenant, user=t.outsider, conv=t.conv), NotFound,
         id="a_non_member_cannot_leave",
     ),
     pytest.param(
@@ -344,7 +356,7 @@ TEAM_REFUSALS = [
         id="leaving_an_unknown_conversation",
     ),
     pytest.param(
-        lambda t: Join(tenant=t.tenant, user=t.outsider, conv=t.conv), Forbidden,
+        lambda t: Join(tenant=t.tenant, user=t.outsider, conv=t.conv), NotFound,
         id="nobody_joins_a_closed_group",
     ),
     pytest.param(
@@ -359,7 +371,7 @@ TEAM_REFUSALS = [
         _set_role("member", "member", Role.ADMIN), Forbidden, id="a_member_may_not_set_roles"
     ),
     pytest.param(
-        _set_role("outsider", "member", Role.ADMIN), NotMember, id="a_non_member_may_not_set_roles"
+        _set_role("outsider", "member", Role.ADMIN), NotFound, id="a_non_member_may_not_set_roles"
     ),
     pytest.param(
         _set_role("owner", "outsider", Role.ADMIN), NotMember, id="a_non_member_has_no_role"
@@ -492,12 +504,12 @@ def test_a_removed_user_loses_every_access_to_the_conversation(engine: Engine, t
         lambda: engine.page_after(t, u, c, 0, 10),
         lambda: engine.page_before(t, u, c, None, 10),
     ]
-    for read in reads:
-        with pytest.raises(NotMember) as refusal:
+    for read in reads:  # a closed group it left is no longer seen at all
+        with pytest.raises(NotFound) as refusal:
             read()
-        assert refusal.value.code == "not_member"
+        assert refusal.value.code == "not_found"
     send = refused(engine, Append(tenant=t, conv=c, sender=u, client_msg_id="m", body="hi"))
-    assert (type(send), send.code) == (NotMember, "not_member")
+    assert (type(send), send.code) == (NotFound, "not_found")
     assert engine.conversations(t, u) == []
 
 
@@ -729,12 +741,41 @@ def test_members_since_an_unknown_version_returns_the_full_list(
 
 
 def test_members_is_for_members_only(engine: Engine, team: Team) -> None:
-    with pytest.raises(NotMember) as outsider:
+    with pytest.raises(NotFound) as outsider:
         engine.members(team.tenant, team.outsider, team.conv)
     with pytest.raises(NotFound) as unknown:
         engine.members(team.tenant, team.owner, UNKNOWN)
 
-    assert (outsider.value.code, unknown.value.code) == ("not_member", "not_found")
+    # The closed group is refused to an outsider exactly as a conversation that does not exist.
+    assert outsider.value.message == f"conversation {team.conv} does not exist"
+    assert unknown.value.message == f"conversation {UNKNOWN} does not exist"
+
+
+def test_an_open_group_is_seen_by_everyone_of_the_tenant_and_used_by_its_members(
+    engine: Engine, org: Org
+) -> None:
+    conv = make_group(engine, org, org.bob, open=True)
+    t, outsider = org.tenant, org.carol
+    reads: list[Callable[[], object]] = [
+        lambda: engine.members(t, outsider, conv),
+        lambda: engine.page_after(t, outsider, conv, 0, 10),
+        lambda: engine.conversation(t, outsider, conv),
+    ]
+    for read in reads:
+        with pytest.raises(NotMember) as refusal:
+            read()
+        assert refusal.value.code == "not_member"
+    for op in [
+        Append(tenant=t, conv=conv, sender=outsider, client_msg_id="m", body="hi"),
+        AddMembers(tenant=t, actor=outsider, conv=conv, users=(org.dave,)),
+        RemoveMember(tenant=t, actor=outsider, conv=conv, user=org.bob),
+        Leave(tenant=t, user=outsider, conv=conv),
+        SetRole(tenant=t, actor=outsider, conv=conv, user=org.bob, role=Role.ADMIN),
+    ]:
+        assert_refusal(refused(engine, op), NotMember)
+    assert isinstance(engine.apply(Join(tenant=t, user=outsider, conv=conv), NOW_MS),
+                      MembershipChanged)
+    assert_refusal(refused(engine, Join(tenant=t, user=outsider, conv=conv)), Conflict)
 
 
 def test_member_ids_lists_every_member_and_refuses_an_unknown_conversation(

@@ -145,19 +145,23 @@ class Model:
             return self.mark_read(op)
         raise AssertionError(f"the model does not know {op!r}")
 
-    def _member(self, conv_id: int, user: int) -> tuple[ModelConv, ModelMember]:
+    def _seen(self, conv_id: int, user: int) -> ModelConv:
+        """The conversation, if `user` may see it: a member's, or an open group (anyone may
+        join it); any other is refused as one that does not exist."""
         conv = self.convs.get(conv_id)
-        if conv is None:
+        if conv is None or (user not in conv.members and not conv.open):
             raise NotFound("no such conversation")
+        return conv
+
+    def _member(self, conv_id: int, user: int) -> tuple[ModelConv, ModelMember]:
+        conv = self._seen(conv_id, user)
         member = conv.members.get(user)
         if member is None:
             raise NotMember("not a member")
         return conv, member
 
-    def _group(self, conv_id: int) -> ModelConv:
-        conv = self.convs.get(conv_id)
-        if conv is None:
-            raise NotFound("no such conversation")
+    def _group(self, conv_id: int, user: int) -> ModelConv:
+        conv = self._seen(conv_id, user)
         if conv.kind is not ConversationKind.GROUP:
             raise Invalid("direct")
         return conv
@@ -220,7 +224,7 @@ class Model:
         return Appended(op.conv, message.seq, message.ts)
 
     def add_members(self, op: AddMembers, now_ms: int) -> MembershipChanged:
-        conv = self._group(op.conv)
+        conv = self._group(op.conv, op.actor)
         actor = conv.members.get(op.actor)
         if actor is None:
             raise NotMember("actor")
@@ -239,7 +243,7 @@ class Model:
         return self._change(op.conv, op.actor, "members_added", [(u, op.role) for u in new], now_ms)
 
     def remove_member(self, op: RemoveMember, now_ms: int) -> MembershipChanged:
-        conv = self._group(op.conv)
+        conv = self._group(op.conv, op.actor)
         actor, target = conv.members.get(op.actor), conv.members.get(op.user)
         if actor is None or target is None:
             raise NotMember("actor or target")
@@ -252,7 +256,7 @@ class Model:
         return self._change(op.conv, op.actor, "member_removed", [(op.user, None)], now_ms)
 
     def leave(self, op: Leave, now_ms: int) -> MembershipChanged:
-        conv = self._group(op.conv)
+        conv = self._group(op.conv, op.user)
         member = conv.members.get(op.user)
         if member is None:
             raise NotMember("not a member")
@@ -267,13 +271,11 @@ class Model:
         return self._change(op.conv, op.user, "member_left", changes, now_ms)
 
     def join(self, op: Join, now_ms: int) -> MembershipChanged:
-        conv = self._group(op.conv)
-        if not conv.open:
-            raise Forbidden("closed group")
-        if op.user not in self.users:
-            raise NotFound("no such user")
+        conv = self._group(op.conv, op.user)
         if op.user in conv.members:
             raise Conflict("a member already")
+        if op.user not in self.users:
+            raise NotFound("no such user")
         return self._change(op.conv, op.user, "member_joined", [(op.user, Role.MEMBER)], now_ms)
 
     def mark_read(self, op: MarkRead) -> CursorMoved:

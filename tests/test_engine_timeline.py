@@ -25,7 +25,6 @@ from engine import (
     Message,
     MessageKind,
     NotFound,
-    NotMember,
     OpenDirect,
     Page,
     Role,
@@ -332,8 +331,9 @@ def test_malformed_appends_are_invalid_and_store_nothing(
 def test_a_non_member_may_not_append(engine: Engine, org: Org, direct: int) -> None:
     before = snapshot(engine, org.tenant)
 
-    assert_refusal(refused(engine, text(org, direct, org.carol, "c")), NotMember)
-    assert_refusal(refused(engine, text(org, direct, UNKNOWN, "c")), NotMember)
+    # Another pair's direct conversation is refused as one that does not exist.
+    assert_refusal(refused(engine, text(org, direct, org.carol, "c")), NotFound)
+    assert_refusal(refused(engine, text(org, direct, UNKNOWN, "c")), NotFound)
     assert snapshot(engine, org.tenant) == before
 
 
@@ -517,7 +517,7 @@ def test_the_largest_page_limit_is_accepted(engine: Engine, org: Org, direct: in
 
 @pytest.mark.parametrize(
     ("user", "conv", "error"),
-    [("carol", "direct", NotMember), ("alice", "unknown", NotFound)],
+    [("carol", "direct", NotFound), ("alice", "unknown", NotFound)],
 )
 def test_pages_are_for_members_of_existing_conversations(
     engine: Engine, org: Org, direct: int, user: str, conv: str, error: type[HeraldError]
@@ -594,7 +594,7 @@ def test_cursors_never_move_backwards(engine: Engine, org: Org, direct: int) -> 
     ("user", "conv", "seq", "error"),
     [
         pytest.param("alice", "direct", -1, Invalid, id="negative_seq"),
-        pytest.param("carol", "direct", 1, NotMember, id="non_member"),
+        pytest.param("carol", "direct", 1, NotFound, id="non_member"),
         pytest.param("alice", "unknown", 1, NotFound, id="unknown_conversation"),
     ],
 )

@@ -239,12 +239,22 @@ async def test_json_of_the_wrong_shape_gets_bad_frame_echoing_a_readable_id(
                 await gw.assert_others_still_work(connections=3)
 
 
-async def test_an_unknown_op_gets_unknown_op_before_and_after_login(tmp_path: Path) -> None:
+async def test_an_unknown_op_gets_unauthenticated_before_login_and_unknown_op_after(
+    tmp_path: Path,
+) -> None:
     with trio.fail_after(20):
         async with gateway(tmp_path) as gw:
             before = gw.state()
             async with open_ws(gw.running.port) as probe:
-                assert_error(await request(probe, {"op": "frobnicate", "id": 3}), 3, "unknown_op")
+                # Before login every op but login, resume and ping is refused alike, known
+                # or not, well formed or not: nothing tells which ops this server has.
+                for n, frame in enumerate([{"op": "frobnicate"}, {"op": "drop_tables", "conv": 1},
+                                           {"op": "send"}, {"op": "send", "conv": "x"},
+                                           {"op": "convs"}], start=40):
+                    assert_error(await request(probe, {**frame, "id": n}), n, "unauthenticated")
+                # A login, resume or ping of the wrong shape is still a malformed frame.
+                assert_error(await request(probe, {"op": "login", "id": 50}), 50, "bad_frame")
+                assert_error(await request(probe, {"op": "ping", "id": "x"}), None, "bad_frame")
                 await login(probe, "acme", "dave")
                 assert_error(await request(probe, {"op": "drop_tables", "id": 4, "conv": 1}),
                              4, "unknown_op")
@@ -539,33 +549,37 @@ async def test_expired_forged_and_altered_tokens_get_unauthenticated(tmp_path: P
             await gw.assert_others_still_work()
 
 
-async def test_sending_to_or_reading_a_conversation_one_is_not_in_gets_not_member(
+async def test_a_conversation_one_is_not_in_is_refused_as_if_it_did_not_exist(
     tmp_path: Path,
 ) -> None:
     with trio.fail_after(20):
         async with gateway(tmp_path) as gw:
             before = gw.state()
-            secret = gw.secret
+            secret, nowhere = gw.secret, 10**9
             async with open_ws(gw.running.port) as probe:
                 await login(probe, "acme", "dave")
-                refused = [
-                    {"op": "send", "id": 2, "conv": secret, "cmid": "m1", "body": "hello"},
-                    {"op": "history", "id": 3, "conv": secret},
-                    {"op": "history", "id": 4, "conv": secret, "after": 0},
-                    {"op": "history", "id": 5, "conv": secret, "before": 100},
-                    {"op": "read", "id": 6, "conv": secret, "seq": 1},
-                    {"op": "members", "id": 7, "conv": secret},
-                    {"op": "leave", "id": 8, "conv": secret},
-                    {"op": "add", "id": 9, "conv": secret, "users": [gw.acme["dave"]]},
-                    {"op": "kick", "id": 10, "conv": secret, "user": gw.acme["carol"]},
-                ]
-                for frame in refused:
+
+                def refused(conv: int) -> list[dict[str, Any]]:
+                    return [
+                        {"op": "send", "id": 2, "conv": conv, "cmid": "m1", "body": "hello"},
+                        {"op": "history", "id": 3, "conv": conv},
+                        {"op": "history", "id": 4, "conv": conv, "after": 0},
+                        {"op": "history", "id": 5, "conv": conv, "before": 100},
+                        {"op": "read", "id": 6, "conv": conv, "seq": 1},
+                        {"op": "members", "id": 7, "conv": conv},
+                        {"op": "leave", "id": 8, "conv": conv},
+                        {"op": "add", "id": 9, "conv": conv, "users": [gw.acme["dave"]]},
+                        {"op": "kick", "id": 10, "conv": conv, "user": gw.acme["carol"]},
+                        {"op": "join", "id": 11, "conv": conv},  # it is not open
+                    ]
+
+                for frame, missing in zip(refused(secret), refused(nowhere), strict=True):
                     reply = await request(probe, frame)
-                    assert_error(reply, frame["id"], "not_member")
+                    assert_error(reply, frame["id"], "not_found")
+                    assert reply["message"] == f"conversation {secret} does not exist", reply
+                    baseline = await request(probe, missing)
+                    assert baseline["message"] == f"conversation {nowhere} does not exist"
                     assert "carol only" not in json.dumps(reply)
-                # Joining a closed group is a different refusal: dave is not allowed to.
-                assert_error(await request(probe, {"op": "join", "id": 11, "conv": secret}),
-                             11, "forbidden")
             assert gw.state() == before
             await gw.assert_others_still_work()
 
@@ -657,17 +671,19 @@ async def test_error_frames_echo_the_request_id_across_its_whole_range(tmp_path:
                     assert_error(await request(probe, {"op": "convs", "id": request_id}),
                                  request_id, "unauthenticated")
                     assert_error(await request(probe, {"op": "nope", "id": request_id}),
-                                 request_id, "unknown_op")
+                                 request_id, "unauthenticated")
                     assert_error(await request(probe, {"op": "send", "id": request_id}),
+                                 request_id, "unauthenticated")
+                    assert_error(await request(probe, {"op": "resume", "id": request_id}),
                                  request_id, "bad_frame")
                 await login(probe, "acme", "dave")
                 for request_id in (0, MAX_REQUEST_ID):
                     reply = await request(probe, {"op": "history", "id": request_id,
                                                   "conv": gw.secret})
-                    assert_error(reply, request_id, "not_member")
+                    assert_error(reply, request_id, "not_found")
                     reply = await request(probe, {"op": "send", "id": request_id,
                                                   "conv": gw.secret, "cmid": "a", "body": "b"})
-                    assert_error(reply, request_id, "not_member")
+                    assert_error(reply, request_id, "not_found")
             assert gw.state() == before
             await gw.assert_others_still_work()
 

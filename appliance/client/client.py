@@ -59,6 +59,7 @@ from appliance.protocol.frames import (
     LoginData,
     LoginRequest,
     LogoutRequest,
+    LookupData,
     LookupRequest,
     MembersData,
     MembersRequest,
@@ -106,6 +107,15 @@ _REPLY_TYPES: dict[type, type] = {
     LeaveRequest: ChangeData,
     JoinRequest: ChangeData,
 }
+
+
+def _reply_type(frame: ClientFrame) -> type:
+    """What `frame`'s reply `data` decodes to: `lookup` answers one login or many."""
+    if isinstance(frame, LookupRequest) and frame.logins is not None:
+        return LookupData
+    return _REPLY_TYPES[type(frame)]
+
+
 # Requests whose repetition changes nothing: repeated on the next connection when one breaks.
 # A send is made safe by its client message id (see `send`); membership changes are not safe.
 _SAFE_TO_REPEAT = frozenset({
@@ -229,7 +239,7 @@ class HeraldClient:
         logged-in connection, 2 for the next, ...). Raises as `request`."""
         if isinstance(frame, LoginRequest | ResumeRequest | LogoutRequest | PasswordRequest):
             raise ValueError("the client manages its session itself")
-        reply_type = _REPLY_TYPES[type(frame)]
+        reply_type = _reply_type(frame)
         while True:
             session = await self._ready_session()
             try:
@@ -321,6 +331,13 @@ class HeraldClient:
         reply: UserData = await self.request(LookupRequest(id=0, login=login))
         return reply
 
+    async def lookup_many(self, logins: Iterable[str]) -> LookupData:
+        """Users of the tenant by login (at most 500 at a time), in one request: `users` found
+        and the logins `unknown` (another tenant's among them), each once, in the order
+        given. Raises as `request`."""
+        reply: LookupData = await self.request(LookupRequest(id=0, logins=list(logins)))
+        return reply
+
     async def users(self, users: Iterable[int]) -> list[UserData]:
         """Names of users of the tenant by id (at most 500 at a time); ids that name no user
         of the tenant are left out. Raises as `request`."""
@@ -333,20 +350,25 @@ class HeraldClient:
         return reply.conv
 
     async def create_group(
-        self, title: str, members: Iterable[int] = (), *, open: bool = False
+        self, title: str, members: Iterable[int] = (), *, logins: Iterable[str] = (),
+        open: bool = False,
     ) -> int:
-        """Create a group owned by the user; returns its conversation id. Not repeated when the
-        connection breaks (raises `ConnectionLost`): look at `convs()` before creating again."""
-        reply: ConvData = await self.request(
-            CreateGroupRequest(id=0, title=title, members=list(members), open=open))
+        """Create a group owned by the user, with `members` (ids) and the users with `logins`;
+        returns its conversation id. A login that names no user of the tenant refuses it
+        (`ClientError` `not_found`, naming the login). Not repeated when the connection breaks
+        (raises `ConnectionLost`): look at `convs()` before creating again."""
+        reply: ConvData = await self.request(CreateGroupRequest(
+            id=0, title=title, members=list(members), logins=list(logins), open=open))
         return reply.conv
 
     async def add_members(
-        self, conv: int, users: Iterable[int], *, role: Literal["member", "admin"] = "member"
+        self, conv: int, users: Iterable[int] = (), *, logins: Iterable[str] = (),
+        role: Literal["member", "admin"] = "member",
     ) -> ChangeData:
-        """Add users to a group (owner or admin only). Raises as `create_group`."""
+        """Add users to a group (owner or admin only), by id and by login. Raises as
+        `create_group`."""
         reply: ChangeData = await self.request(
-            AddRequest(id=0, conv=conv, users=list(users), role=role))
+            AddRequest(id=0, conv=conv, users=list(users), logins=list(logins), role=role))
         return reply
 
     async def kick(self, conv: int, user: int) -> ChangeData:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "OPEN_OPS",
+    "OPEN_REQUESTS",
     "AddRequest",
     "Bye",
     "ChangeData",
@@ -35,6 +37,7 @@ __all__ = [
     "LoginData",
     "LoginRequest",
     "LogoutRequest",
+    "LookupData",
     "LookupRequest",
     "MembersData",
     "MembersRequest",
@@ -140,9 +143,12 @@ class ConvsRequest(_Request, tag="convs"):
 
 
 class LookupRequest(_Request, tag="lookup"):
-    """Find a user of the caller's tenant by login (to open a direct conversation)."""
+    """Find users of the caller's tenant by login: one (`login`, answered with its `UserData`
+    or `not_found`), or many at once (`logins`, answered with `LookupData`). Give one of the
+    two."""
 
-    login: str
+    login: str | None = None
+    logins: list[str] | None = None
 
 
 class UsersRequest(_Request, tag="users"):
@@ -153,8 +159,11 @@ class UsersRequest(_Request, tag="users"):
 
 
 class CreateGroupRequest(_Request, tag="create_group"):
+    """`members` by id and `logins` by login: both are added."""
+
     title: str
     members: list[int] = []
+    logins: list[str] = []
     open: bool = False
 
 
@@ -163,8 +172,11 @@ class OpenDirectRequest(_Request, tag="open_direct"):
 
 
 class AddRequest(_Request, tag="add"):
+    """`users` by id and `logins` by login: both are added."""
+
     conv: int
-    users: list[int]
+    users: list[int] = []
+    logins: list[str] = []
     role: Literal["member", "admin"] = "member"
 
 
@@ -204,6 +216,10 @@ ClientFrame = (
 )
 
 CLIENT_OPS = frozenset(t.__struct_config__.tag for t in ClientFrame.__args__)  # type: ignore[attr-defined]
+# The requests a connection may make before it logs in; any other op, even one that is not
+# an op at all, is answered `unauthenticated` there.
+OPEN_REQUESTS = (LoginRequest, ResumeRequest, PingRequest)
+OPEN_OPS = frozenset(t.__struct_config__.tag for t in OPEN_REQUESTS)
 
 
 # -- server frames ---------------------------------------------------------------------------
@@ -319,6 +335,14 @@ class UsersData(msgspec.Struct, frozen=True):
     users: list[UserData]
 
 
+class LookupData(msgspec.Struct, frozen=True):
+    """The answer to a `lookup` of many logins: the users found, and the logins that name no
+    user of the tenant, each in the order asked."""
+
+    users: list[UserData]
+    unknown: list[str]
+
+
 class OkData(msgspec.Struct, frozen=True):
     pass
 
@@ -359,13 +383,17 @@ ServerFrame = Reply | ErrorFrame | MsgPush | ReadPush | Bye
 
 class FrameError(Exception):
     """A client frame could not be decoded. `code` is `bad_frame` or `unknown_op`; `id` is the
-    request id when one could be read, so the error frame can still be matched."""
+    request id when one could be read, so the error frame can still be matched; `op` is the
+    frame's `op` when it is a string (known or not), else None."""
 
-    def __init__(self, code: str, message: str, request_id: int | None) -> None:
+    def __init__(
+        self, code: str, message: str, request_id: int | None, op: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.op = op
 
 
 _client_decoder = msgspec.json.Decoder(ClientFrame)
@@ -384,7 +412,8 @@ def decode_client_frame(data: bytes | str) -> ClientFrame:
     except msgspec.DecodeError as exc:
         raise _explain(data, exc) from None
     if not 0 <= frame.id <= MAX_REQUEST_ID:
-        raise FrameError("bad_frame", f"id must be an integer from 0 to {MAX_REQUEST_ID}", None)
+        raise FrameError("bad_frame", f"id must be an integer from 0 to {MAX_REQUEST_ID}", None,
+                         type(frame).__struct_config__.tag)  # type: ignore[arg-type]
     return frame
 
 
@@ -399,8 +428,9 @@ def _explain(data: bytes | str, exc: msgspec.DecodeError) -> FrameError:
     request_id = raw_id if type(raw_id) is int and 0 <= raw_id <= MAX_REQUEST_ID else None
     op = loose.get("op")
     if isinstance(op, str) and op not in CLIENT_OPS:
-        return FrameError("unknown_op", f"unknown op {op[:40]!r}", request_id)
-    return FrameError("bad_frame", f"malformed {op!r} frame: {exc}", request_id)
+        return FrameError("unknown_op", f"unknown op {op[:40]!r}", request_id, op)
+    return FrameError("bad_frame", f"malformed {op!r} frame: {exc}", request_id,
+                      op if isinstance(op, str) else None)
 
 
 def decode_server_frame(data: bytes | str) -> ServerFrame:
