@@ -135,7 +135,7 @@ def _shown(typed: str) -> str:
 
 def _backoff_note(attempt: Attempt) -> str:
     delay = attempt.delay
-    return f" backoff_s={delay.seconds:.1f} ({delay.cause})" if delay.seconds else ""
+    return f" backoff_s={delay.seconds:.3g} ({delay.cause})" if delay.seconds else ""
 
 
 def _log_attempt(what: str, account: tuple[str, str], conn: Connection,
