@@ -1,5 +1,5 @@
 """The login policy against a real server and real parallel connections (docs/security.md,
-"Login backoff"): guesses sent together are checked one at a time, each after the delay a
+"Login policy"): guesses sent together are checked one at a time, each after the delay a
 sequential guesser would wait, for `login` and for `password` alike; one address's failures
 do not slow another address; failures from several addresses lock the account for all; a
 flood from one address does not hold another back in the hashing pool; a valid resume is
