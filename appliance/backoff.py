@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 __all__ = ["ACCOUNT_LOCK_ADDRESSES", "ADDRESS_FREE_FAILURES", "Delay", "LoginBackoff"]
 
@@ -38,14 +39,12 @@ _FORGOTTEN_SCORE = 0.05  # below this a key is as good as fresh and may be dropp
 Account = tuple[str, str]
 
 
+@dataclass(frozen=True, slots=True)
 class Delay:
-    """Why a check waits: `seconds`, and the key that asks for it (for the server's log)."""
+    """How long a check waits, and which score asks for it (for the server's log)."""
 
-    __slots__ = ("cause", "seconds")
-
-    def __init__(self, seconds: float, cause: str) -> None:
-        self.seconds = seconds
-        self.cause = cause  # "", "account from this address", "address", "account locked"
+    seconds: float
+    cause: str  # "" (no wait), "account from this address", "address" or "account locked"
 
 
 class _Entry:

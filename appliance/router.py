@@ -441,9 +441,10 @@ class Router:
     async def _password(self, conn: Connection, req: PasswordRequest) -> None:
         """Change the user's own password, given the current one.
 
-        The current password is checked like a login's (Argon2id in a worker thread, behind
-        the same backoff, counting failures against the same account and address), so that a
-        stolen session cannot guess it faster than a login could. Then one `ChangePassword`
+        The current password is checked like a login's (through the same login gate, as an
+        attempt on the same account from the same address: one at a time with its logins,
+        after their backoff delay), so that a stolen session cannot guess it faster than a
+        login could, even over many connections at once. Then one `ChangePassword`
         ends every session of the user and starts a new one for this connection, which is
         rebound to it in the writer's callback, before the session guard sees the commit.
         """
