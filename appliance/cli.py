@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from appliance.config import MASTER_KEY_PLACES, ConfigError, load_config
+from appliance.config import LOG_LEVELS, MASTER_KEY_PLACES, ConfigError, load_config
 
 __all__ = ["build_parser", "main"]
 
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="PEM certificate (chain): serve wss:// (overrides tls.cert_file)")
     serve.add_argument("--tls-key", type=Path, metavar="FILE",
                        help="PEM private key of --tls-cert (overrides tls.key_file)")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower,
+                       help="how much to log to standard error (overrides [log] level; "
+                            "default: info)")
 
     init = commands.add_parser(
         "init", help="create this appliance's master key (first start)",
@@ -363,6 +366,7 @@ def _run_command(argv: list[str] | None) -> int:
         config = load_config(
             args.config, data_dir=args.data_dir, listen=getattr(args, "listen", None),
             tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
+            log_level=getattr(args, "log_level", None),
         )
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)

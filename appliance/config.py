@@ -13,8 +13,18 @@ from typing import Any
 from engine import Limits
 
 __all__ = [
-    "CONFIG_IN_DATA_DIR", "DEFAULT_PORT", "MASTER_KEY_PLACES", "Config", "ConfigError",
-    "EscrowConfig", "GatewayConfig", "KeysConfig", "TlsConfig", "load_config",
+    "CONFIG_IN_DATA_DIR",
+    "DEFAULT_PORT",
+    "LOG_LEVELS",
+    "MASTER_KEY_PLACES",
+    "Config",
+    "ConfigError",
+    "EscrowConfig",
+    "GatewayConfig",
+    "KeysConfig",
+    "LogConfig",
+    "TlsConfig",
+    "load_config",
 ]
 
 DEFAULT_PORT = 8470
@@ -187,6 +197,24 @@ class TlsConfig:
         return bool(self.cert_file)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """The `[log]` table: how much `herald serve` logs to standard error. `info` (the
+    default) logs connections refused, logins refused and why, sessions and key events;
+    `debug` adds every login attempt."""
+
+    level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"log.level must be one of {list(LOG_LEVELS)}, not "
+                              f"{self.level!r}")
+        object.__setattr__(self, "level", self.level.lower())
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     data_dir: Path = Path("var")
@@ -201,6 +229,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     escrow: EscrowConfig = field(default_factory=EscrowConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def master_key_path(self) -> Path:
@@ -236,7 +265,7 @@ def _parse_listen(value: str) -> tuple[str, int]:
 
 def load_config(
     path: Path | None = None, *, data_dir: Path | None = None, listen: str | None = None,
-    tls_cert: Path | None = None, tls_key: Path | None = None,
+    tls_cert: Path | None = None, tls_key: Path | None = None, log_level: str | None = None,
 ) -> Config:
     """Defaults, then the TOML file at `path` (if given), then the flags given.
 
@@ -267,11 +296,13 @@ def load_config(
         cert = str(tls_cert) if tls_cert is not None else config.tls.cert_file
         key = str(tls_key) if tls_key is not None else config.tls.key_file
         config = replace(config, tls=replace(config.tls, cert_file=cert, key_file=key))
+    if log_level is not None:
+        config = replace(config, log=LogConfig(log_level))
     return config
 
 
 def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
-    known = {"data_dir", "listen", "storage", "limits", "gateway", "tls", "escrow", "keys"}
+    known = {"data_dir", "listen", "storage", "limits", "gateway", "tls", "escrow", "keys", "log"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known are {sorted(known)}")
@@ -302,7 +333,9 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
     keys = _table(raw, "keys", config.keys, path)
     keys = replace(keys, **{name: str(path.parent / value) for name in _KEYS_PATHS
                             if (value := getattr(keys, name)) and not Path(value).is_absolute()})
-    return replace(config, limits=limits, gateway=gateway, tls=tls, escrow=escrow, keys=keys)
+    log = _table(raw, "log", config.log, path)
+    return replace(config, limits=limits, gateway=gateway, tls=tls, escrow=escrow, keys=keys,
+                   log=log)
 
 
 _KEYS_PATHS = ("master_key_file", "passphrase_file", "pkcs11_pin_file", "softhsm2_conf")

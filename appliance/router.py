@@ -5,7 +5,9 @@ membership and roles on every call with the connection's own tenant and user, ne
 the client claims for itself.
 
 Passwords (login, and a user's change of their own) are checked with Argon2id in worker
-threads, at most two at a time, behind the login backoff; they never reach a log.
+threads through the login gate (appliance/login_gate.py: one attempt at a time per account and
+address, each after its backoff delay); they never reach a log. A refused login is logged with
+its reason, while the client gets one answer for every reason.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from appliance import tokens
+from appliance.login_gate import Attempt, LoginGate
 from appliance.protocol.frames import (
     OPEN_REQUESTS,
     AddRequest,
@@ -111,6 +114,7 @@ MAX_USERS_PER_REQUEST = 500
 MAX_DEVICE_CHARS = 64
 MAX_LOGINS_NAMED = 5  # unknown logins a refusal names, each cut to MAX_NAME_ECHO_CHARS
 MAX_NAME_ECHO_CHARS = 64
+MAX_LOGGED_CHARS = 64  # of a tenant name or login typed at a login, in the log
 MAX_ID = 2**64 - 1  # ids are packed as unsigned 64-bit integers into LMDB keys
 _ID_FIELDS = ("conv", "peer", "user")
 _ID_LIST_FIELDS = ("users", "members", "mentions")
@@ -144,6 +148,27 @@ def _no_such_logins(logins: list[str]) -> NotFound:
     return NotFound(f"no user has the {noun} {named}{tail} in this tenant")
 
 
+def _shown(typed: str) -> str:
+    """Something a client typed, for the log: quoted (no line breaks) and cut short."""
+    return repr(typed[:MAX_LOGGED_CHARS])
+
+
+def _backoff_note(attempt: Attempt) -> str:
+    delay = attempt.delay
+    return f" backoff_s={delay.seconds:.3g} ({delay.cause})" if delay.seconds else ""
+
+
+def _log_attempt(what: str, account: tuple[str, str], conn: Connection,
+                 attempt: Attempt) -> None:
+    if attempt.delay.seconds:
+        log.info("%s delayed by the backoff tenant=%s login=%s address=%s reason=backoff%s",
+                 what, _shown(account[0]), _shown(account[1]), conn.address,
+                 _backoff_note(attempt))
+    else:
+        log.debug("%s attempt tenant=%s login=%s address=%s", what, _shown(account[0]),
+                  _shown(account[1]), conn.address)
+
+
 def _change(result: Result) -> ChangeData:
     assert isinstance(result, MembershipChanged)
     return ChangeData(result.conv, result.member_version, result.seq)
@@ -167,7 +192,8 @@ def _read(result: Result) -> ReadData:
 class Router:
     def __init__(self, services: Services) -> None:
         self._s = services
-        self._auth_limiter = trio.CapacityLimiter(2)  # Argon2id is CPU and memory heavy
+        self.login_gate = LoginGate(services.backoff,
+                                    failure_delay_s=services.config.gateway.login_failure_delay_s)
         self._handlers: dict[type, Handler] = {
             LoginRequest: self._login,
             ResumeRequest: self._resume,
@@ -390,25 +416,25 @@ class Router:
     async def _login(self, conn: Connection, req: LoginRequest) -> LoginData:
         if conn.authenticated:
             raise Invalid("this connection is logged in already")
-        engine, backoff = self._s.engine, self._s.backoff
+        engine = self._s.engine
         account = (req.tenant, req.login)  # as typed: the same whether or not it exists
-        host = _host(conn)
-        await trio.sleep(backoff.delay_s(account, host))
-        try:
-            tenant = engine.find_tenant(req.tenant)
-        except NotFound:
-            tenant = 0  # still costs a full password check: no hint which tenants exist
-        checked_hash = self._password_hash(tenant, req.login)
-        try:
-            user = await trio.to_thread.run_sync(
-                engine.authenticate, tenant, req.login, req.password, limiter=self._auth_limiter
-            )
-        except Unauthenticated:
-            log.info("login failed login=%r address=%s", req.login, conn.address)
-            backoff.failed(account, host)
-            await trio.sleep(self._s.config.gateway.login_failure_delay_s)
-            raise
-        backoff.succeeded(account)
+        async with self.login_gate.attempt(account, _host(conn)) as attempt:
+            _log_attempt("login", account, conn, attempt)
+            try:
+                tenant = engine.find_tenant(req.tenant)
+            except NotFound:
+                tenant = 0  # still costs a full password check: no hint which tenants exist
+            checked_hash = self._password_hash(tenant, req.login)
+            try:
+                user = await attempt.check(engine.authenticate, tenant, req.login, req.password)
+            except Unauthenticated as refused:
+                reason = "unknown tenant" if tenant == 0 else refused.reason
+                log.info("login failed tenant=%s login=%s address=%s reason=%s%s",
+                         _shown(req.tenant), _shown(req.login), conn.address, reason,
+                         _backoff_note(attempt))
+                attempt.failed()
+                raise
+            attempt.succeeded()
         token, token_hash = tokens.new_token()
         expires_ms = self._s.clock_ms() + self._s.config.gateway.session_lifetime_s * 1000
         op = CreateSession(tenant=tenant, user=user, token_hash=token_hash,
@@ -471,31 +497,31 @@ class Router:
     async def _password(self, conn: Connection, req: PasswordRequest) -> None:
         """Change the user's own password, given the current one.
 
-        The current password is checked like a login's (Argon2id in a worker thread, behind
-        the same backoff, counting failures against the same account and address), so that a
-        stolen session cannot guess it faster than a login could. Then one `ChangePassword`
+        The current password is checked like a login's (through the same login gate, as an
+        attempt on the same account from the same address: one at a time with its logins,
+        after their backoff delay), so that a stolen session cannot guess it faster than a
+        login could, even over many connections at once. Then one `ChangePassword`
         ends every session of the user and starts a new one for this connection, which is
         rebound to it in the writer's callback, before the session guard sees the commit.
         """
         check_password_policy(req.new)  # cheap, and says nothing about the current password
-        engine, backoff = self._s.engine, self._s.backoff
+        engine = self._s.engine
         user = engine.user(conn.tenant, conn.user)
         account = (engine.tenant(conn.tenant).name, user.login)  # the key its logins use
         host = _host(conn)
-        await trio.sleep(backoff.delay_s(account, host))
-        try:
-            checked = await trio.to_thread.run_sync(
-                engine.check_password, conn.tenant, conn.user, req.current,
-                limiter=self._auth_limiter)
-        except WrongPassword:
-            log.info("password change refused: wrong current password tenant=%s user=%s "
-                     "address=%s", conn.tenant, conn.user, conn.address)
-            backoff.failed(account, host)
-            await trio.sleep(self._s.config.gateway.login_failure_delay_s)
-            raise
-        backoff.succeeded(account)
-        new_hash = await trio.to_thread.run_sync(hash_password, req.new,
-                                                 limiter=self._auth_limiter)
+        async with self.login_gate.attempt(account, host) as attempt:
+            _log_attempt("password change", account, conn, attempt)
+            try:
+                checked = await attempt.check(engine.check_password, conn.tenant, conn.user,
+                                              req.current)
+            except WrongPassword:
+                log.info("password change refused tenant=%s user=%s address=%s "
+                         "reason=wrong current password%s", conn.tenant, conn.user,
+                         conn.address, _backoff_note(attempt))
+                attempt.failed()
+                raise
+            attempt.succeeded()
+        new_hash = await self.login_gate.hash(host, hash_password, req.new)
         if conn.closing:  # ended meanwhile (revoked, evicted, shutdown): nobody to answer
             return
         token, token_hash = tokens.new_token()

@@ -43,16 +43,18 @@ def describe_store(engine: Engine) -> str:
     )
 
 
-def configure_logging() -> None:
+def configure_logging(level: str = "info") -> None:
+    """Log to standard error at `level` (one of config.LOG_LEVELS: `[log] level`,
+    `--log-level`)."""
     logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr, format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
+    logging.getLogger().setLevel(level.upper())  # also when logging was configured before
 
 
 def serve(config: Config, *, demo: bool = False) -> int:
     """Run until SIGINT or SIGTERM; returns the process exit code."""
-    configure_logging()
+    configure_logging(config.log.level)
     try:  # before opening anything: a refusal here must leave no trace
         refusal = plaintext_refusal(config)
         if refusal is not None:

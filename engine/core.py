@@ -462,7 +462,7 @@ class Engine:
         """The user id for `login` and `password` in `tenant`. Slow by design (Argon2id).
 
         Raises `Unauthenticated` for an unknown login, a wrong password or a disabled account,
-        with one message for all three.
+        with one message for all three; its `reason` says which (for a log, never a client).
         """
         with self._store.read() as txn:
             try:
@@ -472,9 +472,15 @@ class Engine:
                 user, record = 0, None
         phc = record.password_hash if record is not None else _DECOY_HASH
         matches = verify_password(phc, password)
-        if record is None or not matches or record.disabled:
-            raise Unauthenticated("wrong login or password")
-        return user
+        if record is None:
+            reason = "unknown login"
+        elif not matches:
+            reason = "wrong password"
+        elif record.disabled:
+            reason = "disabled"
+        else:
+            return user
+        raise Unauthenticated("wrong login or password", reason=reason)
 
     def check_password(self, tenant: int, user: int, password: str) -> str:
         """Verify the current password of a signed-in user before a change of it; returns the

@@ -76,9 +76,16 @@ class Invalid(HeraldError):
 
 
 class Unauthenticated(HeraldError):
-    """Wrong login or password, or a disabled account. Deliberately says no more than that."""
+    """Wrong login or password, or a disabled account. Deliberately says no more than that.
+
+    `reason` says which, for the server's log only: it never reaches the client, whose answer
+    is the same for every reason."""
 
     code = "unauthenticated"
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class WrongPassword(HeraldError):

@@ -25,14 +25,17 @@ OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 
 
 @asynccontextmanager
-async def open_ws(port: int, path: str = "/ws") -> AsyncIterator[WebSocketConnection]:
+async def open_ws(
+    port: int, path: str = "/ws", *, local_address: str | None = None,
+) -> AsyncIterator[WebSocketConnection]:
     """A trio-websocket client whose TCP stream this helper owns and always closes.
 
     `open_websocket_url` leaks its socket when the server closes first: after the closing
     handshake the client waits for the server's TCP close, as RFC 6455 says, and then never
-    closes its own end (a ResourceWarning, an error here).
+    closes its own end (a ResourceWarning, an error here). `local_address` (e.g. 127.0.0.2,
+    any of 127/8 on Linux) makes the client come from another address.
     """
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=local_address)
     async with stream, trio.open_nursery() as nursery:
         ws = await wrap_client_stream(nursery, stream, "127.0.0.1", path)
         try:
