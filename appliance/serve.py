@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
+from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 import trio
@@ -24,15 +27,19 @@ from appliance.key_refresh import KEY_REFRESH_MAX_INTERVAL_S, KeyRefresh, run_ke
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.manager import KeyManager, TenantKeyStatus
 from appliance.keys.unlock import open_engine
+from appliance.listen_sockets import ListenError, open_listen_sockets
+from appliance.lock_file import HeldLock, LockHeld, hold_exclusively
 from appliance.message_reseal import MessageResealer
 from appliance.server import Server
 from appliance.tls import plaintext_refusal, server_context
 from appliance.writer import wall_clock_ms
 from engine import Engine, HeraldError
 
-__all__ = ["describe_store", "serve"]
+__all__ = ["DATA_DIR_LOCK", "describe_store", "serve"]
 
 log = logging.getLogger("herald")
+
+DATA_DIR_LOCK = "herald.lock"  # in the data directory, held while `herald serve` runs
 
 
 def describe_store(engine: Engine) -> str:
@@ -65,6 +72,52 @@ def serve(config: Config, *, demo: bool = False) -> int:
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)
         return 2
+    with ExitStack() as held:
+        # Before any passphrase is asked, any key unwrapped or the store opened: a second
+        # server on this store, or a port in use, is refused at once, in a line.
+        try:
+            lock = _hold_data_dir(config, demo)
+            if lock is not None:
+                held.callback(lock.release)
+            sockets = open_listen_sockets(config.listen_host, config.listen_port)
+        except (StartRefused, ListenError) as exc:
+            print(f"herald: {exc}", file=sys.stderr)
+            return 1
+        for sock in sockets:
+            held.callback(sock.close)  # Server.run closes them; this for the early returns
+        return _open_and_serve(config, demo, sockets)
+
+
+class StartRefused(Exception):
+    """`herald serve` may not start; the message says why and what to do."""
+
+
+def _hold_data_dir(config: Config, demo: bool) -> HeldLock | None:
+    """The exclusive lock on the data directory (DATA_DIR/herald.lock) while this server runs:
+    a second server on the same store would serve beside this one, and the messages sent
+    through one would never reach the clients of the other. None when there is no data
+    directory (then there is no store to serve either). Raises `StartRefused`.
+
+    The account and key commands (`herald tenant|user|group|keys ...`) take no lock: until the
+    admin API replaces them, they write beside a running server (LMDB serialises the writers,
+    and the server picks up what they change). Even a shared lock would shut them out, since
+    flock's shared and exclusive locks exclude each other."""
+    if not demo and not config.data_dir.is_dir():
+        return None  # nothing to hold, nor to serve: open_engine says to run `herald init`
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)  # the demo makes its data directory
+        return hold_exclusively(config.data_dir / DATA_DIR_LOCK)
+    except LockHeld as exc:
+        holder = f"herald serve (pid {exc.pid})" if exc.pid else "another herald serve"
+        raise StartRefused(f"the data directory {config.data_dir} is in use by {holder}; stop "
+                           f"it first") from None
+    except OSError as exc:
+        raise StartRefused(f"cannot lock {exc.filename or config.data_dir}: {exc.strerror}; "
+                           f"the data directory must be writable by the user running herald "
+                           f"serve") from None
+
+
+def _open_and_serve(config: Config, demo: bool, sockets: list[socket.socket]) -> int:
     # Before the keys are unwrapped: an expired escrow certificate explains what follows.
     # Pinned: the files are loaded once, now, so the daily checks judge what is in use.
     watched = pin_in_use(watched_certificates(config))
@@ -96,15 +149,10 @@ def serve(config: Config, *, demo: bool = False) -> int:
             if created:
                 print(created, flush=True)
         try:
-            trio.run(_run, config, engine, manager, demo, watched)
+            trio.run(_run, config, engine, manager, demo, watched, sockets)
         except ConfigError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
-        except OSError as exc:
-            print(f"herald: cannot listen on {config.listen_host}:{config.listen_port}: "
-                  f"{exc.strerror}. Is another Herald running? Use --listen HOST:PORT.",
-                  file=sys.stderr)
-            return 1
     finally:
         keyed.close()
     print("Herald stopped.", flush=True)
@@ -122,7 +170,7 @@ def describe_keys(statuses: list[TenantKeyStatus]) -> str:
 
 
 async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool,
-               watched: list[WatchedCertificate]) -> None:
+               watched: list[WatchedCertificate], sockets: list[socket.socket]) -> None:
     server = Server(config, engine)
     interval_s = min(KEY_REFRESH_MAX_INTERVAL_S, config.escrow.cache_lifetime_s / 4)
     early = KeyRefresh()
@@ -138,15 +186,15 @@ async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool,
                     engine, batch_blocks=config.keys.reseal_batch_blocks,
                     pause_s=config.keys.reseal_pause_s, check_interval_s=interval_s)
                 keys.start_soon(resealer.run)
-            await _serve_until_signal(config, server, signals, demo)
+            await _serve_until_signal(config, server, sockets, signals, demo)
             keys.cancel_scope.cancel()
 
 
 async def _serve_until_signal(
-    config: Config, server: Server, signals: Any, demo: bool
+    config: Config, server: Server, sockets: list[socket.socket], signals: Any, demo: bool
 ) -> None:
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(server.run)
+        port = await nursery.start(partial(server.run, sockets=sockets))
         url = config.url_for_port(port)
         print(f"Herald is listening at {url}", flush=True)
         trust = " --ca CA_FILE" if config.tls.enabled else ""

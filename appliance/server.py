@@ -7,6 +7,7 @@ flight, close every connection with 1001, and only then let the caller close the
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -93,10 +94,20 @@ class Server:
         """Begin an orderly shutdown; `run` returns when it is complete."""
         self._stop.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until `request_stop`. Reports the bound port through `task_status`."""
+    async def run(
+        self, *, sockets: Sequence[socket.socket] = (),
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until `request_stop`, on `sockets` (bound and listening; `herald serve` binds
+        them before it opens anything: appliance/listen_sockets.py), which it then owns, or
+        with none on listeners it opens for the configured address. Reports the bound port
+        through `task_status`."""
         config = self.services.config
-        listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+        if sockets:
+            listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                         for sock in sockets]
+        else:
+            listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
         self.port = listeners[0].socket.getsockname()[1]
         try:
             await self._serve(listeners, task_status)
