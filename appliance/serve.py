@@ -23,6 +23,7 @@ from appliance.cert_watch import (
 from appliance.config import Config, ConfigError
 from appliance.demo import ensure_demo
 from appliance.demo_keys import prepare_demo_keys
+from appliance.file_limit import raise_open_file_limit
 from appliance.key_refresh import KEY_REFRESH_MAX_INTERVAL_S, KeyRefresh, run_key_refresh
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.manager import KeyManager, TenantKeyStatus
@@ -72,6 +73,7 @@ def serve(config: Config, *, demo: bool = False) -> int:
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)
         return 2
+    _raise_open_file_limit(config)
     with ExitStack() as held:
         # Before any passphrase is asked, any key unwrapped or the store opened: a second
         # server on this store, or a port in use, is refused at once, in a line.
@@ -86,6 +88,13 @@ def serve(config: Config, *, demo: bool = False) -> int:
         for sock in sockets:
             held.callback(sock.close)  # Server.run closes them; this for the early returns
         return _open_and_serve(config, demo, sockets)
+
+
+def _raise_open_file_limit(config: Config) -> None:
+    limit = raise_open_file_limit(config.gateway.max_connections)
+    log.info("open_file_limit=%d was=%d hard=%d", limit.now, limit.was, limit.hard)
+    if limit.warning is not None:
+        log.warning("%s", limit.warning)
 
 
 class StartRefused(Exception):

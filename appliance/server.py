@@ -27,11 +27,41 @@ from appliance.tokens import retire_legacy_secret
 from appliance.writer import Committed, SendFanout, Writer, wall_clock_ms
 from engine import Engine
 
-__all__ = ["Server", "Services"]
+__all__ = ["AcceptFailures", "Server", "Services"]
 
 log = logging.getLogger("herald.server")
 
 SHUTDOWN_GRACE_S = 5.0
+# Accepts that keep failing (EMFILE: out of descriptors) are retried every ACCEPT_RETRY_S and
+# warned of once per ACCEPT_WARNING_INTERVAL_S, with the count of those not warned of.
+ACCEPT_RETRY_S = 0.1
+ACCEPT_WARNING_INTERVAL_S = 10.0
+
+
+class AcceptFailures:
+    """The warnings of failed accepts: the first at once, then at most one per `interval_s`
+    (by `clock_s`), saying how many failed in between. Out of descriptors, the accept loop
+    fails ten times a second, and near the limit failures and successes alternate as
+    connections come and go: one line per failure would bury the log."""
+
+    def __init__(self, interval_s: float, clock_s: Callable[[], float]) -> None:
+        self._interval_s = interval_s
+        self._clock_s = clock_s
+        self._quiet_until_s = float("-inf")
+        self._unreported = 0
+
+    def failed(self, exc: OSError) -> None:
+        now = self._clock_s()
+        if now < self._quiet_until_s:
+            self._unreported += 1
+            return
+        if self._unreported:
+            log.warning("accept failed: %s (%d more since the last warning)",
+                        exc, self._unreported)
+        else:
+            log.warning("accept failed: %s", exc)
+        self._unreported = 0
+        self._quiet_until_s = now + self._interval_s
 
 
 @dataclass
@@ -84,6 +114,7 @@ class Server:
         self.services.sessions = SessionGuard(self.services)
         self._connections: set[Connection] = set()
         self._stop = trio.Event()
+        self._accept_failures = AcceptFailures(ACCEPT_WARNING_INTERVAL_S, trio.current_time)
         self.port = 0
 
     @property
@@ -164,8 +195,8 @@ class Server:
             try:
                 stream = await listener.accept()
             except OSError as exc:  # EMFILE and friends: back off rather than spin
-                log.warning("accept failed: %s", exc)
-                await trio.sleep(0.1)
+                self._accept_failures.failed(exc)
+                await trio.sleep(ACCEPT_RETRY_S)
                 continue
             if len(self._connections) >= limit:
                 log.warning("connection refused: %d connections is the limit", limit)
