@@ -457,7 +457,8 @@ def _self_signed(out_dir: Path, hosts: list[str]) -> int:
               file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"herald: cannot write into {out_dir}: {exc.strerror}", file=sys.stderr)
+        print(f"herald: cannot write into {out_dir}: {exc.strerror}; choose another --out",
+              file=sys.stderr)
         return 1
     print(describe(made))
     return 0

@@ -73,7 +73,6 @@ def serve(config: Config, *, demo: bool = False) -> int:
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)
         return 2
-    _raise_open_file_limit(config)
     with ExitStack() as held:
         # Before any passphrase is asked, any key unwrapped or the store opened: a second
         # server on this store, or a port in use, is refused at once, in a line.
@@ -87,6 +86,7 @@ def serve(config: Config, *, demo: bool = False) -> int:
             return 1
         for sock in sockets:
             held.callback(sock.close)  # Server.run closes them; this for the early returns
+        _raise_open_file_limit(config)
         return _open_and_serve(config, demo, sockets)
 
 
