@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import signal
 import socket
 import sys
 from contextlib import ExitStack
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -36,7 +38,7 @@ from appliance.tls import plaintext_refusal, server_context
 from appliance.writer import wall_clock_ms
 from engine import Engine, HeraldError
 
-__all__ = ["DATA_DIR_LOCK", "describe_store", "serve"]
+__all__ = ["DATA_DIR_LOCK", "describe_store", "herald_command", "serve"]
 
 log = logging.getLogger("herald")
 
@@ -168,6 +170,16 @@ def _open_and_serve(config: Config, demo: bool, sockets: list[socket.socket]) ->
     return 0
 
 
+def herald_command() -> str:
+    """The command that starts this herald, for the hints it prints: the `herald` script that
+    was run, as an absolute path (it works from any folder, on PATH or not), else this Python
+    with `-m appliance.cli`."""
+    script = Path(sys.argv[0])
+    if script.name == "herald" and script.is_file():
+        return shlex.quote(str(script.resolve()))
+    return f"{shlex.quote(sys.executable)} -m appliance.cli"
+
+
 def describe_keys(statuses: list[TenantKeyStatus]) -> str:
     if not statuses:
         return "Keys: no tenants yet."
@@ -208,7 +220,7 @@ async def _serve_until_signal(
         print(f"Herald is listening at {url}", flush=True)
         trust = " --ca CA_FILE" if config.tls.enabled else ""
         who = "--tenant demo --login alice" if demo else "--tenant TENANT --login LOGIN"
-        print(f"Chat from another terminal: .venv/bin/herald chat --url {url}{trust} {who}",
+        print(f"Chat from another terminal: {herald_command()} chat --url {url}{trust} {who}",
               flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         async for signum in signals:
