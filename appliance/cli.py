@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -372,12 +373,17 @@ def _run_escrow(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`herald`: run one command; Ctrl-C ends any of them with a line, not a traceback (every
-    store write is a transaction, and the long ones say they are safe to run again)."""
+    store write is a transaction, and the long ones say they are safe to run again), and so
+    does a reader of its output that went away (`herald user list ... | head -1`)."""
     try:
         return _run_command(argv)
     except KeyboardInterrupt:
         print("\nherald: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report it
+    except BrokenPipeError:
+        # What is left in stdout's buffer would fail again when Python flushes it at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as shells report a writer whose reader went away
 
 
 def _run_command(argv: list[str] | None) -> int:

@@ -5,6 +5,7 @@ line."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -161,3 +162,18 @@ def test_a_common_failure_ends_in_one_line_saying_what_to_do_and_no_traceback(
     assert lines[0].startswith(("herald: ", "herald escrow: ", "herald chat: ")), done.stderr
     assert lines[0] == done.stderr.splitlines()[-1], done.stderr
     assert advice in lines[0], done.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly(places: Places) -> None:
+    """`herald ... | head -1`: once the reader is gone, herald stops without a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before herald writes anything
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "appliance.cli", "cert", "selfsigned", "--out",
+             str(places.scratch / "piped-certs")], cwd=ROOT, stdout=write_end,
+            stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 141, done  # 128 + SIGPIPE, as a shell reports `cmd | head`
