@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 from contextlib import ExitStack
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ __all__ = ["DATA_DIR_LOCK", "describe_store", "herald_command", "serve"]
 log = logging.getLogger("herald")
 
 DATA_DIR_LOCK = "herald.lock"  # in the data directory, held while `herald serve` runs
+# The addresses that listen on every interface, and the one of this machine the chat hint
+# names instead (a client cannot dial 0.0.0.0 from elsewhere, and TLS names never match it).
+WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 def describe_store(engine: Engine) -> str:
@@ -220,6 +224,9 @@ async def _serve_until_signal(
         print(f"Herald is listening at {url}", flush=True)
         trust = " --ca CA_FILE" if config.tls.enabled else ""
         who = "--tenant demo --login alice" if demo else "--tenant TENANT --login LOGIN"
+        if config.listen_host in WILDCARD_HOSTS:  # listens everywhere; a client dials one
+            url = replace(config, listen_host=WILDCARD_HOSTS[config.listen_host]).url_for_port(
+                port)
         print(f"Chat from another terminal: {herald_command()} chat --url {url}{trust} {who}",
               flush=True)
         print("Press Ctrl-C to stop.", flush=True)

@@ -74,3 +74,20 @@ def test_the_chat_hint_names_the_herald_script_that_was_run(tmp_path: Path) -> N
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)
     assert shlex.split(hint)[:2] == [str(script.resolve()), "chat"], hint
+
+
+async def test_the_chat_hint_for_a_wildcard_address_names_one_a_client_can_dial(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "herald.toml"
+    config.write_text("[tls]\nallow_plaintext_on_network = true\n")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, herald(
+            nursery, "serve", "--demo", "--config", str(config), "--data-dir",
+            str(tmp_path / "data"), "--listen", "0.0.0.0:0",
+        ) as server:
+            port = (await server.expect(r"listening at ws://0\.0\.0\.0:(\d+)/ws")).group(1)
+            hint = (await server.expect(r"Chat from another terminal: (.+)$")).group(1)
+            server.process.send_signal(signal.SIGINT)
+            await server.expect(r"Herald stopped\.")
+    assert f" --url ws://127.0.0.1:{port}/ws " in hint, hint
