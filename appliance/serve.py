@@ -117,10 +117,15 @@ def _hold_data_dir(config: Config, demo: bool) -> HeldLock | None:
     admin API replaces them, they write beside a running server (LMDB serialises the writers,
     and the server picks up what they change). Even a shared lock would shut them out, since
     flock's shared and exclusive locks exclude each other."""
-    if not demo and not config.data_dir.is_dir():
-        return None  # nothing to hold, nor to serve: open_engine says to run `herald init`
+    if not config.data_dir.is_dir():
+        if not demo:
+            return None  # nothing to hold, nor to serve: open_engine says to run `herald init`
+        try:
+            config.data_dir.mkdir(parents=True)  # the demo makes its data directory
+        except OSError as exc:
+            raise StartRefused(f"cannot make the data directory {config.data_dir}: "
+                               f"{exc.strerror}; choose another --data-dir") from None
     try:
-        config.data_dir.mkdir(parents=True, exist_ok=True)  # the demo makes its data directory
         return hold_exclusively(config.data_dir / DATA_DIR_LOCK)
     except LockHeld as exc:
         holder = f"herald serve (pid {exc.pid})" if exc.pid else "another herald serve"

@@ -86,6 +86,8 @@ CASES = [
     ("keys on an uninitialised store", "keys status --data-dir {S}/empty",
      "run 'herald init' first"),
     ("data dir is a file", "tenant list --data-dir {S}/not-a-pem", "not a directory"),
+    ("demo on a data dir that is a file", "serve --demo --data-dir {S}/not-a-pem --listen "
+     "127.0.0.1:0", "choose another --data-dir"),
     ("missing config file", "tenant list --config {S}/nowhere.toml",
      "cannot read the configuration file"),
     ("bad TOML", "serve --config {S}/not-toml.toml", "is not valid TOML"),
