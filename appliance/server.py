@@ -27,22 +27,24 @@ from appliance.tokens import retire_legacy_secret
 from appliance.writer import Committed, SendFanout, Writer, wall_clock_ms
 from engine import Engine
 
-__all__ = ["AcceptFailures", "Server", "Services"]
+__all__ = ["Server", "Services", "ThrottledWarning"]
 
 log = logging.getLogger("herald.server")
 
 SHUTDOWN_GRACE_S = 5.0
-# Accepts that keep failing (EMFILE: out of descriptors) are retried every ACCEPT_RETRY_S and
-# warned of once per ACCEPT_WARNING_INTERVAL_S, with the count of those not warned of.
+# Accepts that keep failing (EMFILE: out of descriptors) are retried every ACCEPT_RETRY_S.
+# They, and connections refused at max_connections, are warned of once per
+# ACCEPT_WARNING_INTERVAL_S, with the count of those not warned of.
 ACCEPT_RETRY_S = 0.1
 ACCEPT_WARNING_INTERVAL_S = 10.0
 
 
-class AcceptFailures:
-    """The warnings of failed accepts: the first at once, then at most one per `interval_s`
-    (by `clock_s`), saying how many failed in between. Out of descriptors, the accept loop
-    fails ten times a second, and near the limit failures and successes alternate as
-    connections come and go: one line per failure would bury the log."""
+class ThrottledWarning:
+    """A warning that may repeat many times a second, logged at most once per `interval_s`
+    (by `clock_s`), saying how many times it came in between. Out of descriptors, the accept
+    loop fails ten times a second; at max_connections, every connection of a reconnect storm
+    is refused: one line each would bury the log. Near a limit, failures and successes
+    alternate as connections come and go, so a success does not reset the interval."""
 
     def __init__(self, interval_s: float, clock_s: Callable[[], float]) -> None:
         self._interval_s = interval_s
@@ -50,16 +52,15 @@ class AcceptFailures:
         self._quiet_until_s = float("-inf")
         self._unreported = 0
 
-    def failed(self, exc: OSError) -> None:
+    def warn(self, message: str) -> None:
         now = self._clock_s()
         if now < self._quiet_until_s:
             self._unreported += 1
             return
         if self._unreported:
-            log.warning("accept failed: %s (%d more since the last warning)",
-                        exc, self._unreported)
+            log.warning("%s (%d more since the last warning)", message, self._unreported)
         else:
-            log.warning("accept failed: %s", exc)
+            log.warning("%s", message)
         self._unreported = 0
         self._quiet_until_s = now + self._interval_s
 
@@ -114,7 +115,8 @@ class Server:
         self.services.sessions = SessionGuard(self.services)
         self._connections: set[Connection] = set()
         self._stop = trio.Event()
-        self._accept_failures = AcceptFailures(ACCEPT_WARNING_INTERVAL_S, trio.current_time)
+        self._accept_failed = ThrottledWarning(ACCEPT_WARNING_INTERVAL_S, trio.current_time)
+        self._refused_at_limit = ThrottledWarning(ACCEPT_WARNING_INTERVAL_S, trio.current_time)
         self.port = 0
 
     @property
@@ -195,11 +197,12 @@ class Server:
             try:
                 stream = await listener.accept()
             except OSError as exc:  # EMFILE and friends: back off rather than spin
-                self._accept_failures.failed(exc)
+                self._accept_failed.warn(f"accept failed: {exc}")
                 await trio.sleep(ACCEPT_RETRY_S)
                 continue
             if len(self._connections) >= limit:
-                log.warning("connection refused: %d connections is the limit", limit)
+                self._refused_at_limit.warn(
+                    f"connection refused: {limit} connections is the limit")
                 await stream.aclose()
                 continue
             nursery.start_soon(self._serve_connection, stream)

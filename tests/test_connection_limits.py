@@ -1,10 +1,12 @@
-"""The server and its open-file limit: it raises its soft limit to the hard one at start, says
-once when the hard limit is too low for `gateway.max_connections`, and out of descriptors it
-warns of failed accepts once per interval, with a count, while it keeps serving the
-connections it has. Servers are real `herald serve` children started with the limits set."""
+"""The server at its limits: it raises its soft open-file limit to the hard one at start, says
+once when the hard limit is too low for `gateway.max_connections`; out of descriptors, or at
+`max_connections`, it warns once per interval, with a count, while it keeps serving the
+connections it has. Servers are real `herald serve` children started with the limits set, or
+real servers on 127.0.0.1 in the test's loop."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import resource
@@ -18,10 +20,11 @@ from clients import login, only_conversation, open_ws, request
 from conftest import PASSWORD
 from keyed_dirs import add_acme_with_a_group, keyed_data_dir
 from processes import herald, served_port
+from servers import running_server, seed_org
 
 from appliance.config import GatewayConfig
 from appliance.file_limit import FILE_LIMIT_MARGIN
-from appliance.server import ACCEPT_WARNING_INTERVAL_S, AcceptFailures
+from appliance.server import ACCEPT_WARNING_INTERVAL_S, ThrottledWarning
 
 MAX_CONNECTIONS = GatewayConfig().max_connections
 
@@ -121,28 +124,44 @@ async def test_out_of_descriptors_accept_failures_are_warned_of_once_per_interva
     assert 20 <= int(counted.group(1)) <= 10 * (ACCEPT_WARNING_INTERVAL_S + 2), failures[1]
 
 
-def test_accept_failures_are_warned_of_once_per_interval_on_the_given_clock(
+def test_a_throttled_warning_is_logged_once_per_interval_on_the_given_clock(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
-    failures = AcceptFailures(10.0, lambda: now[0])
-    emfile = OSError(24, "Too many open files")
+    failures = ThrottledWarning(10.0, lambda: now[0])
+    emfile = "accept failed: [Errno 24] Too many open files"
     with caplog.at_level(logging.WARNING, logger="herald.server"):
         for _ in range(50):  # five seconds of retries
-            failures.failed(emfile)
+            failures.warn(emfile)
             now[0] += 0.1
-        assert [r.getMessage() for r in caplog.records] == [
-            "accept failed: [Errno 24] Too many open files"]
+        assert [r.getMessage() for r in caplog.records] == [emfile]
         now[0] = 110.0
-        failures.failed(emfile)
+        failures.warn(emfile)
         now[0] = 119.9
-        failures.failed(emfile)
+        failures.warn(emfile)
         now[0] = 120.0
-        failures.failed(emfile)
+        failures.warn(emfile)
     assert [r.getMessage() for r in caplog.records] == [
-        "accept failed: [Errno 24] Too many open files",
-        "accept failed: [Errno 24] Too many open files (49 more since the last "
-        "warning)",
-        "accept failed: [Errno 24] Too many open files (1 more since the last "
-        "warning)",
+        emfile,
+        f"{emfile} (49 more since the last warning)",
+        f"{emfile} (1 more since the last warning)",
     ]
+
+
+async def test_connections_refused_at_max_connections_are_warned_of_once_per_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(30), caplog.at_level(logging.WARNING, logger="herald.server"):
+        async with running_server(tmp_path / "data", max_connections=1) as running:
+            seed_org(running.engine, "acme", ["alice"])
+            async with open_ws(running.port) as alice:
+                await login(alice, "acme", "alice")
+                for _ in range(20):
+                    extra = await trio.open_tcp_stream("127.0.0.1", running.port)
+                    async with extra:
+                        with contextlib.suppress(trio.BrokenResourceError):  # a reset
+                            assert await extra.receive_some(1) == b""  # hung up on
+                pong = await request(alice, {"op": "ping", "id": 2})
+                assert pong["type"] == "reply", pong
+    refusals = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert refusals == ["connection refused: 1 connections is the limit"], refusals
