@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from appliance.config import LOG_LEVELS, MASTER_KEY_PLACES, ConfigError, load_config
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "version_text"]
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -29,10 +31,41 @@ def _add_user_action(commands: Any, name: str, help_: str, description: str) -> 
                             help="read the new password from one line of standard input")
 
 
+def version_text() -> str:
+    """What `herald --version` prints: the package's version (pyproject.toml's, from the
+    installed metadata), the store formats this build opens and its wire protocol version."""
+    from appliance.protocol.version import PROTOCOL_VERSION
+    from engine.records import FORMAT_VERSION, SEALED_FORMAT_VERSION
+
+    try:
+        version = importlib.metadata.version("herald")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree never installed
+        version = "(not installed: no package metadata)"
+    return (f"herald {version}\n"
+            f"store format {SEALED_FORMAT_VERSION} (sealed), {FORMAT_VERSION} (plain, opened "
+            f"for the account commands only)\n"
+            f"wire protocol {PROTOCOL_VERSION}")
+
+
+class _PrintVersion(argparse.Action):
+    """argparse's own "version" action rewraps the text into one paragraph: this one prints
+    the lines as they are, and only when asked (the package metadata is read then)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="herald", description="Herald: an on-premise enterprise instant-messaging appliance.",
     )
+    parser.add_argument("--version", action=_PrintVersion,
+                        help="print Herald's version, its store formats and its wire protocol "
+                             "version, and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="run the appliance",
@@ -343,12 +376,17 @@ def _run_escrow(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`herald`: run one command; Ctrl-C ends any of them with a line, not a traceback (every
-    store write is a transaction, and the long ones say they are safe to run again)."""
+    store write is a transaction, and the long ones say they are safe to run again), and so
+    does a reader of its output that went away (`herald user list ... | head -1`)."""
     try:
         return _run_command(argv)
     except KeyboardInterrupt:
         print("\nherald: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report it
+    except BrokenPipeError:
+        # What is left in stdout's buffer would fail again when Python flushes it at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as shells report a writer whose reader went away
 
 
 def _run_command(argv: list[str] | None) -> int:
@@ -429,7 +467,8 @@ def _self_signed(out_dir: Path, hosts: list[str]) -> int:
               file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"herald: cannot write into {out_dir}: {exc.strerror}", file=sys.stderr)
+        print(f"herald: cannot write into {out_dir}: {exc.strerror}; choose another --out",
+              file=sys.stderr)
         return 1
     print(describe(made))
     return 0

@@ -20,6 +20,11 @@ __all__ = ["DEMO_TENANT", "ensure_demo"]
 
 DEMO_TENANT = "demo"
 _USERS = (("alice", "Alice Chen"), ("bob", "Bob Li"))
+# The file is written once, when the demo is created: a password changed later (/password in
+# herald chat, herald user passwd) is never written back, so the file must say so.
+INITIAL_ONLY = ("these are the initial passwords, never updated here: once a user changes "
+                "theirs (/password in herald chat, herald user passwd), the one here is no "
+                "longer valid")
 
 
 def ensure_demo(engine: Engine, keys: KeyManager, data_dir: Path, now_ms: int) -> str | None:
@@ -29,7 +34,7 @@ def ensure_demo(engine: Engine, keys: KeyManager, data_dir: Path, now_ms: int) -
     credentials_file = data_dir / "demo-credentials.txt"
     if engine.tenants():
         if credentials_file.exists():
-            return f"Demo logins are in {credentials_file}."
+            return f"Demo logins are in {credentials_file} ({INITIAL_ONLY})."
         return None
     tenant = engine.apply(CreateTenant(name=DEMO_TENANT), now_ms).tenant  # type: ignore[union-attr]
     keys.rotate(tenant)
@@ -44,6 +49,7 @@ def ensure_demo(engine: Engine, keys: KeyManager, data_dir: Path, now_ms: int) -
     engine.apply(OpenDirect(tenant=tenant, user=users[0], peer=users[1]), now_ms)
     engine.apply(CreateGroup(tenant=tenant, creator=users[0], title="Welcome", members=(users[1],)),
                  now_ms)
+    lines.append(f"({INITIAL_ONLY[0].upper()}{INITIAL_ONLY[1:]}.)")
     text = "\n".join(lines)
     fd = os.open(credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

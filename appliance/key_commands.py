@@ -17,6 +17,7 @@ from pathlib import Path
 from appliance.accounts import run_keyed
 from appliance.cert_expiry import CertificateUnreadable, describe_validity, read_validity
 from appliance.config import Config
+from appliance.key_refresh import KEY_REFRESH_MAX_INTERVAL_S
 from appliance.keys.errors import KeyManagementError, MasterKeyInHsm, PassphraseChangeBusy
 from appliance.keys.manager import KeyManager
 from appliance.keys.master import change_master_key_passphrase, load_master_key
@@ -255,7 +256,8 @@ def revoke(config: Config, tenant_name: str, confirm: str) -> int:
         tenant = keyed.engine.find_tenant(tenant_name)
         manager.revoke(tenant)
         return (f"tenant {tenant_name!r}: escrow keys revoked; none of its stored data can be "
-                f"read again. A running server stops serving it within the DEK cache lifetime "
-                f"(escrow.cache_lifetime_s).")
+                f"read again. The revocation is recorded in the store: a running server stops "
+                f"serving the tenant at its next key refresh, within "
+                f"{KEY_REFRESH_MAX_INTERVAL_S:g} s.")
 
     return run_keyed(config, action)

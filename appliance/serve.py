@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import signal
+import socket
 import sys
+from contextlib import ExitStack
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -20,19 +26,27 @@ from appliance.cert_watch import (
 from appliance.config import Config, ConfigError
 from appliance.demo import ensure_demo
 from appliance.demo_keys import prepare_demo_keys
+from appliance.file_limit import raise_open_file_limit
 from appliance.key_refresh import KEY_REFRESH_MAX_INTERVAL_S, KeyRefresh, run_key_refresh
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.manager import KeyManager, TenantKeyStatus
 from appliance.keys.unlock import open_engine
+from appliance.listen_sockets import ListenError, open_listen_sockets
+from appliance.lock_file import HeldLock, LockHeld, hold_exclusively
 from appliance.message_reseal import MessageResealer
 from appliance.server import Server
 from appliance.tls import plaintext_refusal, server_context
 from appliance.writer import wall_clock_ms
 from engine import Engine, HeraldError
 
-__all__ = ["describe_store", "serve"]
+__all__ = ["DATA_DIR_LOCK", "describe_store", "herald_command", "serve"]
 
 log = logging.getLogger("herald")
+
+DATA_DIR_LOCK = "herald.lock"  # in the data directory, held while `herald serve` runs
+# The addresses that listen on every interface, and the one of this machine the chat hint
+# names instead (a client cannot dial 0.0.0.0 from elsewhere, and TLS names never match it).
+WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 def describe_store(engine: Engine) -> str:
@@ -67,6 +81,65 @@ def serve(config: Config, *, demo: bool = False) -> int:
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)
         return 2
+    with ExitStack() as held:
+        # Before any passphrase is asked, any key unwrapped or the store opened: a second
+        # server on this store, or a port in use, is refused at once, in a line.
+        try:
+            lock = _hold_data_dir(config, demo)
+            if lock is not None:
+                held.callback(lock.release)
+            sockets = open_listen_sockets(config.listen_host, config.listen_port)
+        except (StartRefused, ListenError) as exc:
+            print(f"herald: {exc}", file=sys.stderr)
+            return 1
+        for sock in sockets:
+            held.callback(sock.close)  # Server.run closes them; this for the early returns
+        _raise_open_file_limit(config)
+        return _open_and_serve(config, demo, sockets)
+
+
+def _raise_open_file_limit(config: Config) -> None:
+    limit = raise_open_file_limit(config.gateway.max_connections)
+    log.info("open_file_limit=%d was=%d hard=%d", limit.now, limit.was, limit.hard)
+    if limit.warning is not None:
+        log.warning("%s", limit.warning)
+
+
+class StartRefused(Exception):
+    """`herald serve` may not start; the message says why and what to do."""
+
+
+def _hold_data_dir(config: Config, demo: bool) -> HeldLock | None:
+    """The exclusive lock on the data directory (DATA_DIR/herald.lock) while this server runs:
+    a second server on the same store would serve beside this one, and the messages sent
+    through one would never reach the clients of the other. None when there is no data
+    directory (then there is no store to serve either). Raises `StartRefused`.
+
+    The account and key commands (`herald tenant|user|group|keys ...`) take no lock: until the
+    admin API replaces them, they write beside a running server (LMDB serialises the writers,
+    and the server picks up what they change). Even a shared lock would shut them out, since
+    flock's shared and exclusive locks exclude each other."""
+    if not config.data_dir.is_dir():
+        if not demo:
+            return None  # nothing to hold, nor to serve: open_engine says to run `herald init`
+        try:
+            config.data_dir.mkdir(parents=True)  # the demo makes its data directory
+        except OSError as exc:
+            raise StartRefused(f"cannot make the data directory {config.data_dir}: "
+                               f"{exc.strerror}; choose another --data-dir") from None
+    try:
+        return hold_exclusively(config.data_dir / DATA_DIR_LOCK)
+    except LockHeld as exc:
+        holder = f"herald serve (pid {exc.pid})" if exc.pid else "another herald serve"
+        raise StartRefused(f"the data directory {config.data_dir} is in use by {holder}; stop "
+                           f"it first") from None
+    except OSError as exc:
+        raise StartRefused(f"cannot lock {exc.filename or config.data_dir}: {exc.strerror}; "
+                           f"the data directory must be writable by the user running herald "
+                           f"serve") from None
+
+
+def _open_and_serve(config: Config, demo: bool, sockets: list[socket.socket]) -> int:
     # Before the keys are unwrapped: an expired escrow certificate explains what follows.
     # Pinned: the files are loaded once, now, so the daily checks judge what is in use.
     watched = pin_in_use(watched_certificates(config))
@@ -98,19 +171,24 @@ def serve(config: Config, *, demo: bool = False) -> int:
             if created:
                 print(created, flush=True)
         try:
-            trio.run(_run, config, engine, manager, demo, watched)
+            trio.run(_run, config, engine, manager, demo, watched, sockets)
         except ConfigError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
-        except OSError as exc:
-            print(f"herald: cannot listen on {config.listen_host}:{config.listen_port}: "
-                  f"{exc.strerror}. Is another Herald running? Use --listen HOST:PORT.",
-                  file=sys.stderr)
-            return 1
     finally:
         keyed.close()
     print("Herald stopped.", flush=True)
     return 0
+
+
+def herald_command() -> str:
+    """The command that starts this herald, for the hints it prints: the `herald` script that
+    was run, as an absolute path (it works from any folder, on PATH or not), else this Python
+    with `-m appliance.cli`."""
+    script = Path(sys.argv[0])
+    if script.name == "herald" and script.is_file():
+        return shlex.quote(str(script.resolve()))
+    return f"{shlex.quote(sys.executable)} -m appliance.cli"
 
 
 def describe_keys(statuses: list[TenantKeyStatus]) -> str:
@@ -124,7 +202,7 @@ def describe_keys(statuses: list[TenantKeyStatus]) -> str:
 
 
 async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool,
-               watched: list[WatchedCertificate]) -> None:
+               watched: list[WatchedCertificate], sockets: list[socket.socket]) -> None:
     server = Server(config, engine)
     interval_s = min(KEY_REFRESH_MAX_INTERVAL_S, config.escrow.cache_lifetime_s / 4)
     early = KeyRefresh()
@@ -140,20 +218,23 @@ async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool,
                     engine, batch_blocks=config.keys.reseal_batch_blocks,
                     pause_s=config.keys.reseal_pause_s, check_interval_s=interval_s)
                 keys.start_soon(resealer.run)
-            await _serve_until_signal(config, server, signals, demo)
+            await _serve_until_signal(config, server, sockets, signals, demo)
             keys.cancel_scope.cancel()
 
 
 async def _serve_until_signal(
-    config: Config, server: Server, signals: Any, demo: bool
+    config: Config, server: Server, sockets: list[socket.socket], signals: Any, demo: bool
 ) -> None:
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(server.run)
+        port = await nursery.start(partial(server.run, sockets=sockets))
         url = config.url_for_port(port)
         print(f"Herald is listening at {url}", flush=True)
         trust = " --ca CA_FILE" if config.tls.enabled else ""
         who = "--tenant demo --login alice" if demo else "--tenant TENANT --login LOGIN"
-        print(f"Chat from another terminal: .venv/bin/herald chat --url {url}{trust} {who}",
+        if config.listen_host in WILDCARD_HOSTS:  # listens everywhere; a client dials one
+            url = replace(config, listen_host=WILDCARD_HOSTS[config.listen_host]).url_for_port(
+                port)
+        print(f"Chat from another terminal: {herald_command()} chat --url {url}{trust} {who}",
               flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         async for signum in signals:

@@ -7,6 +7,7 @@ flight, close every connection with 1001, and only then let the caller close the
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,11 +27,42 @@ from appliance.tokens import retire_legacy_secret
 from appliance.writer import Committed, SendFanout, Writer, wall_clock_ms
 from engine import Engine
 
-__all__ = ["Server", "Services"]
+__all__ = ["Server", "Services", "ThrottledWarning"]
 
 log = logging.getLogger("herald.server")
 
 SHUTDOWN_GRACE_S = 5.0
+# Accepts that keep failing (EMFILE: out of descriptors) are retried every ACCEPT_RETRY_S.
+# They, and connections refused at max_connections, are warned of once per
+# ACCEPT_WARNING_INTERVAL_S, with the count of those not warned of.
+ACCEPT_RETRY_S = 0.1
+ACCEPT_WARNING_INTERVAL_S = 10.0
+
+
+class ThrottledWarning:
+    """A warning that may repeat many times a second, logged at most once per `interval_s`
+    (by `clock_s`), saying how many times it came in between. Out of descriptors, the accept
+    loop fails ten times a second; at max_connections, every connection of a reconnect storm
+    is refused: one line each would bury the log. Near a limit, failures and successes
+    alternate as connections come and go, so a success does not reset the interval."""
+
+    def __init__(self, interval_s: float, clock_s: Callable[[], float]) -> None:
+        self._interval_s = interval_s
+        self._clock_s = clock_s
+        self._quiet_until_s = float("-inf")
+        self._unreported = 0
+
+    def warn(self, message: str) -> None:
+        now = self._clock_s()
+        if now < self._quiet_until_s:
+            self._unreported += 1
+            return
+        if self._unreported:
+            log.warning("%s (%d more since the last warning)", message, self._unreported)
+        else:
+            log.warning("%s", message)
+        self._unreported = 0
+        self._quiet_until_s = now + self._interval_s
 
 
 @dataclass
@@ -83,6 +115,8 @@ class Server:
         self.services.sessions = SessionGuard(self.services)
         self._connections: set[Connection] = set()
         self._stop = trio.Event()
+        self._accept_failed = ThrottledWarning(ACCEPT_WARNING_INTERVAL_S, trio.current_time)
+        self._refused_at_limit = ThrottledWarning(ACCEPT_WARNING_INTERVAL_S, trio.current_time)
         self.port = 0
 
     @property
@@ -93,10 +127,20 @@ class Server:
         """Begin an orderly shutdown; `run` returns when it is complete."""
         self._stop.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until `request_stop`. Reports the bound port through `task_status`."""
+    async def run(
+        self, *, sockets: Sequence[socket.socket] = (),
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until `request_stop`, on `sockets` (bound and listening; `herald serve` binds
+        them before it opens anything: appliance/listen_sockets.py), which it then owns, or
+        with none on listeners it opens for the configured address. Reports the bound port
+        through `task_status`."""
         config = self.services.config
-        listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+        if sockets:
+            listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                         for sock in sockets]
+        else:
+            listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
         self.port = listeners[0].socket.getsockname()[1]
         try:
             await self._serve(listeners, task_status)
@@ -153,11 +197,12 @@ class Server:
             try:
                 stream = await listener.accept()
             except OSError as exc:  # EMFILE and friends: back off rather than spin
-                log.warning("accept failed: %s", exc)
-                await trio.sleep(0.1)
+                self._accept_failed.warn(f"accept failed: {exc}")
+                await trio.sleep(ACCEPT_RETRY_S)
                 continue
             if len(self._connections) >= limit:
-                log.warning("connection refused: %d connections is the limit", limit)
+                self._refused_at_limit.warn(
+                    f"connection refused: {limit} connections is the limit")
                 await stream.aclose()
                 continue
             nursery.start_soon(self._serve_connection, stream)

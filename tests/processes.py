@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -54,12 +54,16 @@ class Process:
 
 
 @asynccontextmanager
-async def herald(nursery: trio.Nursery, *args: str) -> AsyncIterator[Process]:
-    """`herald ARGS...` as a child process with piped stdin, stdout and stderr."""
+async def herald(
+    nursery: trio.Nursery, *args: str, preexec_fn: Callable[[], None] | None = None
+) -> AsyncIterator[Process]:
+    """`herald ARGS...` as a child process with piped stdin, stdout and stderr; `preexec_fn`
+    runs in the child before it becomes herald (e.g. to set its resource limits)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "appliance.cli", *args], cwd=ROOT, env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=preexec_fn,
     )
     running = Process(process)
     assert process.stdout is not None and process.stderr is not None

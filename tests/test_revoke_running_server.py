@@ -37,6 +37,7 @@ async def test_a_revocation_by_another_process_darkens_the_tenant_at_the_next_ke
                     herald, "keys", "revoke", "--data-dir", str(data), "--tenant", "acme",
                     "--confirm", "acme")
                 assert revoked.returncode == 0, revoked.stderr
+                assert "at its next key refresh, within 5 s" in revoked.stdout, revoked.stdout
                 # Its DEKs are good for another hour; the store's record of the revocation
                 # is what reaches the server, at its next refresh (at most 5 s; 30 s allowed).
                 request_id = 10

@@ -103,6 +103,9 @@ def open_engine(config: Config, *, passphrase: str | None = None) -> KeyedEngine
     with neither, `KeyManagementError` for a wrong passphrase, an HSM or an escrow problem."""
     kwargs = {"map_size": config.map_size_bytes, "limits": config.limits,
               "message_cache_bytes": config.message_cache_bytes}
+    if config.data_dir.exists() and not config.data_dir.is_dir():
+        raise NotInitialized(f"{config.data_dir} is not a directory: give --data-dir (or "
+                             f"data_dir in the configuration) the folder of a Herald store")
     if master_key_place(config) is None:
         if (config.store_dir / "data.mdb").exists():
             return KeyedEngine(Engine(config.store_dir, **kwargs), None, None)  # type: ignore[arg-type]

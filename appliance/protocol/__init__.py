@@ -7,6 +7,7 @@ of ours outside `appliance.protocol`.
 
 from __future__ import annotations
 
+from appliance.protocol.version import PROTOCOL_VERSION
 from appliance.protocol.websocket import (
     MAX_HANDSHAKE_BYTES,
     MAX_MESSAGE_BYTES,
@@ -30,6 +31,7 @@ from appliance.protocol.websocket import (
 __all__ = [
     "MAX_HANDSHAKE_BYTES",
     "MAX_MESSAGE_BYTES",
+    "PROTOCOL_VERSION",
     "CloseCode",
     "CloseReceived",
     "ConnectionEnded",

@@ -362,6 +362,9 @@ def passphrase(directory: Path, current: str, new: str) -> int:
 
 
 def audit(directory: Path) -> int:
+    if not (directory / KEYSTORE_FILE).is_file():  # else a mistyped --dir "verifies", empty
+        return _fail(f"{directory} is not an escrow directory (it has no {KEYSTORE_FILE}): "
+                     f"check --dir")
     report = verify_audit_log(directory / AUDIT_FILE)
     for entry in report.entries:
         print(f"{entry['seq']:>6} {entry['time']} {entry['op']:<10} {entry['key_id']:<24} "

@@ -16,7 +16,6 @@ exists. The escrow's operator (`owner=None`, on the escrow machine) can revoke a
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from appliance.keys.sealed_file import (
     reseal,
     seal,
 )
+from appliance.lock_file import HeldLock, LockHeld, hold_exclusively
 
 __all__ = ["KEYSTORE_FORMAT", "Keystore", "KeystoreBusy"]
 
@@ -57,16 +57,13 @@ class KeystoreBusy(KeyManagementError):
     code = "keystore_busy"
 
 
-def _lock(path: Path) -> int:
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+def _lock(path: Path) -> HeldLock:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise KeystoreBusy(f"another process has {path} open (a running `herald escrow "
-                           f"serve`?); stop it first, or revoke through it") from None
-    return fd
+        return hold_exclusively(path.with_name(path.name + ".lock"))
+    except LockHeld as exc:
+        holder = f"process {exc.pid}" if exc.pid else "another process"
+        raise KeystoreBusy(f"{holder} has {path} open (a running `herald escrow serve`?); stop "
+                           f"it first, or revoke through it") from None
 
 
 class _Entry(msgspec.Struct, forbid_unknown_fields=True):
@@ -81,9 +78,9 @@ class Keystore:
     """The escrow keys of one escrow directory, held in memory and persisted on every change."""
 
     def __init__(self, path: Path, sealing_key: SealingKey, entries: dict[str, _Entry],
-                 lock_fd: int) -> None:
+                 lock_file: HeldLock) -> None:
         self._path = path
-        self._lock_fd = lock_fd
+        self._lock_file = lock_file
         self._sealing_key = sealing_key
         self._entries = entries
         self._lock = threading.Lock()
@@ -91,37 +88,35 @@ class Keystore:
     @classmethod
     def create(cls, path: Path, passphrase: str) -> Keystore:
         """A new, empty keystore at `path`. Raises `KeyFileExists`, `WeakPassphrase`, OSError."""
-        lock_fd = _lock(path)
+        lock_file = _lock(path)
         try:
             sealing_key = seal(path, passphrase, _encode({}), KEYSTORE_FORMAT)
         except BaseException:
-            os.close(lock_fd)
+            lock_file.release()
             raise
-        return cls(path, sealing_key, {}, lock_fd)
+        return cls(path, sealing_key, {}, lock_file)
 
     @classmethod
     def open(cls, path: Path, passphrase: str) -> Keystore:
         """Raises `KeystoreBusy`, `KeyFileMissing`, `WrongPassphrase`, `DamagedKeyFile`."""
         if not path.exists():
             open_sealed(path, passphrase, KEYSTORE_FORMAT)  # raises KeyFileMissing
-        lock_fd = _lock(path)
+        lock_file = _lock(path)
         try:
             payload, sealing_key = open_sealed(path, passphrase, KEYSTORE_FORMAT)
             entries = msgspec.msgpack.decode(payload, type=dict[str, _Entry])
         except msgspec.DecodeError:
-            os.close(lock_fd)
+            lock_file.release()
             raise DamagedKeyFile(f"{path} opens but its content is not a keystore; restore it "
                                  f"from a backup") from None
         except BaseException:
-            os.close(lock_fd)
+            lock_file.release()
             raise
-        return cls(path, sealing_key, entries, lock_fd)
+        return cls(path, sealing_key, entries, lock_file)
 
     def close(self) -> None:
         """Release the keystore for another process."""
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._lock_file.release()
 
     def change_passphrase(self, new_passphrase: str, *, kdf: KdfParams = DEFAULT_KDF) -> None:
         """Seal the same keys under `new_passphrase` (fresh salt, Argon2id parameters `kdf`),
