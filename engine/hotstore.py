@@ -28,6 +28,12 @@ DEFAULT_MAP_SIZE_BYTES = 64 * 2**30
 MAX_READERS = 512
 
 _FORMAT_KEY = b"format_version"
+# Versions of development builds, never deployed, and what they did differently.
+_OLD_VERSIONS = {
+    1: "one message per record", 2: "one message per record",
+    3: "user and conversation ids counted across tenants",
+    4: "user and conversation ids counted across tenants",
+}
 _COUNTER_PREFIX = b"next_id:"
 
 
@@ -35,7 +41,7 @@ _COUNTER_PREFIX = b"next_id:"
 class Databases:
     """Handles of the named sub-databases. Key layouts are in docs/storage.md."""
 
-    meta: Any  # b"format_version", b"next_id:<kind>"
+    meta: Any  # b"format_version", b"next_id:tenant", b"next_id:<user|conv>:" + tenant
     tenants: Any  # tenant -> TenantRecord
     tenant_names: Any  # name(utf-8) -> tenant
     users: Any  # tenant|user -> UserRecord
@@ -117,12 +123,11 @@ class HotStore:
                 f"Open it without a keyring; sealing an existing store needs a migration that "
                 f"this release does not ship."
             )
-        if version in (1, 2):
+        if version in _OLD_VERSIONS:
             raise CorruptData(
                 f"the store at {self.path} has format version {version}, from a development "
-                f"build that stored one message per record; this Herald reads version "
-                f"{expected} (message blocks) and ships no migration from it: move the "
-                f"directory away and create a new store"
+                f"build ({_OLD_VERSIONS[version]}); this Herald reads version {expected} and "
+                f"ships no migration from it: move the directory away and create a new store"
             )
         if version != expected:
             raise CorruptData(
@@ -188,9 +193,13 @@ class HotStore:
                 return value
             return bytes(stored)
 
-    def next_id(self, txn: Any, kind: bytes) -> int:
-        """Allocate the next id of `kind` (ids are global, never reused, start at 1)."""
+    def next_id(self, txn: Any, kind: bytes, tenant: int | None = None) -> int:
+        """Allocate the next id of `kind`: ids start at 1 and are never reused. With `tenant`,
+        the ids count within that tenant (users, conversations), so that one tenant's ids say
+        nothing of another's activity; without, across the store (tenants)."""
         key = _COUNTER_PREFIX + kind
+        if tenant is not None:
+            key += b":" + pack_id(tenant)
         stored = txn.get(key, db=self.dbs.meta)
         value = unpack_id(stored) if stored is not None else 1
         txn.put(key, pack_id(value + 1), db=self.dbs.meta)

@@ -45,9 +45,10 @@ __all__ = [
 # A store's version is fixed when it is created: one number for plain records, another for
 # sealed ones (and the `key_epochs` table), so a release that reads only plain stores refuses a
 # sealed one instead of writing plain records into it. 1 and 2 stored one message per record;
-# 3 and 4 store message blocks (engine/blocks.py).
-FORMAT_VERSION = 3
-SEALED_FORMAT_VERSION = 4
+# 3 and 4 store message blocks (engine/blocks.py) but counted user and conversation ids across
+# tenants; 5 and 6 count them per tenant.
+FORMAT_VERSION = 5
+SEALED_FORMAT_VERSION = 6
 
 
 class Role(enum.StrEnum):

@@ -246,7 +246,7 @@ def test_reopening_the_store_keeps_everything(engine: Engine, org: Org, direct: 
 def test_a_new_store_records_the_current_format_version(engine: Engine) -> None:
     engine.close()
 
-    assert stored_format_version(engine.path) == FORMAT_VERSION == 3
+    assert stored_format_version(engine.path) == FORMAT_VERSION == 5
 
 
 def test_a_store_of_another_format_version_is_refused_as_corrupt(
@@ -259,7 +259,7 @@ def test_a_store_of_another_format_version_is_refused_as_corrupt(
         Engine(engine.path, map_size=2**24)
 
     assert refusal.value.code == "corrupt_data"
-    assert "format version 5" in refusal.value.message
+    assert "format version 7" in refusal.value.message
     # The refused open let go of the store: it can be migrated and opened in this process.
     set_format_version(engine.path, FORMAT_VERSION)
     reopened = Engine(engine.path, map_size=2**24)
@@ -269,8 +269,8 @@ def test_a_store_of_another_format_version_is_refused_as_corrupt(
         reopened.close()
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_a_store_of_one_message_per_record_is_refused_with_what_to_do(
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_a_store_of_an_older_development_format_is_refused_with_what_to_do(
     engine: Engine, version: int
 ) -> None:
     engine.close()
