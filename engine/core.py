@@ -279,7 +279,9 @@ class Engine:
         a DEK can expire, a record of a shredded epoch turn up, or an epoch reach its limit of
         seals half-way through it) and does not affect the others. Raises (and commits
         nothing) only when the transaction itself fails: `CapacityExceeded` when the store is
-        full, `EngineClosed` after `close`.
+        full, `EngineClosed` after `close`, `InternalError` for an LMDB error that names no
+        such situation (e.g. a key over LMDB's size limit; the writer then finds the op that
+        caused it by applying the ops one by one), `CorruptData` for a damaged store.
         """
         handlers = self._handlers
         aead = self._aead

@@ -13,6 +13,7 @@ __all__ = [
     "EngineClosed",
     "Forbidden",
     "HeraldError",
+    "InternalError",
     "Invalid",
     "KeyNotInstalled",
     "KeyUnavailable",
@@ -95,6 +96,15 @@ class CapacityExceeded(HeraldError):
     """The store is full (LMDB map size) or a configured limit was reached."""
 
     code = "capacity_exceeded"
+
+
+class InternalError(HeraldError):
+    """The store failed in a way that names no situation of the caller's (an LMDB error that
+    is neither a full store nor damage, e.g. a key over LMDB's size limit): a bug or a
+    misconfiguration. Nothing was done. The appliance logs it with its traceback and answers
+    the one request it failed; a client can only report it."""
+
+    code = "internal"
 
 
 class CorruptData(HeraldError):

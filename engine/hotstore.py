@@ -17,11 +17,18 @@ from typing import Any
 
 import lmdb
 
-from engine.errors import CapacityExceeded, CorruptData, EngineClosed, HeraldError, Invalid
+from engine.errors import (
+    CapacityExceeded,
+    CorruptData,
+    EngineClosed,
+    HeraldError,
+    InternalError,
+    Invalid,
+)
 from engine.keys import pack_id, unpack_id
 from engine.records import FORMAT_VERSION, SEALED_FORMAT_VERSION
 
-__all__ = ["DEFAULT_MAP_SIZE_BYTES", "Databases", "HotStore"]
+__all__ = ["DEFAULT_MAP_SIZE_BYTES", "Databases", "HotStore", "translate_lmdb_error"]
 
 # LMDB reserves address space, not disk: a large map costs nothing until it is used.
 DEFAULT_MAP_SIZE_BYTES = 64 * 2**30
@@ -149,7 +156,7 @@ class HotStore:
             with self._env.begin(buffers=False) as txn:
                 yield txn
         except lmdb.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_lmdb_error(exc) from exc
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Any]:
@@ -164,7 +171,7 @@ class HotStore:
         except HeraldError:
             raise
         except lmdb.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_lmdb_error(exc) from exc
 
     @contextlib.contextmanager
     def nested(self, parent: Any) -> Iterator[Any]:
@@ -173,7 +180,7 @@ class HotStore:
         try:
             child = self._env.begin(write=True, parent=parent)
         except lmdb.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_lmdb_error(exc) from exc
         try:
             yield child
         except BaseException:
@@ -182,7 +189,7 @@ class HotStore:
         try:
             child.commit()
         except lmdb.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_lmdb_error(exc) from exc
 
     def meta_setdefault(self, key: bytes, value: bytes) -> bytes:
         """The `meta` value of `key`, written as `value` first if the store has none."""
@@ -233,11 +240,28 @@ class HotStore:
             raise EngineClosed("the store is closed")
 
 
-def _translate(exc: lmdb.Error) -> HeraldError:
-    if isinstance(exc, lmdb.MapFullError):
-        return CapacityExceeded(
-            "the message store is full (LMDB map size reached); raise storage.map_size_bytes"
-        )
-    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
+# LMDB's errors that say a resource ran out: what a client may retry later, and what an
+# administrator fixes by giving the store more (map size, disk, memory).
+_CAPACITY_ERRORS: dict[type[lmdb.Error], str] = {
+    lmdb.MapFullError: "the message store is full (LMDB map size reached); raise "
+                       "storage.map_size_bytes",
+    lmdb.ReadersFullError: f"too many reads at once (LMDB's {MAX_READERS} reader slots)",
+    lmdb.TxnFullError: "the write is too large for one transaction",
+    lmdb.DiskError: "the disk holding the message store is full",
+    lmdb.MemoryError: "the server is out of memory",
+}
+_DAMAGE_ERRORS = (
+    lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadChecksumError,
+)
+
+
+def translate_lmdb_error(exc: lmdb.Error) -> HeraldError:
+    """The refusal an LMDB error stands for: `CapacityExceeded` for a resource that ran out,
+    `CorruptData` for damage, and `InternalError` for the rest, which no caller caused and
+    none can fix by retrying (a bug, such as a key over LMDB's size limit)."""
+    for kind, message in _CAPACITY_ERRORS.items():
+        if isinstance(exc, kind):
+            return CapacityExceeded(message)
+    if isinstance(exc, _DAMAGE_ERRORS):
         return CorruptData(f"the store is damaged: {exc}")
-    return CapacityExceeded(f"the store refused the operation: {exc}")
+    return InternalError(f"the store failed unexpectedly ({type(exc).__name__}: {exc})")

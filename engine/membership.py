@@ -151,7 +151,9 @@ class Membership:
         return record
 
     def find_tenant(self, txn: Any, name: str) -> int:
-        found = txn.get(self._tenant_name_key(name), db=self._dbs.tenant_names)
+        # No tenant has an empty name, and LMDB refuses an empty key (a plain store's key is
+        # the name itself) with an error that is no refusal.
+        found = txn.get(self._tenant_name_key(name), db=self._dbs.tenant_names) if name else None
         if found is None:
             raise NotFound(f"no tenant is named {name!r}")
         return unpack_id(found)

@@ -20,6 +20,7 @@ from engine import (
     EngineClosed,
     Forbidden,
     HeraldError,
+    InternalError,
     Invalid,
     KeyNotInstalled,
     KeyUnavailable,
@@ -104,6 +105,7 @@ WIRE_CODES: dict[type[HeraldError], str] = {
     EngineClosed: "engine_closed",
     WrongPassword: "wrong_password",
     WeakPassword: "weak_password",
+    InternalError: "internal",
 }
 
 

@@ -106,6 +106,18 @@ def test_the_name_length_limit_comes_from_the_limits(tmp_path: Path) -> None:
         engine.close()
 
 
+def test_a_tenant_name_no_tenant_can_have_is_not_found_without_asking_the_store(
+    engine: Engine,
+) -> None:
+    # LMDB refuses an empty key outright (BadValsizeError): the name must not reach it.
+    for name in ("", "a" * 600):
+        with pytest.raises(NotFound) as refusal:
+            engine.find_tenant(name)
+        assert refusal.value.code == "not_found"
+    with pytest.raises(Unauthenticated):
+        engine.authenticate(0, "", PASSWORD)
+
+
 def test_an_unknown_tenant_is_not_found(engine: Engine) -> None:
     engine.apply(CreateTenant(name="acme"), NOW_MS)
 

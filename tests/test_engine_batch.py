@@ -22,13 +22,16 @@ from engine import (
     CreateUser,
     Engine,
     EngineClosed,
+    InternalError,
     Invalid,
+    Limits,
     MarkRead,
     NotMember,
     OpenDirect,
     TenantCreated,
     UserCreated,
 )
+from engine.hotstore import translate_lmdb_error
 from engine.records import FORMAT_VERSION
 
 
@@ -176,6 +179,57 @@ def test_a_full_store_refuses_the_whole_batch_and_keeps_working(tmp_path: Path) 
         assert engine.apply(hello(org, conv.conv, org.alice, "small"), NOW_MS).seq == 2
     finally:
         engine.close()
+
+
+# Keys over LMDB's limit (511 bytes): a client_msg_id limit raised past what a dedupe key
+# can hold makes LMDB refuse the key itself (BadValsizeError), a storage error that is no
+# capacity: a misconfiguration, or a bug.
+OVERSIZED_KEY_LIMITS = Limits(max_client_msg_id_bytes=600)
+
+
+def test_a_storage_error_that_is_not_capacity_is_internal_and_commits_nothing(
+    tmp_path: Path,
+) -> None:
+    engine = Engine(tmp_path / "store", map_size=2**24, limits=OVERSIZED_KEY_LIMITS)
+    try:
+        org = create_org(engine, "acme")
+        conv = engine.apply(CreateGroup(tenant=org.tenant, creator=org.alice, title="g"), NOW_MS)
+        ops = [hello(org, conv.conv, org.alice, "fine"),
+               hello(org, conv.conv, org.alice, "x" * 600)]
+        before = snapshot(engine, org.tenant)
+
+        with pytest.raises(InternalError) as failure:
+            engine.apply_batch(ops, NOW_MS)
+
+        assert_refusal(failure.value, InternalError)
+        assert isinstance(failure.value.__cause__, lmdb.BadValsizeError)
+        assert snapshot(engine, org.tenant) == before
+        assert engine.apply(ops[0], NOW_MS).seq == 2  # the store keeps working
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (lmdb.MapFullError, CapacityExceeded),
+        (lmdb.ReadersFullError, CapacityExceeded),
+        (lmdb.TxnFullError, CapacityExceeded),
+        (lmdb.DiskError, CapacityExceeded),
+        (lmdb.CorruptedError, CorruptData),
+        (lmdb.PageNotFoundError, CorruptData),
+        (lmdb.BadValsizeError, InternalError),
+        (lmdb.BadTxnError, InternalError),
+        (lmdb.ReadonlyError, InternalError),
+        (lmdb.Error, InternalError),
+    ],
+)
+def test_each_lmdb_error_becomes_the_refusal_that_names_its_situation(
+    error: type[lmdb.Error], expected: type[Exception]
+) -> None:
+    translated = translate_lmdb_error(error("mdb_txn_commit", 0))
+
+    assert type(translated) is expected
 
 
 # -- closing and reopening -------------------------------------------------------------------
