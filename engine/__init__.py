@@ -10,6 +10,7 @@ from engine.crypto import Keyring
 from engine.epochs import KeyEpoch
 from engine.errors import (
     CapacityExceeded,
+    ClientMsgIdReused,
     Conflict,
     CorruptData,
     EngineClosed,
@@ -87,6 +88,7 @@ __all__ = [
     "Appended",
     "CapacityExceeded",
     "ChangePassword",
+    "ClientMsgIdReused",
     "Conflict",
     "ConversationKind",
     "ConversationOpened",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "CapacityExceeded",
+    "ClientMsgIdReused",
     "Conflict",
     "CorruptData",
     "EngineClosed",
@@ -64,6 +65,14 @@ class Conflict(HeraldError):
     """The operation clashes with what exists (a taken name, a reused client_msg_id)."""
 
     code = "conflict"
+
+
+class ClientMsgIdReused(Conflict):
+    """A send reuses a client_msg_id of the sender's for other content (body, kind, ref or
+    mentions) than the message first sent with it: not a retry, and nothing is stored. A
+    retry sends the same content, and gets the first message's seq back."""
+
+    code = "client_msg_id_reused"
 
 
 class Invalid(HeraldError):

@@ -126,6 +126,8 @@ class Message(msgspec.Struct, array_like=True, frozen=True, gc=False):
     body: str
     mentions: tuple[int, ...] = ()
     ref: int = 0
+    # The seq of the recall that hid it: its body and mentions are then blanked in the store.
+    recalled_by: int = 0
 
 
 class EpochState(enum.StrEnum):

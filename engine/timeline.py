@@ -8,6 +8,7 @@ written per recipient.
 
 from __future__ import annotations
 
+import hmac
 import struct
 from collections.abc import Callable
 from typing import Any, cast
@@ -25,8 +26,16 @@ from engine.blocks import (
     merge_blocks,
     pack_block,
 )
-from engine.crypto import Keyring, sealed_epoch
-from engine.errors import Conflict, Forbidden, Invalid, KeyUnavailable, NotFound, NotMember
+from engine.crypto import CONTENT_DIGEST_BYTES, Keyring, plain_content_digest, sealed_epoch
+from engine.errors import (
+    ClientMsgIdReused,
+    Conflict,
+    Forbidden,
+    Invalid,
+    KeyUnavailable,
+    NotFound,
+    NotMember,
+)
 from engine.hotstore import HotStore
 from engine.keys import pack_id, pack_ids
 from engine.limits import Limits
@@ -47,7 +56,10 @@ from engine.records import (
 
 __all__ = ["Page", "Timeline"]
 
-_DEDUPE = struct.Struct(">QQQ")  # conv, seq, ts
+_DEDUPE = struct.Struct(">QQQ")  # conv, seq, ts; then the content digest (may be empty)
+# The digest of a recalled message's dedupe entry: its content is gone, and any retry of it is
+# answered as one (no digest a content could have is all zeros but by a 2**-128 chance).
+RECALLED_DIGEST = bytes(CONTENT_DIGEST_BYTES)
 # `pack_ids` of two and of three ids (the same bytes), without its dispatch on the count: an
 # append packs six keys, and the dispatch was a tenth of its CPU (docs/benchmarks.md).
 _pack_ids2 = struct.Struct(">QQ").pack
@@ -154,11 +166,18 @@ class Timeline:
         if self._keyring is not None:  # the disk then shows no client_msg_id
             cmid = self._keyring.blind_client_msg_id(pack_id(op.tenant), cmid)
         dedupe_key = self._dedupe_key(op.tenant, now_ms, op.sender, cmid)
+        digest = self._content_digest(op, cmid)
         duplicate = self._find_duplicate(txn, dedupe_key, op.tenant, op.sender, cmid, now_ms)
         if duplicate is not None:
-            conv, seq, ts = duplicate
+            conv, seq, ts, stored_digest = duplicate
             if conv != op.conv:
                 raise Conflict("client_msg_id was already used for another conversation")
+            if not self._same_content(txn, op, seq, digest, stored_digest):
+                raise ClientMsgIdReused(
+                    f"client_msg_id was already used for message {seq} of this conversation, "
+                    f"with other content: a retry sends the same message; a new message "
+                    f"needs a new client_msg_id"
+                )
             return Appended(conv=conv, seq=seq, ts=ts, duplicate=True)
 
         recaller_role = None  # only a recall needs the sender's role, so only it opens the record
@@ -181,7 +200,7 @@ class Timeline:
         # The message's seal is this op's first write, and nothing after it can refuse: a
         # missing or expired key leaves no trace without a nested transaction (engine.core).
         seq, ts = self._write(txn, op, head, now_ms)
-        txn.put(dedupe_key, _DEDUPE.pack(op.conv, seq, ts), db=self._dbs.dedupe)
+        txn.put(dedupe_key, _DEDUPE.pack(op.conv, seq, ts) + digest, db=self._dbs.dedupe)
         # The sender has read its own message: its unread count must not grow by it.
         txn.put(
             _pack_ids3(op.tenant, op.sender, op.conv), pack_cursor(seq, seq),
@@ -326,15 +345,42 @@ class Timeline:
         if target.sender != op.sender and role is Role.MEMBER:
             raise Forbidden("only the sender, an admin or the owner may recall a message")
 
+    def _content_digest(self, op: Append, cmid: bytes) -> bytes:
+        """What the dedupe entry keeps to tell a retry (the same content) from a reuse of its
+        client_msg_id (`cmid`, blinded in a sealed store): a digest of the kind, body, ref and
+        mentions (engine.crypto), or nothing in a sealed store without a name key."""
+        entry = _pack_ids2(op.tenant, op.sender) + cmid
+        content = self._encode((op.kind, op.body, op.ref, op.mentions))
+        keyring = self._keyring
+        if keyring is None:
+            return plain_content_digest(entry, content)
+        return keyring.content_digest(entry, content) or b""
+
+    def _same_content(
+        self, txn: Any, op: Append, seq: int, digest: bytes, stored_digest: bytes
+    ) -> bool:
+        """Whether `op` sends what message `seq` was sent with: its dedupe entry's digest, or
+        the stored message itself where the entry keeps none. A recalled message's content
+        is gone (its entry says so): a retry of it is told it was stored, as before."""
+        if stored_digest == RECALLED_DIGEST:
+            return True
+        if stored_digest:
+            return hmac.compare_digest(stored_digest, digest)
+        first = self._get_message(txn, op.tenant, op.conv, seq)
+        return first.recalled_by != 0 or (
+            first.kind == op.kind and first.body == op.body and first.ref == op.ref
+            and tuple(first.mentions) == tuple(op.mentions)
+        )
+
     def _dedupe_key(self, tenant: int, now_ms: int, sender: int, cmid: bytes) -> bytes:
         window = now_ms // self._limits.dedupe_window_ms
         return _pack_ids3(tenant, window, sender) + cmid
 
     def _find_duplicate(
         self, txn: Any, key: bytes, tenant: int, sender: int, cmid: bytes, now_ms: int
-    ) -> tuple[int, int, int] | None:
-        """The earlier append of this retry: `key` is its dedupe key in the current window,
-        and the previous window is looked up too."""
+    ) -> tuple[int, int, int, bytes] | None:
+        """The earlier append of this retry, as (conv, seq, ts, content digest): `key` is its
+        dedupe key in the current window, and the previous window is looked up too."""
         dedupe_db = self._dbs.dedupe
         found = txn.get(key, db=dedupe_db)
         if found is None:
@@ -344,8 +390,8 @@ class Timeline:
             found = txn.get(_pack_ids3(tenant, previous, sender) + cmid, db=dedupe_db)
             if found is None:
                 return None
-        conv, seq, ts = _DEDUPE.unpack(found)
-        return int(conv), int(seq), int(ts)
+        conv, seq, ts = _DEDUPE.unpack_from(found)
+        return int(conv), int(seq), int(ts), bytes(found[_DEDUPE.size:])
 
     def prune_dedupe(self, txn: Any, tenant: int, now_ms: int) -> int:
         """Forget retry records older than the previous window; returns how many went."""

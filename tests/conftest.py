@@ -11,6 +11,7 @@ import pytest
 
 from engine import (
     CapacityExceeded,
+    ClientMsgIdReused,
     Conflict,
     CorruptData,
     CreateGroup,
@@ -106,6 +107,7 @@ WIRE_CODES: dict[type[HeraldError], str] = {
     WrongPassword: "wrong_password",
     WeakPassword: "weak_password",
     InternalError: "internal",
+    ClientMsgIdReused: "client_msg_id_reused",
 }
 
 

@@ -124,7 +124,8 @@ def test_a_refused_op_changes_nothing_and_fails_no_other_op(
 def test_two_appends_with_one_client_msg_id_in_a_batch_store_one_message(
     engine: Engine, org: Org, direct: int
 ) -> None:
-    ops = [hello(org, direct, org.alice, "same", "first"), hello(org, direct, org.alice, "same")]
+    ops = [hello(org, direct, org.alice, "same", "first"),
+           hello(org, direct, org.alice, "same", "first")]
 
     results = engine.apply_batch(ops, NOW_MS)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 from conftest import NOW_MS, Org, assert_refusal, refused, snapshot
@@ -10,6 +12,7 @@ from engine import (
     AddMembers,
     Append,
     Appended,
+    ClientMsgIdReused,
     Conflict,
     CreateGroup,
     CreateUser,
@@ -159,15 +162,58 @@ def test_time_is_kept_per_conversation(
 def test_a_retry_returns_the_first_seq_and_time_and_stores_nothing(
     engine: Engine, org: Org, group: int
 ) -> None:
-    first = engine.apply(text(org, group, org.bob, "c-1", "original"), NOW_MS)
+    first = engine.apply(text(org, group, org.bob, "c-1", "original", mentions=(org.carol,)),
+                         NOW_MS)
     before = snapshot(engine, org.tenant)
 
-    retry = engine.apply(text(org, group, org.bob, "c-1", "changed on retry"), NOW_MS + 5_000)
+    retry = engine.apply(text(org, group, org.bob, "c-1", "original", mentions=(org.carol,)),
+                         NOW_MS + 5_000)
 
     assert first == Appended(conv=group, seq=3, ts=NOW_MS)
     assert retry == Appended(conv=group, seq=3, ts=NOW_MS, duplicate=True)
     assert snapshot(engine, org.tenant) == before
     assert engine.page_after(org.tenant, org.bob, group, 2, 10).messages[0].body == "original"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"body": "changed on retry"}, id="body"),
+        pytest.param({"body": "original "}, id="body_by_one_space"),
+        pytest.param({"kind": MessageKind.BOT}, id="kind"),
+        pytest.param({"mentions": ()}, id="no_mentions"),
+        pytest.param({"mentions": ("carol", "dave")}, id="more_mentions"),
+        pytest.param({"kind": MessageKind.RECALL, "body": "", "mentions": (), "ref": 3},
+                     id="a_recall_of_it"),
+    ],
+)
+def test_a_client_msg_id_reused_for_other_content_is_refused_and_stores_nothing(
+    engine: Engine, org: Org, group: int, changes: dict[str, Any]
+) -> None:
+    engine.apply(text(org, group, org.bob, "c-1", "original", mentions=(org.carol,)), NOW_MS)
+    before = snapshot(engine, org.tenant)
+    if "mentions" in changes:
+        changes["mentions"] = tuple(getattr(org, name) for name in changes["mentions"])
+    fields = {"body": "original", "mentions": (org.carol,), **changes}
+
+    error = refused(engine, text(org, group, org.bob, "c-1", **fields), NOW_MS + 5_000)
+
+    assert_refusal(error, ClientMsgIdReused)
+    assert snapshot(engine, org.tenant) == before
+    assert engine.page_after(org.tenant, org.bob, group, 2, 10).messages[0].body == "original"
+
+
+def test_a_reused_client_msg_id_in_one_batch_stores_the_first_message_only(
+    engine: Engine, org: Org, group: int
+) -> None:
+    ops = [text(org, group, org.bob, "c-1", "first"), text(org, group, org.bob, "c-1", "first"),
+           text(org, group, org.bob, "c-1", "second")]
+
+    results = engine.apply_batch(ops, NOW_MS)
+
+    assert results[:2] == [Appended(group, 3, NOW_MS), Appended(group, 3, NOW_MS, duplicate=True)]
+    assert_refusal(results[2], ClientMsgIdReused)
+    assert engine.conversation(org.tenant, org.bob, group).head == 3
 
 
 def test_the_same_client_msg_id_from_another_sender_is_another_message(
