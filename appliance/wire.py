@@ -36,7 +36,7 @@ def wire_message(message: Message) -> WireMessage:
     return WireMessage(
         seq=message.seq, sender=message.sender, ts=message.ts, kind=message.kind.value,
         body=message.body, cmid=message.client_msg_id, mentions=list(message.mentions),
-        ref=message.ref,
+        ref=message.ref, recalled_by=message.recalled_by,
     )
 
 
