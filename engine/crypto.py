@@ -403,7 +403,10 @@ class NameKeySealer:
         self._aead = aead
         self._rng = rng
 
-    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes:
+    def seal(
+        self, table: bytes, key: bytes, plaintext: bytes, epoch: int | None = None
+    ) -> bytes:
+        """`epoch` is ignored: the name key has none."""
         header = _HEADER.pack(NAME_SEALED_MARK, 0)
         nonce = self._rng(NONCE_BYTES)
         return header + nonce + self._aead.encrypt(nonce, plaintext, header + table + b"\0" + key)
@@ -455,12 +458,17 @@ class AeadSealer:
         pending, self._pending = self._pending, {}
         return {(_tenant_id(t), e): n for (t, e), n in pending.items()}
 
-    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes:
-        """Raises `KeyUnavailable` when the tenant (the key's first 8 bytes) has no usable
-        current DEK, or when that DEK has sealed `MAX_SEALS_PER_EPOCH` records."""
+    def seal(
+        self, table: bytes, key: bytes, plaintext: bytes, epoch: int | None = None
+    ) -> bytes:
+        """Seal under the tenant's (the key's first 8 bytes) current DEK, or under that of
+        `epoch` when given (a record rewritten in place keeps its epoch, so that a shred of
+        it takes what it would have taken). Raises `KeyUnavailable` when that DEK is not
+        usable, or has sealed `MAX_SEALS_PER_EPOCH` records."""
         tenant = key[:8]
         keyring = self.keyring
-        epoch = keyring.write_epoch(tenant)
+        if epoch is None:
+            epoch = keyring.write_epoch(tenant)
         aead: AESGCM | AESGCMSIV
         if table in self._bulk_tables:
             aead, mark = keyring.bulk_aead(tenant, epoch), BULK_SEALED_MARK

@@ -154,12 +154,16 @@ class RecordSealer(Protocol):
 
     `open` raises `CorruptData` for bytes it did not produce (or that were moved to another key
     or table), and `KeyUnavailable` when it cannot get the key to open them. `store_format` is
-    the format version of the stores it reads and writes.
+    the format version of the stores it reads and writes. `seal` seals under the tenant's
+    current key, or under `epoch` when given (a record rewritten in place keeps its epoch); a
+    sealer without epochs ignores it.
     """
 
     store_format: int
 
-    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes: ...
+    def seal(
+        self, table: bytes, key: bytes, plaintext: bytes, epoch: int | None = None
+    ) -> bytes: ...
 
     def open(self, table: bytes, key: bytes, stored: bytes) -> bytes: ...
 
@@ -172,7 +176,9 @@ class PlainSealer:
 
     store_format = FORMAT_VERSION
 
-    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes:
+    def seal(
+        self, table: bytes, key: bytes, plaintext: bytes, epoch: int | None = None
+    ) -> bytes:
         return _PLAIN_MARK + plaintext
 
     def open(self, table: bytes, key: bytes, stored: bytes) -> bytes:

@@ -99,12 +99,14 @@ _MAX_TAILS = 4096
 
 
 class _Located(NamedTuple):
-    """A stored message and its block: the block's key, its records, the message's position."""
+    """A stored message and its block: the block's key, its records, the message's position
+    in them, and the block's key epoch."""
 
     key: bytes
     records: list[bytes]
     position: int
     message: Message
+    epoch: int | None  # the key epoch the block is sealed under; None in a plain store
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -379,14 +381,16 @@ class Timeline:
 
     def _blank(self, txn: Any, tenant: int, target: _Located, recall_seq: int) -> None:
         """Rewrite the block holding `target` with its body and mentions removed and a mark
-        of the recall (`recall_seq`), sealed afresh; and zero the content digest of its
+        of the recall (`recall_seq`), sealed afresh under its epoch; and zero the digest of its
         dedupe entry. The old block's bytes are freed pages that LMDB overwrites as it
         reuses them (docs/storage.md "Recalls")."""
-        key, records, index, message = target
+        key, records, index, message, epoch = target
         blanked = msgspec.structs.replace(message, body="", mentions=(), recalled_by=recall_seq)
         records = [*records[:index], self._encode(blanked), *records[index + 1:]]
         block = pack_block(records)
-        sealed = self._sealer.seal(_MESSAGES, key, block)
+        # Under the block's own epoch: a block never mixes epochs, and a shred of that epoch
+        # must still take every message written under it.
+        sealed = self._sealer.seal(_MESSAGES, key, block, epoch)
         txn.put(key, sealed, db=self._dbs.messages)
         if self.rewritten is not None:
             first = _seq_of(key)
@@ -529,7 +533,8 @@ class Timeline:
                 if i < len(ends):
                     records = [plaintext[start + (ends[n - 1] if n else 0):start + ends[n]]
                                for n in range(len(ends))]
-                    return _Located(key, records, i, self._decode_message(records[i]))
+                    epoch = None if self._epoch_of is None else self._epoch_of(stored)
+                    return _Located(key, records, i, self._decode_message(records[i]), epoch)
         raise NotFound(f"message {seq} of conversation {conv} is not stored")
 
     def _get_message(self, txn: Any, tenant: int, conv: int, seq: int) -> Message:

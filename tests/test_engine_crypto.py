@@ -904,3 +904,29 @@ def test_the_content_digest_of_a_dedupe_entry_is_keyed_in_a_sealed_store(
     everything = [d for found in digests.values() for d in found]
     assert all(len(d) == 16 for d in everything)
     assert len(set(everything)) == len(everything) == 6
+
+
+def test_a_recall_reseals_the_block_under_its_own_epoch_so_that_a_shred_still_takes_it(
+    sealed: Sealed, password_hash: str
+) -> None:
+    # A block never mixes epochs, and shredding an epoch destroys exactly the messages written
+    # under it: re-sealing a recalled message's block under the current epoch would save its
+    # neighbours from a shred meant to delete them.
+    eng = sealed.engine
+    org = sealed_org(sealed, "acme", password_hash)
+    conv = group(eng, org)  # seq 1
+    eng.apply(say(org, conv, "c-1", "the old secret"), NOW_MS)  # seq 2
+    eng.apply(say(org, conv, "c-2", "an old neighbour"), NOW_MS)  # seq 3
+    sealed.add_epoch(org.tenant)
+
+    hide = Append(tenant=org.tenant, conv=conv, sender=org.alice, client_msg_id="r",
+                  body="", kind=MessageKind.RECALL, ref=2)
+    assert eng.apply(hide, NOW_MS + 1) == Appended(conv, 4, NOW_MS + 1)
+
+    page = eng.page_after(org.tenant, org.bob, conv, 0, 10).messages
+    assert [(m.body, m.recalled_by) for m in page[1:3]] == [("", 4), ("an old neighbour", 0)]
+    reseal_metadata(eng, org.tenant)
+    eng.apply(ShredKeyEpoch(tenant=org.tenant, epoch=1), NOW_MS + 2)
+    with pytest.raises(KeyUnavailable):
+        eng.page_after(org.tenant, org.bob, conv, 0, 3)
+    assert [m.seq for m in eng.page_after(org.tenant, org.bob, conv, 3, 10).messages] == [4]
