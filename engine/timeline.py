@@ -212,14 +212,12 @@ class Timeline:
                               f"conversation")
         head = self._head(txn, op.tenant, op.conv)
         head_seq = head[0]
-        target = None
         if recaller_role is not None:
             target = self._check_recall(txn, op, recaller_role, head_seq)
             # The recalled message's content leaves the store with this commit (its block is
             # re-sealed without it); the recall itself is then written after it. A recall
             # seals twice, so in a sealed store it runs in a nested transaction (engine.core).
             self._blank(txn, op.tenant, target, head_seq + 1)
-            head = self._head(txn, op.tenant, op.conv)
         elif op.ref:
             raise Invalid("only a recall refers to another message")
 
