@@ -77,6 +77,7 @@ from engine import (
     CursorMoved,
     EngineClosed,
     HeraldError,
+    InternalError,
     Invalid,
     Join,
     KeyNotInstalled,
@@ -232,7 +233,17 @@ class Router:
                     raise
                 data = await self._answer(conn, request)
         except HeraldError as refusal:
+            if isinstance(refusal, InternalError):
+                log.error("%s failed: refused with 'internal'", type(request).__name__,
+                          exc_info=refusal)
             conn.send_frame(encode_frame(error_frame(request.id, refusal)))
+            return
+        except Exception as bug:  # logged, and answered: one request's bug
+            # must not end the connection's nursery, and with it the server.
+            log.error("%s failed: refused with 'internal'", type(request).__name__,
+                      exc_info=bug)
+            failed = InternalError(f"{type(bug).__name__} (a bug)")
+            conn.send_frame(encode_frame(error_frame(request.id, failed)))
             return
         if data is not None:
             conn.send_frame(encode_frame(Reply(request.id, data)))

@@ -12,7 +12,15 @@ from appliance.protocol.frames import (
     SyncData,
     WireMessage,
 )
-from engine import ConversationSummary, HeraldError, MemberList, Message, Page, SyncResult
+from engine import (
+    ConversationSummary,
+    HeraldError,
+    InternalError,
+    MemberList,
+    Message,
+    Page,
+    SyncResult,
+)
 
 __all__ = [
     "convs_data",
@@ -29,7 +37,7 @@ def wire_message(message: Message) -> WireMessage:
     return WireMessage(
         seq=message.seq, sender=message.sender, ts=message.ts, kind=message.kind.value,
         body=message.body, cmid=message.client_msg_id, mentions=list(message.mentions),
-        ref=message.ref,
+        ref=message.ref, recalled_by=message.recalled_by,
     )
 
 
@@ -65,6 +73,15 @@ def not_logged_in(request_id: int | None) -> ErrorFrame:
     return ErrorFrame(request_id, "unauthenticated", "log in first (op 'login' or 'resume')")
 
 
+# What a client is told instead of the refusal's own message: the details of an internal
+# error (LMDB's words, a bug's) help nobody but the administrator, who has them in the log.
+_CLIENT_MESSAGES: dict[type[HeraldError], str] = {
+    InternalError: "the server failed to do this (an internal error, in its log); it was "
+                   "not done",
+}
+
+
 def error_frame(request_id: int | None, refusal: HeraldError) -> ErrorFrame:
     """Engine refusals keep their stable codes on the wire, unchanged."""
-    return ErrorFrame(request_id, refusal.code, refusal.message)
+    message = _CLIENT_MESSAGES.get(type(refusal), refusal.message)
+    return ErrorFrame(request_id, refusal.code, message)

@@ -20,6 +20,7 @@ commit order on every connection.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,9 +28,19 @@ from typing import Any
 
 import trio
 
-from engine import CapacityExceeded, Engine, EngineClosed, HeraldError, Operation, Result
+from engine import (
+    CapacityExceeded,
+    Engine,
+    EngineClosed,
+    HeraldError,
+    InternalError,
+    Operation,
+    Result,
+)
 
 __all__ = ["OVERLAP_MIN_BATCH", "Committed", "SendFanout", "Writer", "wall_clock_ms"]
+
+log = logging.getLogger("herald.writer")
 
 Outcome = Result | HeraldError
 # Operations that must be waiting for the next commit to start while a fanout is being sent.
@@ -157,7 +168,9 @@ class Writer:
 
     async def _commit(self, batch: list[Committed]) -> list[Outcome]:
         """Apply `batch` in a worker thread, started at once (the previous fanout may still be
-        running here meanwhile); a HeraldError refuses the whole batch."""
+        running here meanwhile). A refusal of the whole transaction (a full store, a closed
+        engine) refuses every op of the batch; an internal error or a bug only the op that
+        caused it."""
         finished = trio.Event()
         box: list[Any] = []  # the thread's outcome.Outcome: unwrap() returns or raises
         token = trio.lowlevel.current_trio_token()
@@ -174,9 +187,29 @@ class Writer:
         await finished.wait()
         try:
             results: list[Outcome] = box[0].unwrap()
-        except HeraldError as failure:
+        except InternalError as failure:
+            return await self._isolate(batch, failure)
+        except HeraldError as failure:  # the store refused the transaction: full, closed
             return [failure] * len(batch)
+        except Exception as bug:  # answered and logged in _isolate, never swallowed
+            return await self._isolate(batch, bug)
         return results
+
+    async def _isolate(self, batch: list[Committed], failure: Exception) -> list[Outcome]:
+        """The batch's transaction failed with a storage error or a bug, which one of its ops
+        caused (nothing was committed): apply the ops one by one, so that only that op is
+        refused, with `internal`, and logged with its traceback. The others commit."""
+        if len(batch) > 1:
+            outcomes: list[Outcome] = []
+            for entry in batch:
+                outcomes.extend(await self._commit([entry]))
+            return outcomes
+        (entry,) = batch
+        log.error("%s failed: refused with 'internal'", type(entry.op).__name__,
+                  exc_info=failure)
+        if isinstance(failure, InternalError):
+            return [failure]
+        return [InternalError(f"{type(failure).__name__} (a bug)")]
 
     async def _send(self, send: SendFanout) -> None:
         try:

@@ -64,6 +64,7 @@ from engine.passwords import verify_password
 from engine.records import (
     ConversationKind,
     Message,
+    MessageKind,
     PlainSealer,
     RecordSealer,
     Role,
@@ -104,6 +105,12 @@ _ATOMIC_ALONE = frozenset({
 
 
 _NAME_KEY_CHECK = b"name_key_check"
+
+
+def _is_recall(op: Operation) -> bool:
+    """A recall re-seals the block of the message it hides before it seals its own: it needs
+    a nested transaction in a sealed store, as any op that seals after its first write."""
+    return type(op) is Append and op.kind == MessageKind.RECALL
 
 
 def _check_name_key(store: HotStore, keyring: Keyring) -> None:
@@ -279,7 +286,9 @@ class Engine:
         a DEK can expire, a record of a shredded epoch turn up, or an epoch reach its limit of
         seals half-way through it) and does not affect the others. Raises (and commits
         nothing) only when the transaction itself fails: `CapacityExceeded` when the store is
-        full, `EngineClosed` after `close`.
+        full, `EngineClosed` after `close`, `InternalError` for an LMDB error that names no
+        such situation (e.g. a key over LMDB's size limit; the writer then finds the op that
+        caused it by applying the ops one by one), `CorruptData` for a damaged store.
         """
         handlers = self._handlers
         aead = self._aead
@@ -289,16 +298,19 @@ class Engine:
         cache = self._cache
         generation = 0 if cache is None else cache.generation
         appended: list[tuple[bytes, int, CachedMessage]] | None = None
+        rewritten: list[tuple[bytes, int, int]] | None = None
         with self._store.write() as txn:
-            if cache is not None:  # a list per transaction, handed over under LMDB's write lock
+            if cache is not None:  # lists per transaction, handed over under LMDB's write lock
                 appended = self._timeline.appended = []
+                rewritten = self._timeline.rewritten = []
+                txn_id = txn.id()
             for op in ops:
                 handler = handlers.get(type(op))
                 if handler is None:
                     raise TypeError(f"not an engine operation: {op!r}")
                 mark = 0 if appended is None else len(appended)
                 try:
-                    if aead is None or type(op) in _ATOMIC_ALONE:
+                    if aead is None or (type(op) in _ATOMIC_ALONE and not _is_recall(op)):
                         results.append(handler(txn, op, now_ms))
                     else:
                         with self._store.nested(txn) as child:
@@ -311,6 +323,10 @@ class Engine:
                 self._epochs.add_seals(txn, aead.take_pending())
         if cache is not None and appended:
             cache.fill(appended, generation)
+        if cache is not None and rewritten:
+            # After the fill: a message recalled in the batch that appended it goes too. (A
+            # refused recall's entry stays in the list: dropping what is current costs a read.)
+            cache.forget_rewritten(rewritten, txn_id)
         if aead is not None:
             self._after_commit(aead.keyring, results)
         return results

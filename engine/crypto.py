@@ -37,6 +37,7 @@ from engine.records import SEALED_FORMAT_VERSION
 
 __all__ = [
     "BULK_SEALED_MARK",
+    "CONTENT_DIGEST_BYTES",
     "DEK_BYTES",
     "MAX_EPOCH",
     "MAX_SEALS_PER_EPOCH",
@@ -46,6 +47,7 @@ __all__ = [
     "AeadSealer",
     "Keyring",
     "NameKeySealer",
+    "plain_content_digest",
     "sealed_epoch",
 ]
 
@@ -62,6 +64,9 @@ _TENANT_NAME_LABEL = b"herald-tenant-name-v1\0"
 _TENANT_RECORD_KEY_LABEL = b"herald-tenant-record-key-v1"
 _CMID_PERSON = b"herald-cmid-v1"  # BLAKE2b personalisation, at most 16 bytes
 CMID_BLIND_BYTES = 16
+_CONTENT_KEY_LABEL = b"herald-content-digest-key-v1"
+_CONTENT_PERSON = b"herald-body-v1"  # BLAKE2b personalisation, at most 16 bytes
+CONTENT_DIGEST_BYTES = 16
 NONCE_BYTES = 12
 MAX_EPOCH = 2**32 - 1
 # Random 96-bit nonces: past 2**32 seals under one DEK the chance of a repeated nonce passes
@@ -77,6 +82,20 @@ _NONCE_END = _HEADER_BYTES + NONCE_BYTES
 _TAG_BYTES = 16
 _MIN_SEALED_BYTES = _NONCE_END + _TAG_BYTES
 _PLAIN_MARK = 0x00
+
+
+# BLAKE2b states set up once and copied per digest: a keyed BLAKE2b compresses its key as a
+# first block, and copying skips that (0.83 against 1.13 us per append, measured).
+_PLAIN_CONTENT_HASH = hashlib.blake2b(digest_size=CONTENT_DIGEST_BYTES, person=_CONTENT_PERSON)
+
+
+def plain_content_digest(entry: bytes, content: bytes) -> bytes:
+    """The content digest a plain store keeps in a dedupe entry: an unkeyed BLAKE2b of the
+    entry's identity and the message's content. Unkeyed, as a plain store's bodies are on
+    its disk anyway; a sealed store keys it (`Keyring.content_digest`)."""
+    digest = _PLAIN_CONTENT_HASH.copy()
+    digest.update(entry + content)
+    return digest.digest()
 
 
 def sealed_epoch(stored: bytes) -> int:
@@ -126,6 +145,11 @@ class Keyring:
         # an HMAC), derived so that no key serves two functions.
         self._cmid_key = None if name_key is None else hmac.new(
             name_key, _CMID_KEY_LABEL, hashlib.sha256).digest()
+        # And one for the content digests of dedupe entries: a plain hash of a short body
+        # could be guessed back from the disk.
+        self._content_hash = None if name_key is None else hashlib.blake2b(
+            key=hmac.new(name_key, _CONTENT_KEY_LABEL, hashlib.sha256).digest(),
+            digest_size=CONTENT_DIGEST_BYTES, person=_CONTENT_PERSON)
         self._tenant_records: AESGCMSIV | None = None if name_key is None else AESGCMSIV(
             hmac.new(name_key, _TENANT_RECORD_KEY_LABEL, hashlib.sha256).digest())
         self._clock = clock
@@ -273,6 +297,19 @@ class Keyring:
         return hashlib.blake2b(tenant + cmid, key=self._cmid_key, digest_size=CMID_BLIND_BYTES,
                                person=_CMID_PERSON).digest()
 
+    def content_digest(self, entry: bytes, content: bytes) -> bytes | None:
+        """The dedupe index's digest of a message's `content` (its kind, body, ref and
+        mentions, encoded) for `entry` (packed tenant, sender and blinded client_msg_id): a
+        16-byte keyed BLAKE2b under a key derived from the name key, which no one without it
+        can recompute or guess a body from; equal bodies of two entries differ. None without
+        a name key: the store then keeps no digest, and compares a retry with the stored
+        message instead."""
+        if self._content_hash is None:
+            return None
+        digest = self._content_hash.copy()  # read only: safe while other threads copy it
+        digest.update(entry + content)
+        return digest.digest()
+
     # -- for the sealer -----------------------------------------------------------------------
 
     def aead(self, tenant: bytes, epoch: int) -> AESGCMSIV:
@@ -374,7 +411,10 @@ class NameKeySealer:
         self._aead = aead
         self._rng = rng
 
-    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes:
+    def seal(
+        self, table: bytes, key: bytes, plaintext: bytes, epoch: int | None = None
+    ) -> bytes:
+        """`epoch` is ignored: the name key has none."""
         header = _HEADER.pack(NAME_SEALED_MARK, 0)
         nonce = self._rng(NONCE_BYTES)
         return header + nonce + self._aead.encrypt(nonce, plaintext, header + table + b"\0" + key)
@@ -426,12 +466,17 @@ class AeadSealer:
         pending, self._pending = self._pending, {}
         return {(_tenant_id(t), e): n for (t, e), n in pending.items()}
 
-    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes:
-        """Raises `KeyUnavailable` when the tenant (the key's first 8 bytes) has no usable
-        current DEK, or when that DEK has sealed `MAX_SEALS_PER_EPOCH` records."""
+    def seal(
+        self, table: bytes, key: bytes, plaintext: bytes, epoch: int | None = None
+    ) -> bytes:
+        """Seal under the tenant's (the key's first 8 bytes) current DEK, or under that of
+        `epoch` when given (a record rewritten in place keeps its epoch, so that a shred of
+        it takes what it would have taken). Raises `KeyUnavailable` when that DEK is not
+        usable, or has sealed `MAX_SEALS_PER_EPOCH` records."""
         tenant = key[:8]
         keyring = self.keyring
-        epoch = keyring.write_epoch(tenant)
+        if epoch is None:
+            epoch = keyring.write_epoch(tenant)
         aead: AESGCM | AESGCMSIV
         if table in self._bulk_tables:
             aead, mark = keyring.bulk_aead(tenant, epoch), BULK_SEALED_MARK

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 __all__ = [
     "CapacityExceeded",
+    "ClientMsgIdReused",
     "Conflict",
     "CorruptData",
     "EngineClosed",
     "Forbidden",
     "HeraldError",
+    "InternalError",
     "Invalid",
     "KeyNotInstalled",
     "KeyUnavailable",
@@ -69,6 +71,14 @@ class Conflict(HeraldError):
     code = "conflict"
 
 
+class ClientMsgIdReused(Conflict):
+    """A send reuses a client_msg_id of the sender's for other content (body, kind, ref or
+    mentions) than the message first sent with it: not a retry, and nothing is stored. A
+    retry sends the same content, and gets the first message's seq back."""
+
+    code = "client_msg_id_reused"
+
+
 class Invalid(HeraldError):
     """The arguments are malformed or out of range."""
 
@@ -106,6 +116,15 @@ class CapacityExceeded(HeraldError):
     """The store is full (LMDB map size) or a configured limit was reached."""
 
     code = "capacity_exceeded"
+
+
+class InternalError(HeraldError):
+    """The store failed in a way that names no situation of the caller's (an LMDB error that
+    is neither a full store nor damage, e.g. a key over LMDB's size limit): a bug or a
+    misconfiguration. Nothing was done. The appliance logs it with its traceback and answers
+    the one request it failed; a client can only report it."""
+
+    code = "internal"
 
 
 class CorruptData(HeraldError):

@@ -17,17 +17,30 @@ from typing import Any
 
 import lmdb
 
-from engine.errors import CapacityExceeded, CorruptData, EngineClosed, HeraldError, Invalid
+from engine.errors import (
+    CapacityExceeded,
+    CorruptData,
+    EngineClosed,
+    HeraldError,
+    InternalError,
+    Invalid,
+)
 from engine.keys import pack_id, unpack_id
 from engine.records import FORMAT_VERSION, SEALED_FORMAT_VERSION
 
-__all__ = ["DEFAULT_MAP_SIZE_BYTES", "Databases", "HotStore"]
+__all__ = ["DEFAULT_MAP_SIZE_BYTES", "Databases", "HotStore", "translate_lmdb_error"]
 
 # LMDB reserves address space, not disk: a large map costs nothing until it is used.
 DEFAULT_MAP_SIZE_BYTES = 64 * 2**30
 MAX_READERS = 512
 
 _FORMAT_KEY = b"format_version"
+# Versions of development builds, never deployed, and what they did differently.
+_OLD_VERSIONS = {
+    1: "one message per record", 2: "one message per record",
+    3: "user and conversation ids counted across tenants",
+    4: "user and conversation ids counted across tenants",
+}
 _COUNTER_PREFIX = b"next_id:"
 
 
@@ -35,7 +48,7 @@ _COUNTER_PREFIX = b"next_id:"
 class Databases:
     """Handles of the named sub-databases. Key layouts are in docs/storage.md."""
 
-    meta: Any  # b"format_version", b"next_id:<kind>"
+    meta: Any  # b"format_version", b"next_id:tenant", b"next_id:<user|conv>:" + tenant
     tenants: Any  # tenant -> TenantRecord
     tenant_names: Any  # name(utf-8) -> tenant
     users: Any  # tenant|user -> UserRecord
@@ -117,12 +130,11 @@ class HotStore:
                 f"Open it without a keyring; sealing an existing store needs a migration that "
                 f"this release does not ship."
             )
-        if version in (1, 2):
+        if version in _OLD_VERSIONS:
             raise CorruptData(
                 f"the store at {self.path} has format version {version}, from a development "
-                f"build that stored one message per record; this Herald reads version "
-                f"{expected} (message blocks) and ships no migration from it: move the "
-                f"directory away and create a new store"
+                f"build ({_OLD_VERSIONS[version]}); this Herald reads version {expected} and "
+                f"ships no migration from it: move the directory away and create a new store"
             )
         if version != expected:
             raise CorruptData(
@@ -144,7 +156,7 @@ class HotStore:
             with self._env.begin(buffers=False) as txn:
                 yield txn
         except lmdb.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_lmdb_error(exc) from exc
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Any]:
@@ -159,7 +171,7 @@ class HotStore:
         except HeraldError:
             raise
         except lmdb.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_lmdb_error(exc) from exc
 
     @contextlib.contextmanager
     def nested(self, parent: Any) -> Iterator[Any]:
@@ -168,7 +180,7 @@ class HotStore:
         try:
             child = self._env.begin(write=True, parent=parent)
         except lmdb.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_lmdb_error(exc) from exc
         try:
             yield child
         except BaseException:
@@ -177,7 +189,7 @@ class HotStore:
         try:
             child.commit()
         except lmdb.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_lmdb_error(exc) from exc
 
     def meta_setdefault(self, key: bytes, value: bytes) -> bytes:
         """The `meta` value of `key`, written as `value` first if the store has none."""
@@ -188,9 +200,13 @@ class HotStore:
                 return value
             return bytes(stored)
 
-    def next_id(self, txn: Any, kind: bytes) -> int:
-        """Allocate the next id of `kind` (ids are global, never reused, start at 1)."""
+    def next_id(self, txn: Any, kind: bytes, tenant: int | None = None) -> int:
+        """Allocate the next id of `kind`: ids start at 1 and are never reused. With `tenant`,
+        the ids count within that tenant (users, conversations), so that one tenant's ids say
+        nothing of another's activity; without, across the store (tenants)."""
         key = _COUNTER_PREFIX + kind
+        if tenant is not None:
+            key += b":" + pack_id(tenant)
         stored = txn.get(key, db=self.dbs.meta)
         value = unpack_id(stored) if stored is not None else 1
         txn.put(key, pack_id(value + 1), db=self.dbs.meta)
@@ -224,11 +240,28 @@ class HotStore:
             raise EngineClosed("the store is closed")
 
 
-def _translate(exc: lmdb.Error) -> HeraldError:
-    if isinstance(exc, lmdb.MapFullError):
-        return CapacityExceeded(
-            "the message store is full (LMDB map size reached); raise storage.map_size_bytes"
-        )
-    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
+# LMDB's errors that say a resource ran out: what a client may retry later, and what an
+# administrator fixes by giving the store more (map size, disk, memory).
+_CAPACITY_ERRORS: dict[type[lmdb.Error], str] = {
+    lmdb.MapFullError: "the message store is full (LMDB map size reached); raise "
+                       "storage.map_size_bytes",
+    lmdb.ReadersFullError: f"too many reads at once (LMDB's {MAX_READERS} reader slots)",
+    lmdb.TxnFullError: "the write is too large for one transaction",
+    lmdb.DiskError: "the disk holding the message store is full",
+    lmdb.MemoryError: "the server is out of memory",
+}
+_DAMAGE_ERRORS = (
+    lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadChecksumError,
+)
+
+
+def translate_lmdb_error(exc: lmdb.Error) -> HeraldError:
+    """The refusal an LMDB error stands for: `CapacityExceeded` for a resource that ran out,
+    `CorruptData` for damage, and `InternalError` for the rest, which no caller caused and
+    none can fix by retrying (a bug, such as a key over LMDB's size limit)."""
+    for kind, message in _CAPACITY_ERRORS.items():
+        if isinstance(exc, kind):
+            return CapacityExceeded(message)
+    if isinstance(exc, _DAMAGE_ERRORS):
         return CorruptData(f"the store is damaged: {exc}")
-    return CapacityExceeded(f"the store refused the operation: {exc}")
+    return InternalError(f"the store failed unexpectedly ({type(exc).__name__}: {exc})")

@@ -151,7 +151,9 @@ class Membership:
         return record
 
     def find_tenant(self, txn: Any, name: str) -> int:
-        found = txn.get(self._tenant_name_key(name), db=self._dbs.tenant_names)
+        # No tenant has an empty name, and LMDB refuses an empty key (a plain store's key is
+        # the name itself) with an error that is no refusal.
+        found = txn.get(self._tenant_name_key(name), db=self._dbs.tenant_names) if name else None
         if found is None:
             raise NotFound(f"no tenant is named {name!r}")
         return unpack_id(found)
@@ -173,7 +175,7 @@ class Membership:
         login_key = self._login_key(op.tenant, op.login)
         if txn.get(login_key, db=self._dbs.user_logins) is not None:
             raise Conflict(f"the login {op.login!r} is taken in this tenant")
-        user = self._store.next_id(txn, b"user")
+        user = self._store.next_id(txn, b"user", op.tenant)
         record = UserRecord(op.login, op.display_name, op.password_hash, now_ms)
         self._put(txn, self._dbs.users, pack_ids(op.tenant, user), record)
         txn.put(login_key, pack_id(user), db=self._dbs.user_logins)
@@ -224,7 +226,7 @@ class Membership:
             raise Invalid(f"a group may have at most {self._limits.max_group_members} members")
         for user in (op.creator, *others):
             self.user(txn, op.tenant, user)
-        conv = self._store.next_id(txn, b"conv")
+        conv = self._store.next_id(txn, b"conv", op.tenant)
         record = ConversationRecord(
             ConversationKind.GROUP, op.title, op.creator, now_ms, member_version=0,
             member_count=0, open=op.open,
@@ -245,7 +247,7 @@ class Membership:
         found = txn.get(pair_key, db=self._dbs.directs)
         if found is not None:
             return ConversationOpened(unpack_id(found), created=False)
-        conv = self._store.next_id(txn, b"conv")
+        conv = self._store.next_id(txn, b"conv", op.tenant)
         txn.put(pair_key, pack_id(conv), db=self._dbs.directs)
         record = ConversationRecord(
             ConversationKind.DIRECT, "", op.user, now_ms, member_version=0, member_count=0

@@ -1,12 +1,14 @@
 """A bounded cache of opened messages: decrypted and decoded, so that hot pages skip both.
 
-Messages never change once appended (a recall is a new message) and seqs are gapless, so an
-entry, keyed by tenant, conversation and seq, is never stale; what can go stale is the right
-to read it. In a sealed store every entry keeps the key epoch its record was sealed under, and
-every read of an entry asks the keyring first (`KeyCheck`): a DEK that was forgotten, has
-expired or was shredded refuses a cached message with the same `KeyUnavailable` as the stored
-record. `drop` (called when the keyring forgets a DEK or shreds an epoch) frees the plaintexts
-at once. docs/security.md "Opened messages in memory" has the trade-off.
+Messages never change once appended but by a recall, which blanks the message it hides (the
+engine then forgets that message's block, `forget_rewritten`), and seqs are gapless, so an
+entry, keyed by tenant, conversation and seq, is otherwise never stale; what can go stale is
+the right to read it. In a sealed store every entry keeps the key epoch its record was sealed
+under, and every read of an entry asks the keyring first (`KeyCheck`): a DEK that was
+forgotten, has expired or was shredded refuses a cached message with the same
+`KeyUnavailable` as the stored record. `drop` (called when the keyring forgets a DEK or shreds
+an epoch) frees the plaintexts at once. docs/security.md "Opened messages in memory" has the
+trade-off.
 
 Entries are grouped per conversation, and the conversations kept in least-recently-used order:
 a page is one lookup and one promotion, then a dict get per seq (a promotion per message cost
@@ -89,6 +91,10 @@ class MessageCache:
         # and fills only if it has not moved: a message opened with a DEK that was forgotten
         # meanwhile never enters the cache after the drop that should have removed it.
         self._generation = 0
+        # A recall rewrites a stored message (engine.timeline). A read whose snapshot began
+        # before that commit (its LMDB transaction id below this) may hold the message as it
+        # was, and must not put it back: such reads fill nothing.
+        self._oldest_fill_txn = 0
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -188,13 +194,16 @@ class MessageCache:
         self._bytes, self._count = used, count
 
     def fill_run(
-        self, conv_key: bytes, items: list[tuple[int, CachedMessage]], generation: int
+        self, conv_key: bytes, items: list[tuple[int, CachedMessage]], generation: int,
+        snapshot_txn: int,
     ) -> None:
-        """`fill` for messages of one conversation (a scan's misses) as (seq, entry): the
-        same rules, with the per-entry work done by dict operations (a cold page fills 50)."""
+        """`fill` for messages of one conversation (a scan's misses) as (seq, entry), read in
+        the LMDB snapshot of transaction id `snapshot_txn`: the same rules, with the
+        per-entry work done by dict operations (a cold page fills 50). Nothing either if a
+        recall committed after that snapshot began (`forget_rewritten`)."""
         limit = self.max_bytes
         with self._lock:
-            if generation != self._generation:
+            if generation != self._generation or snapshot_txn < self._oldest_fill_txn:
                 return
             cost = sum([entry[1] for _, entry in items]) + ENTRY_OVERHEAD_BYTES * len(items)
             if max([entry[1] for _, entry in items]) + ENTRY_OVERHEAD_BYTES > limit:
@@ -241,6 +250,25 @@ class MessageCache:
             if not conv.entries:
                 del convs[key]
         return used, count
+
+    def forget_rewritten(self, ranges: Iterable[tuple[bytes, int, int]], txn_id: int) -> None:
+        """Remove the messages of `ranges` (tenant|conv key, first seq, last seq): a recall
+        that committed in write transaction `txn_id` rewrote them. Reads of snapshots older
+        than it fill nothing from then on, so that none puts back what it read before."""
+        with self._lock:
+            self._oldest_fill_txn = max(self._oldest_fill_txn, txn_id)
+            for conv_key, first, last in ranges:
+                conv = self._convs.get(conv_key)
+                if conv is None:
+                    continue
+                for seq in range(first, last + 1):
+                    entry = conv.entries.pop(seq, None)
+                    if entry is not None:
+                        conv.cost -= _cost(entry)
+                        self._bytes -= _cost(entry)
+                        self._count -= 1
+                if not conv.entries:
+                    del self._convs[conv_key]
 
     def drop(self, tenant: bytes, epoch: int | None = None) -> int:
         """Remove every entry of (packed) `tenant`, or only those of `epoch`; returns how

@@ -45,9 +45,10 @@ __all__ = [
 # A store's version is fixed when it is created: one number for plain records, another for
 # sealed ones (and the `key_epochs` table), so a release that reads only plain stores refuses a
 # sealed one instead of writing plain records into it. 1 and 2 stored one message per record;
-# 3 and 4 store message blocks (engine/blocks.py).
-FORMAT_VERSION = 3
-SEALED_FORMAT_VERSION = 4
+# 3 and 4 store message blocks (engine/blocks.py) but counted user and conversation ids across
+# tenants; 5 and 6 count them per tenant.
+FORMAT_VERSION = 5
+SEALED_FORMAT_VERSION = 6
 
 
 class Role(enum.StrEnum):
@@ -132,6 +133,8 @@ class Message(msgspec.Struct, array_like=True, frozen=True, gc=False):
     body: str
     mentions: tuple[int, ...] = ()
     ref: int = 0
+    # The seq of the recall that hid it: its body and mentions are then blanked in the store.
+    recalled_by: int = 0
 
 
 class EpochState(enum.StrEnum):
@@ -158,12 +161,16 @@ class RecordSealer(Protocol):
 
     `open` raises `CorruptData` for bytes it did not produce (or that were moved to another key
     or table), and `KeyUnavailable` when it cannot get the key to open them. `store_format` is
-    the format version of the stores it reads and writes.
+    the format version of the stores it reads and writes. `seal` seals under the tenant's
+    current key, or under `epoch` when given (a record rewritten in place keeps its epoch); a
+    sealer without epochs ignores it.
     """
 
     store_format: int
 
-    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes: ...
+    def seal(
+        self, table: bytes, key: bytes, plaintext: bytes, epoch: int | None = None
+    ) -> bytes: ...
 
     def open(self, table: bytes, key: bytes, stored: bytes) -> bytes: ...
 
@@ -176,7 +183,9 @@ class PlainSealer:
 
     store_format = FORMAT_VERSION
 
-    def seal(self, table: bytes, key: bytes, plaintext: bytes) -> bytes:
+    def seal(
+        self, table: bytes, key: bytes, plaintext: bytes, epoch: int | None = None
+    ) -> bytes:
         return _PLAIN_MARK + plaintext
 
     def open(self, table: bytes, key: bytes, stored: bytes) -> bytes:

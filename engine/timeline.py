@@ -3,14 +3,16 @@
 Read diffusion: a message is written once, into the conversation's last message block (keyed
 `tenant|conv|first seq`, engine/blocks.py), whatever the size of the conversation. Each append
 also rewrites the conversation's head, one dedupe entry and the sender's cursor; nothing is
-written per recipient.
+written per recipient. A recall also rewrites the block of the message it hides, without that
+message's content.
 """
 
 from __future__ import annotations
 
+import hmac
 import struct
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
@@ -25,8 +27,16 @@ from engine.blocks import (
     merge_blocks,
     pack_block,
 )
-from engine.crypto import Keyring, sealed_epoch
-from engine.errors import Conflict, Forbidden, Invalid, KeyUnavailable, NotFound, NotMember
+from engine.crypto import CONTENT_DIGEST_BYTES, Keyring, plain_content_digest, sealed_epoch
+from engine.errors import (
+    ClientMsgIdReused,
+    Conflict,
+    Forbidden,
+    Invalid,
+    KeyUnavailable,
+    NotFound,
+    NotMember,
+)
 from engine.hotstore import HotStore
 from engine.keys import pack_id, pack_ids
 from engine.limits import Limits
@@ -48,7 +58,10 @@ from engine.records import (
 
 __all__ = ["Page", "Timeline"]
 
-_DEDUPE = struct.Struct(">QQQ")  # conv, seq, ts
+_DEDUPE = struct.Struct(">QQQ")  # conv, seq, ts; then the content digest (may be empty)
+# The digest of a recalled message's dedupe entry: its content is gone, and any retry of it is
+# answered as one (no digest a content could have is all zeros but by a 2**-128 chance).
+RECALLED_DIGEST = bytes(CONTENT_DIGEST_BYTES)
 # `pack_ids` of two and of three ids (the same bytes), without its dispatch on the count: an
 # append packs six keys, and the dispatch was a tenth of its CPU (docs/benchmarks.md).
 _pack_ids2 = struct.Struct(">QQ").pack
@@ -85,6 +98,17 @@ _MAX_CACHED_RUN = 1024
 # Last blocks kept opened for appends (at most about 2 KiB of plaintext each, plus the stored
 # value): the conversations being written to.
 _MAX_TAILS = 4096
+
+
+class _Located(NamedTuple):
+    """A stored message and its block: the block's key, its records, the message's position
+    in them, and the block's key epoch."""
+
+    key: bytes
+    records: list[bytes]
+    position: int
+    message: Message
+    epoch: int | None  # the key epoch the block is sealed under; None in a plain store
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -128,6 +152,10 @@ class Timeline:
         # (conv key, seq, opened message) of each message written in the current write
         # transaction, when the engine hands a list over (it does with a cache); else None.
         self.appended: list[tuple[bytes, int, CachedMessage]] | None = None
+        # (conv key, first seq, last seq) of each block a recall rewrote in the current write
+        # transaction, handed over like `appended`: their cached messages are stale once it
+        # commits.
+        self.rewritten: list[tuple[bytes, int, int]] | None = None
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode_message = msgspec.msgpack.Decoder(Message).decode
         self._decode_member = msgspec.msgpack.Decoder(MemberRecord).decode
@@ -138,10 +166,13 @@ class Timeline:
     def append(self, txn: Any, op: Append, now_ms: int) -> Appended:
         """Append a user message. Checks everything before writing anything.
 
-        Raises `Invalid` (sizes, kind, client_msg_id, a mention of a non-member), `NotFound`
-        (no such conversation, or one the sender may not see), `NotMember` (an open group the
-        sender is not in), `Forbidden` (recalling another's message without being an admin),
-        `Conflict` (client_msg_id already used for another conversation).
+        A recall also blanks the message it hides (`_blank`). Raises `Invalid` (sizes, kind,
+        client_msg_id, a mention of a non-member, a recall carrying a body or mentions, or of
+        a system message, a recall or a seq not stored), `NotFound` (no such conversation, or
+        one the sender may not see), `NotMember` (an open group the sender is not in),
+        `Forbidden` (recalling another's message without being an admin), `Conflict`
+        (client_msg_id already used for another conversation; a message recalled already),
+        `ClientMsgIdReused` (the client_msg_id was used for other content).
         """
         limits = self._limits
         cmid = op.client_msg_id.encode()
@@ -153,15 +184,24 @@ class Timeline:
             raise Invalid(f"message body is longer than {limits.max_body_bytes} bytes")
         if len(op.mentions) > limits.max_mentions:
             raise Invalid(f"a message may mention at most {limits.max_mentions} users")
+        if op.kind == MessageKind.RECALL and (op.body or op.mentions):
+            raise Invalid("a recall carries no body and no mentions: only the seq it hides (ref)")
 
         if self._keyring is not None:  # the disk then shows no client_msg_id
             cmid = self._keyring.blind_client_msg_id(pack_id(op.tenant), cmid)
         dedupe_key = self._dedupe_key(op.tenant, now_ms, op.sender, cmid)
+        digest = self._content_digest(op, cmid)
         duplicate = self._find_duplicate(txn, dedupe_key, op.tenant, op.sender, cmid, now_ms)
         if duplicate is not None:
-            conv, seq, ts = duplicate
+            conv, seq, ts, stored_digest = duplicate
             if conv != op.conv:
                 raise Conflict("client_msg_id was already used for another conversation")
+            if not self._same_content(txn, op, seq, digest, stored_digest):
+                raise ClientMsgIdReused(
+                    f"client_msg_id was already used for message {seq} of this conversation, "
+                    f"with other content: a retry sends the same message; a new message "
+                    f"needs a new client_msg_id"
+                )
             return Appended(conv=conv, seq=seq, ts=ts, duplicate=True)
 
         recaller_role = None  # only a recall needs the sender's role, so only it opens the record
@@ -177,14 +217,18 @@ class Timeline:
         head = self._head(txn, op.tenant, op.conv)
         head_seq = head[0]
         if recaller_role is not None:
-            self._check_recall(txn, op, recaller_role, head_seq)
+            target = self._check_recall(txn, op, recaller_role, head_seq)
+            # The recalled message's content leaves the store with this commit (its block is
+            # re-sealed without it); the recall itself is then written after it. A recall
+            # seals twice, so in a sealed store it runs in a nested transaction (engine.core).
+            self._blank(txn, op.tenant, target, head_seq + 1)
         elif op.ref:
             raise Invalid("only a recall refers to another message")
 
-        # The message's seal is this op's first write, and nothing after it can refuse: a
-        # missing or expired key leaves no trace without a nested transaction (engine.core).
+        # The message's seal is this op's first write (but a recall's), and nothing after it
+        # can refuse: a missing or expired key leaves no trace without a nested transaction.
         seq, ts = self._write(txn, op, head, now_ms)
-        txn.put(dedupe_key, _DEDUPE.pack(op.conv, seq, ts), db=self._dbs.dedupe)
+        txn.put(dedupe_key, _DEDUPE.pack(op.conv, seq, ts) + digest, db=self._dbs.dedupe)
         # The sender has read its own message: its unread count must not grow by it.
         txn.put(
             _pack_ids3(op.tenant, op.sender, op.conv), pack_cursor(seq, seq),
@@ -320,14 +364,85 @@ class Timeline:
         assert self._epoch_of is not None
         return self._epoch_of(tail) == write_epoch(key[:8])
 
-    def _check_recall(self, txn: Any, op: Append, role: Role, head_seq: int) -> None:
+    def _check_recall(
+        self, txn: Any, op: Append, role: Role, head_seq: int
+    ) -> _Located:
+        """The message `op` recalls, located in its block; raises its refusal."""
         if not 1 <= op.ref <= head_seq:
             raise Invalid(f"recall refers to seq {op.ref}, which does not exist")
-        target = self._get_message(txn, op.tenant, op.conv, op.ref)
-        if target.kind is MessageKind.SYSTEM or target.kind is MessageKind.RECALL:
+        target = self._locate(txn, op.tenant, op.conv, op.ref)
+        message = target.message
+        if message.kind is MessageKind.SYSTEM or message.kind is MessageKind.RECALL:
             raise Invalid("system messages and recalls cannot be recalled")
-        if target.sender != op.sender and role is Role.MEMBER:
+        if message.sender != op.sender and role is Role.MEMBER:
             raise Forbidden("only the sender, an admin or the owner may recall a message")
+        if message.recalled_by:
+            raise Conflict(f"message {op.ref} was recalled already, by message "
+                           f"{message.recalled_by}")
+        return target
+
+    def _blank(self, txn: Any, tenant: int, target: _Located, recall_seq: int) -> None:
+        """Rewrite the block holding `target` with its body and mentions removed and a mark
+        of the recall (`recall_seq`), sealed afresh under its epoch; and zero the digest of its
+        dedupe entry. The old block's bytes are freed pages that LMDB overwrites as it
+        reuses them (docs/storage.md "Recalls")."""
+        key, records, index, message, epoch = target
+        blanked = msgspec.structs.replace(message, body="", mentions=(), recalled_by=recall_seq)
+        records = [*records[:index], self._encode(blanked), *records[index + 1:]]
+        block = pack_block(records)
+        # Under the block's own epoch: a block never mixes epochs, and a shred of that epoch
+        # must still take every message written under it.
+        sealed = self._sealer.seal(_MESSAGES, key, block, epoch)
+        txn.put(key, sealed, db=self._dbs.messages)
+        if self.rewritten is not None:
+            first = _seq_of(key)
+            self.rewritten.append((key[:16], first, first + len(records) - 1))
+        if message.client_msg_id:
+            self._forget_digest(txn, tenant, message)
+
+    def _forget_digest(self, txn: Any, tenant: int, message: Message) -> None:
+        """Zero the content digest in the dedupe entry of `message` while it is kept: nothing
+        derived from a recalled body stays on disk. Its window is that of its append, whose
+        clock was at most its `ts` (timestamps never go back within a conversation)."""
+        cmid = message.client_msg_id.encode()
+        if self._keyring is not None:
+            cmid = self._keyring.blind_client_msg_id(pack_id(tenant), cmid)
+        window = message.ts // self._limits.dedupe_window_ms
+        for w in (window, window - 1) if window else (window,):
+            key = _pack_ids3(tenant, w, message.sender) + cmid
+            found = txn.get(key, db=self._dbs.dedupe)
+            if found is not None and len(found) > _DEDUPE.size:
+                conv_seq_ts = bytes(found[:_DEDUPE.size])
+                if _DEDUPE.unpack(conv_seq_ts)[1] == message.seq:
+                    txn.put(key, conv_seq_ts + RECALLED_DIGEST, db=self._dbs.dedupe)
+                    return
+
+    def _content_digest(self, op: Append, cmid: bytes) -> bytes:
+        """What the dedupe entry keeps to tell a retry (the same content) from a reuse of its
+        client_msg_id (`cmid`, blinded in a sealed store): a digest of the kind, body, ref and
+        mentions (engine.crypto), or nothing in a sealed store without a name key."""
+        entry = _pack_ids2(op.tenant, op.sender) + cmid
+        content = self._encode((op.kind, op.body, op.ref, op.mentions))
+        keyring = self._keyring
+        if keyring is None:
+            return plain_content_digest(entry, content)
+        return keyring.content_digest(entry, content) or b""
+
+    def _same_content(
+        self, txn: Any, op: Append, seq: int, digest: bytes, stored_digest: bytes
+    ) -> bool:
+        """Whether `op` sends what message `seq` was sent with: its dedupe entry's digest, or
+        the stored message itself where the entry keeps none. A recalled message's content
+        is gone (its entry says so): a retry of it is told it was stored, as before."""
+        if stored_digest == RECALLED_DIGEST:
+            return True
+        if stored_digest:
+            return hmac.compare_digest(stored_digest, digest)
+        first = self._get_message(txn, op.tenant, op.conv, seq)
+        return first.recalled_by != 0 or (
+            first.kind == op.kind and first.body == op.body and first.ref == op.ref
+            and tuple(first.mentions) == tuple(op.mentions)
+        )
 
     def _dedupe_key(self, tenant: int, now_ms: int, sender: int, cmid: bytes) -> bytes:
         window = now_ms // self._limits.dedupe_window_ms
@@ -335,9 +450,9 @@ class Timeline:
 
     def _find_duplicate(
         self, txn: Any, key: bytes, tenant: int, sender: int, cmid: bytes, now_ms: int
-    ) -> tuple[int, int, int] | None:
-        """The earlier append of this retry: `key` is its dedupe key in the current window,
-        and the previous window is looked up too."""
+    ) -> tuple[int, int, int, bytes] | None:
+        """The earlier append of this retry, as (conv, seq, ts, content digest): `key` is its
+        dedupe key in the current window, and the previous window is looked up too."""
         dedupe_db = self._dbs.dedupe
         found = txn.get(key, db=dedupe_db)
         if found is None:
@@ -347,8 +462,8 @@ class Timeline:
             found = txn.get(_pack_ids3(tenant, previous, sender) + cmid, db=dedupe_db)
             if found is None:
                 return None
-        conv, seq, ts = _DEDUPE.unpack(found)
-        return int(conv), int(seq), int(ts)
+        conv, seq, ts = _DEDUPE.unpack_from(found)
+        return int(conv), int(seq), int(ts), bytes(found[_DEDUPE.size:])
 
     def prune_dedupe(self, txn: Any, tenant: int, now_ms: int) -> int:
         """Forget retry records older than the previous window; returns how many went."""
@@ -415,18 +530,23 @@ class Timeline:
             raise NotMember(f"user {user} is not a member of conversation {conv}")
         return unpack_cursor(found)
 
-    def _get_message(self, txn: Any, tenant: int, conv: int, seq: int) -> Message:
+    def _locate(self, txn: Any, tenant: int, conv: int, seq: int) -> _Located:
+        """Message `seq` of `conv` and the block that holds it: `NotFound` if not stored."""
         with txn.cursor(db=self._dbs.messages) as cur:
             if _seek_block(cur, _pack_ids2(tenant, conv), seq):
                 key, stored = cur.item()
-                plaintext = self._sealer.open(_MESSAGES, key, stored)
+                plaintext = self._open_tail(key, stored)
                 ends, start = block_index(plaintext)
                 i = seq - _seq_of(key)
                 if i < len(ends):
-                    return self._decode_message(
-                        plaintext[start + (ends[i - 1] if i else 0):start + ends[i]]
-                    )
+                    records = [plaintext[start + (ends[n - 1] if n else 0):start + ends[n]]
+                               for n in range(len(ends))]
+                    epoch = None if self._epoch_of is None else self._epoch_of(stored)
+                    return _Located(key, records, i, self._decode_message(records[i]), epoch)
         raise NotFound(f"message {seq} of conversation {conv} is not stored")
+
+    def _get_message(self, txn: Any, tenant: int, conv: int, seq: int) -> Message:
+        return self._locate(txn, tenant, conv, seq).message
 
     def scan(
         self, txn: Any, tenant: int, conv: int, first: int, last: int,
@@ -472,7 +592,7 @@ class Timeline:
         out, used = self._scan_store(txn, tenant, conv, first, last, limit, strict,
                                      newest_first, hits, opened)
         if opened:
-            cache.fill_run(conv_key, opened, generation)
+            cache.fill_run(conv_key, opened, generation, txn.id())
         return out, used
 
     @staticmethod

@@ -11,14 +11,17 @@ import pytest
 
 from engine import (
     CapacityExceeded,
+    ClientMsgIdReused,
     Conflict,
     CorruptData,
+    CreateGroup,
     CreateTenant,
     CreateUser,
     Engine,
     EngineClosed,
     Forbidden,
     HeraldError,
+    InternalError,
     Invalid,
     KeyNotInstalled,
     KeyUnavailable,
@@ -63,9 +66,16 @@ class Org:
     dave: int
 
 
-def create_org(engine: Engine, name: str, now_ms: int = NOW_MS) -> Org:
-    """Create tenant `name` with the users alice, bob, carol and dave (password PASSWORD)."""
+def create_org(engine: Engine, name: str, now_ms: int = NOW_MS, first_made: int = 0) -> Org:
+    """Create tenant `name` with the users alice, bob, carol and dave (password PASSWORD).
+    With `first_made`, that many other users (`other-1`...) and as many groups of theirs are
+    made first: the org's ids then start past them (ids count per tenant)."""
     tenant = engine.apply(CreateTenant(name=name), now_ms).tenant
+    for n in range(1, first_made + 1):
+        other = CreateUser(tenant=tenant, login=f"other-{n}", display_name="Other",
+                           password_hash=_HASH)
+        creator = engine.apply(other, now_ms).user  # type: ignore[union-attr]
+        engine.apply(CreateGroup(tenant=tenant, creator=creator, title="other"), now_ms)
     users = [
         engine.apply(
             CreateUser(tenant=tenant, login=login, display_name=login.title(), password_hash=_HASH),
@@ -96,6 +106,8 @@ WIRE_CODES: dict[type[HeraldError], str] = {
     EngineClosed: "engine_closed",
     WrongPassword: "wrong_password",
     WeakPassword: "weak_password",
+    InternalError: "internal",
+    ClientMsgIdReused: "client_msg_id_reused",
 }
 
 

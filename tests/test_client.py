@@ -511,7 +511,8 @@ async def test_users_names_the_ids_of_the_tenant_and_leaves_out_the_rest(
 ) -> None:
     with trio.fail_after(30):
         async with server_with_org(tmp_path) as (running, ids):
-            other = seed_org(running.engine, "globex", ["erin"])
+            # Ids count per tenant: globex's erin is its fourth user, an id acme has not.
+            other = seed_org(running.engine, "globex", ["dan", "dee", "dot", "erin"])
             async with connect(running.url, "carol") as carol:
                 found = await carol.users([ids["bob"], other["erin"], 999_999, ids["bob"],
                                            ids["carol"]])

@@ -1,4 +1,4 @@
-"""Tenants and users: creation, lookup, name rules, uniqueness, global ids and authentication."""
+"""Tenants and users: creation, lookup, name rules, uniqueness, per-tenant ids, authentication."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from conftest import NOW_MS, PASSWORD, create_org, refused
 
 from engine import (
     Conflict,
+    CreateGroup,
     CreateTenant,
     CreateUser,
     Engine,
     Invalid,
     Limits,
     NotFound,
+    OpenDirect,
     TenantCreated,
     Unauthenticated,
     UserCreated,
@@ -104,6 +106,18 @@ def test_the_name_length_limit_comes_from_the_limits(tmp_path: Path) -> None:
         engine.close()
 
 
+def test_a_tenant_name_no_tenant_can_have_is_not_found_without_asking_the_store(
+    engine: Engine,
+) -> None:
+    # LMDB refuses an empty key outright (BadValsizeError): the name must not reach it.
+    for name in ("", "a" * 600):
+        with pytest.raises(NotFound) as refusal:
+            engine.find_tenant(name)
+        assert refusal.value.code == "not_found"
+    with pytest.raises(Unauthenticated):
+        engine.authenticate(0, "", PASSWORD)
+
+
 def test_an_unknown_tenant_is_not_found(engine: Engine) -> None:
     engine.apply(CreateTenant(name="acme"), NOW_MS)
 
@@ -142,14 +156,49 @@ def test_users_lists_the_tenants_users_in_id_order(engine: Engine) -> None:
     ]
 
 
-def test_user_ids_are_global_across_tenants_and_never_reused(engine: Engine) -> None:
-    acme = create_org(engine, "acme")
-    globex = create_org(engine, "globex")
+def test_each_tenant_numbers_its_users_and_conversations_from_one_with_no_gaps(
+    engine: Engine, password_hash: str
+) -> None:
+    # Interleaved, as two organisations' activity is: neither sees the other's as gaps.
+    acme = engine.apply(CreateTenant(name="acme"), NOW_MS).tenant
+    globex = engine.apply(CreateTenant(name="globex"), NOW_MS).tenant
+    users: dict[int, list[int]] = {acme: [], globex: []}
+    convs: dict[int, list[int]] = {acme: [], globex: []}
+    for round_ in range(3):
+        for tenant in (acme, globex, globex):
+            made = engine.apply(
+                new_user(tenant, f"u{len(users[tenant])}", password_hash), NOW_MS
+            )
+            assert isinstance(made, UserCreated)
+            users[tenant].append(made.user)
+        for tenant in (globex, acme):
+            group = CreateGroup(tenant=tenant, creator=users[tenant][0], title=f"g{round_}")
+            convs[tenant].append(engine.apply(group, NOW_MS).conv)  # type: ignore[union-attr]
+        if round_:
+            direct = OpenDirect(tenant=acme, user=users[acme][0], peer=users[acme][-1])
+            convs[acme].append(engine.apply(direct, NOW_MS).conv)  # type: ignore[union-attr]
 
-    assert (acme.alice, acme.bob, acme.carol, acme.dave) == (1, 2, 3, 4)
-    assert (globex.alice, globex.bob, globex.carol, globex.dave) == (5, 6, 7, 8)
-    assert engine.find_user(acme.tenant, "alice") == 1
-    assert engine.find_user(globex.tenant, "alice") == 5
+    assert users == {acme: [1, 2, 3], globex: [1, 2, 3, 4, 5, 6]}
+    assert convs == {acme: [1, 2, 3, 4, 5], globex: [1, 2, 3]}
+    assert engine.find_user(acme, "u0") == engine.find_user(globex, "u0") == 1
+    assert [user for user, _ in engine.users(globex)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_ids_are_never_reused_after_a_refused_creation_or_a_reopen(
+    tmp_path: Path, password_hash: str
+) -> None:
+    path = tmp_path / "store"
+    engine = Engine(path, map_size=2**24)
+    acme = engine.apply(CreateTenant(name="acme"), NOW_MS).tenant  # type: ignore[union-attr]
+    assert engine.apply(new_user(acme, "alice", password_hash), NOW_MS) == UserCreated(1)
+    refused(engine, new_user(acme, "alice", password_hash))  # a taken login takes no id
+    engine.close()
+
+    reopened = Engine(path, map_size=2**24)
+    try:
+        assert reopened.apply(new_user(acme, "bob", password_hash), NOW_MS) == UserCreated(2)
+    finally:
+        reopened.close()
 
 
 def test_a_user_in_an_unknown_tenant_is_not_found(engine: Engine, password_hash: str) -> None:
@@ -221,7 +270,7 @@ def test_a_taken_login_is_a_conflict_within_the_tenant_only(
 
     assert (type(error), error.code) == (Conflict, "conflict")
     assert engine.find_user(acme.tenant, "alice") == acme.alice
-    assert elsewhere == UserCreated(acme.dave + 1)
+    assert elsewhere == UserCreated(1)  # globex's first user
 
 
 def test_an_unknown_user_or_login_is_not_found(engine: Engine) -> None:

@@ -22,13 +22,16 @@ from engine import (
     CreateUser,
     Engine,
     EngineClosed,
+    InternalError,
     Invalid,
+    Limits,
     MarkRead,
     NotFound,
     OpenDirect,
     TenantCreated,
     UserCreated,
 )
+from engine.hotstore import translate_lmdb_error
 from engine.records import FORMAT_VERSION
 
 
@@ -121,7 +124,8 @@ def test_a_refused_op_changes_nothing_and_fails_no_other_op(
 def test_two_appends_with_one_client_msg_id_in_a_batch_store_one_message(
     engine: Engine, org: Org, direct: int
 ) -> None:
-    ops = [hello(org, direct, org.alice, "same", "first"), hello(org, direct, org.alice, "same")]
+    ops = [hello(org, direct, org.alice, "same", "first"),
+           hello(org, direct, org.alice, "same", "first")]
 
     results = engine.apply_batch(ops, NOW_MS)
 
@@ -176,6 +180,57 @@ def test_a_full_store_refuses_the_whole_batch_and_keeps_working(tmp_path: Path) 
         assert engine.apply(hello(org, conv.conv, org.alice, "small"), NOW_MS).seq == 2
     finally:
         engine.close()
+
+
+# Keys over LMDB's limit (511 bytes): a client_msg_id limit raised past what a dedupe key
+# can hold makes LMDB refuse the key itself (BadValsizeError), a storage error that is no
+# capacity: a misconfiguration, or a bug.
+OVERSIZED_KEY_LIMITS = Limits(max_client_msg_id_bytes=600)
+
+
+def test_a_storage_error_that_is_not_capacity_is_internal_and_commits_nothing(
+    tmp_path: Path,
+) -> None:
+    engine = Engine(tmp_path / "store", map_size=2**24, limits=OVERSIZED_KEY_LIMITS)
+    try:
+        org = create_org(engine, "acme")
+        conv = engine.apply(CreateGroup(tenant=org.tenant, creator=org.alice, title="g"), NOW_MS)
+        ops = [hello(org, conv.conv, org.alice, "fine"),
+               hello(org, conv.conv, org.alice, "x" * 600)]
+        before = snapshot(engine, org.tenant)
+
+        with pytest.raises(InternalError) as failure:
+            engine.apply_batch(ops, NOW_MS)
+
+        assert_refusal(failure.value, InternalError)
+        assert isinstance(failure.value.__cause__, lmdb.BadValsizeError)
+        assert snapshot(engine, org.tenant) == before
+        assert engine.apply(ops[0], NOW_MS).seq == 2  # the store keeps working
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (lmdb.MapFullError, CapacityExceeded),
+        (lmdb.ReadersFullError, CapacityExceeded),
+        (lmdb.TxnFullError, CapacityExceeded),
+        (lmdb.DiskError, CapacityExceeded),
+        (lmdb.CorruptedError, CorruptData),
+        (lmdb.PageNotFoundError, CorruptData),
+        (lmdb.BadValsizeError, InternalError),
+        (lmdb.BadTxnError, InternalError),
+        (lmdb.ReadonlyError, InternalError),
+        (lmdb.Error, InternalError),
+    ],
+)
+def test_each_lmdb_error_becomes_the_refusal_that_names_its_situation(
+    error: type[lmdb.Error], expected: type[Exception]
+) -> None:
+    translated = translate_lmdb_error(error("mdb_txn_commit", 0))
+
+    assert type(translated) is expected
 
 
 # -- closing and reopening -------------------------------------------------------------------
@@ -246,7 +301,7 @@ def test_reopening_the_store_keeps_everything(engine: Engine, org: Org, direct: 
 def test_a_new_store_records_the_current_format_version(engine: Engine) -> None:
     engine.close()
 
-    assert stored_format_version(engine.path) == FORMAT_VERSION == 3
+    assert stored_format_version(engine.path) == FORMAT_VERSION == 5
 
 
 def test_a_store_of_another_format_version_is_refused_as_corrupt(
@@ -259,7 +314,7 @@ def test_a_store_of_another_format_version_is_refused_as_corrupt(
         Engine(engine.path, map_size=2**24)
 
     assert refusal.value.code == "corrupt_data"
-    assert "format version 5" in refusal.value.message
+    assert "format version 7" in refusal.value.message
     # The refused open let go of the store: it can be migrated and opened in this process.
     set_format_version(engine.path, FORMAT_VERSION)
     reopened = Engine(engine.path, map_size=2**24)
@@ -269,8 +324,8 @@ def test_a_store_of_another_format_version_is_refused_as_corrupt(
         reopened.close()
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_a_store_of_one_message_per_record_is_refused_with_what_to_do(
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_a_store_of_an_older_development_format_is_refused_with_what_to_do(
     engine: Engine, version: int
 ) -> None:
     engine.close()

@@ -429,6 +429,26 @@ def test_a_fill_noted_before_a_drop_is_discarded() -> None:
     assert key in cache
 
 
+def test_a_recall_drops_its_block_and_reads_of_older_snapshots_fill_nothing() -> None:
+    """A read whose snapshot began before a recall committed may have opened the recalled
+    message as it was: it must not put it back into the cache after the recall dropped it."""
+    cache = MessageCache(2**20, None)
+    conv_key = pack_ids(1, 2)
+    before: CachedMessage = (Message(3, 7, 0, "c", MessageKind.TEXT, "secret"), 20, 0)
+    cache.fill_run(conv_key, [(3, before), (4, before)], cache.generation, snapshot_txn=10)
+    assert pack_ids(1, 2, 3) in cache
+
+    cache.forget_rewritten([(conv_key, 3, 3)], txn_id=11)  # the recall's commit
+
+    assert pack_ids(1, 2, 3) not in cache and pack_ids(1, 2, 4) in cache
+    cache.fill_run(conv_key, [(3, before)], cache.generation, snapshot_txn=10)
+    assert pack_ids(1, 2, 3) not in cache
+    after: CachedMessage = (Message(3, 7, 0, "c", MessageKind.TEXT, "", recalled_by=5), 20, 0)
+    cache.fill_run(conv_key, [(3, after)], cache.generation, snapshot_txn=11)
+    assert cache.lookup(conv_key, 3, 3) == [after]
+    assert cache.recount() == (len(cache), cache.bytes_used)
+
+
 def test_closing_the_engine_empties_the_cache_and_unhooks_it_from_the_keyring(
     box: Box, password_hash: str
 ) -> None:

@@ -2,9 +2,11 @@
 
 The model is dicts and lists and follows the rules of engine/timeline.py, membership.py and
 sync.py (DESIGN.md "Data model", "Storage") with no storage at all: gapless seqs from 1, one
-write per message, idempotent sends per (sender, client_msg_id) within the dedupe windows,
-cursors that never pass the head nor move back, unread = head - read. A refused operation
-leaves the model untouched, so every comparison after it also checks that it changed nothing.
+write per message, idempotent sends per (sender, client_msg_id) within the dedupe windows
+(the same content is a retry, other content a refusal), recalls that blank the message they
+hide (once, and never a system message or a recall), cursors that never pass the head nor move
+back, unread = head - read. A refused operation leaves the model untouched, so every
+comparison after it also checks that it changed nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from engine import (
     AddMembers,
     Append,
     Appended,
+    ClientMsgIdReused,
     Conflict,
     ConversationKind,
     ConversationSummary,
@@ -72,6 +75,7 @@ LIMITS = Limits()
 WINDOW_MS = LIMITS.dedupe_window_ms
 NO_SUCH_USER = 9_999
 NO_SUCH_CONV = 8_888
+Content = tuple[MessageKind, str, int, tuple[int, ...]]  # what a retry must send again
 USER_COUNT = 5  # real users; index USER_COUNT in a drawn tuple stands for NO_SUCH_USER
 CONV_COUNT = 3  # two groups (one of them open) and one direct; index 3 is NO_SUCH_CONV
 
@@ -108,11 +112,11 @@ class ModelConv:
 
     def write(
         self, sender: int, cmid: str, kind: MessageKind, body: str, mentions: tuple[int, ...],
-        now_ms: int,
+        now_ms: int, ref: int = 0,
     ) -> Message:
         message = Message(
             seq=self.head + 1, sender=sender, ts=max(now_ms, self.last_ts), client_msg_id=cmid,
-            kind=kind, body=body, mentions=mentions,
+            kind=kind, body=body, mentions=mentions, ref=ref,
         )
         self.messages.append(message)
         return message
@@ -124,8 +128,9 @@ class Model:
     def __init__(self) -> None:
         self.users: set[int] = set()
         self.convs: dict[int, ModelConv] = {}
-        # (window, sender, client_msg_id) -> (conv, seq, ts), as the engine keys its retries
-        self.dedupe: dict[tuple[int, int, str], tuple[int, int, int]] = {}
+        # (window, sender, client_msg_id) -> (conv, seq, ts, content), as the engine keys its
+        # retries; the content (kind, body, ref, mentions) is None once the message is recalled
+        self.dedupe: dict[tuple[int, int, str], tuple[int, int, int, Content | None]] = {}
         self.next_conv = 1
 
     # writes: each raises the engine's refusal before it changes anything
@@ -209,17 +214,42 @@ class Model:
     def append(self, op: Append, now_ms: int) -> Appended:
         if not op.client_msg_id:
             raise Invalid("empty client_msg_id")
+        recall = op.kind is MessageKind.RECALL
+        if recall and (op.body or op.mentions):
+            raise Invalid("a recall carries no content")
+        content: Content = (op.kind, op.body, op.ref, tuple(op.mentions))
         window = now_ms // WINDOW_MS
         for w in (window, window - 1):
             prior = self.dedupe.get((w, op.sender, op.client_msg_id))
             if prior is not None:
-                conv_id, seq, ts = prior
+                conv_id, seq, ts, first = prior
                 if conv_id != op.conv:
                     raise Conflict("client_msg_id used for another conversation")
+                if first is not None and first != content:
+                    raise ClientMsgIdReused("other content")
                 return Appended(conv_id, seq, ts, duplicate=True)
         conv, member = self._member(op.conv, op.sender)
-        message = conv.write(op.sender, op.client_msg_id, op.kind, op.body, (), now_ms)
-        self.dedupe[window, op.sender, op.client_msg_id] = (op.conv, message.seq, message.ts)
+        if recall:
+            if not 1 <= op.ref <= conv.head:
+                raise Invalid("no such seq")
+            target = conv.messages[op.ref - 1]
+            if target.kind in (MessageKind.SYSTEM, MessageKind.RECALL):
+                raise Invalid("not recallable")
+            if target.sender != op.sender and member.role is Role.MEMBER:
+                raise Forbidden("another's message")
+            if target.recalled_by:
+                raise Conflict("recalled already")
+            conv.messages[op.ref - 1] = msgspec.structs.replace(
+                target, body="", mentions=(), recalled_by=conv.head + 1)
+            for key, (c, seq, ts, _) in self.dedupe.items():
+                if key[1:] == (target.sender, target.client_msg_id) and (c, seq) == (
+                        op.conv, target.seq):
+                    self.dedupe[key] = (c, seq, ts, None)
+        elif op.ref:
+            raise Invalid("only a recall refers to a message")
+        message = conv.write(op.sender, op.client_msg_id, op.kind, op.body, (), now_ms, op.ref)
+        self.dedupe[window, op.sender, op.client_msg_id] = (
+            op.conv, message.seq, message.ts, content)
         member.delivered = member.read = message.seq
         return Appended(op.conv, message.seq, message.ts)
 
@@ -413,8 +443,12 @@ behind_head = st.integers(-1, 4) | st.integers(-3, 30)
 limits = st.sampled_from([*range(1, 8), *range(1, 8), 0, LIMITS.max_page_messages, 501])
 
 appends = st.tuples(st.just("append"), conv_index, people, cmids, bodies)
+# A recall of (head - this), mostly a recent message, sometimes with a body, which is refused.
+recalls = st.tuples(st.just("recall"), conv_index, people, cmids, behind_head,
+                    st.sampled_from(["", "", "", "hidden text?"]))
 op_specs = st.one_of(
     *[appends] * 8,
+    *[recalls] * 2,
     st.tuples(st.just("add"), conv_index, people, st.lists(user_index, max_size=3).map(tuple),
               roles),
     st.tuples(st.just("remove"), conv_index, people, people),
@@ -515,6 +549,11 @@ class EngineMachine(RuleBasedStateMachine):
             sender, cmid, body = rest
             return Append(tenant=t, conv=c, sender=self.person(c, sender),
                           client_msg_id=self.cmid(cmid), body=body)
+        if kind == "recall":
+            sender, cmid, back, body = rest
+            return Append(tenant=t, conv=c, sender=self.person(c, sender),
+                          client_msg_id=self.cmid(cmid), body=body, kind=MessageKind.RECALL,
+                          ref=self.head(c) - back)
         if kind == "add":
             actor, users, role = rest
             return AddMembers(tenant=t, actor=self.person(c, actor), conv=c,
@@ -561,6 +600,11 @@ class EngineMachine(RuleBasedStateMachine):
     def append(self, conv: int, sender: int, cmid: int, body: str) -> None:
         self.apply_one(self.build(("append", conv, sender, cmid, body)))
 
+    @rule(conv=conv_index, sender=people, cmid=cmids, back=behind_head,
+          body=st.sampled_from(["", "", "hidden text?"]))
+    def recall(self, conv: int, sender: int, cmid: int, back: int, body: str) -> None:
+        self.apply_one(self.build(("recall", conv, sender, cmid, back, body)))
+
     @precondition(lambda self: self.sent)
     @rule(data=st.data(), new_body=st.booleans())
     def retry_an_earlier_send(self, data: st.DataObject, new_body: bool) -> None:
@@ -571,10 +615,16 @@ class EngineMachine(RuleBasedStateMachine):
         keys = [(w, original.sender, original.client_msg_id) for w in (window, window - 1)]
         prior = next((self.model.dedupe[k] for k in keys if k in self.model.dedupe), None)
         got = self.apply_one(retry)
-        if prior is not None and prior[0] == original.conv:
+        if prior is not None and prior[0] == original.conv and not (
+                retry.kind is MessageKind.RECALL and retry.body):  # that is refused first
             # Within the window a retry stores nothing and answers with the first seq, even
-            # when its body differs or its sender has left since.
-            assert got == Appended(*prior, duplicate=True)
+            # when its sender has left since; other content than what is stored under the
+            # id is refused, unless that message was recalled since (its content is gone).
+            content = (retry.kind, retry.body, retry.ref, tuple(retry.mentions))
+            if prior[3] is not None and prior[3] != content:
+                assert got is ClientMsgIdReused
+            else:
+                assert got == Appended(*prior[:3], duplicate=True)
 
     @rule(conv=conv_index, actor=people, users=st.lists(user_index, max_size=3), role=roles)
     def add_members(self, conv: int, actor: int, users: list[int], role: Role) -> None:

@@ -98,7 +98,9 @@ async def gateway(tmp_path: Path, limits: Limits | None = None, **config: Any
     async with running_server(tmp_path / "data", limits=limits, **config) as running:
         engine = running.engine
         acme = seed_org(engine, "acme", ["alice", "bob", "carol", "dave"])
-        globex = seed_org(engine, "globex", ["erin", "frank"])
+        # Ids count per tenant: globex's first users and groups take the ids acme's have, so
+        # that erin, frank and project falcon have ids that acme has not.
+        globex = seed_org(engine, "globex", ["gus", "gil", "gia", "gem", "erin", "frank"])
 
         def group(tenant: int, creator: int, title: str, members: tuple[int, ...],
                   open_: bool = False) -> int:
@@ -109,6 +111,8 @@ async def gateway(tmp_path: Path, limits: Limits | None = None, **config: Any
         team = group(acme["tenant"], acme["alice"], "team", (acme["bob"],))
         secret = group(acme["tenant"], acme["carol"], "carol's notes", ())
         lab = group(acme["tenant"], acme["dave"], "lab", ())
+        for _ in range(3):
+            group(globex["tenant"], globex["gus"], "filler", ())
         foreign = group(globex["tenant"], globex["erin"], "project falcon", (globex["frank"],),
                         open_=True)
         engine.apply(Append(tenant=globex["tenant"], conv=foreign, sender=globex["erin"],

@@ -377,3 +377,42 @@ async def test_nothing_follows_the_close_frame_while_the_server_awaits_the_reply
                     assert ack["type"] == "reply", ack
                     await bob.send_frame(OP_CLOSE, frame[1][:2])
                     assert await bob.receive_frame() is None
+
+
+# -- recalls ---------------------------------------------------------------------------------
+
+
+async def test_a_recall_hides_the_body_from_every_later_read_and_refuses_a_body_or_a_repeat(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with running_server(tmp_path / "data") as running:
+            ids = seed_org(running.engine, "acme", ["alice", "bob", "carol"])
+            conv = _group(running.engine, ids["tenant"], ids["alice"], (ids["bob"],))
+            async with open_ws(running.port) as alice:
+                await login(alice, "acme", "alice")
+                sent = await request(alice, {"op": "send", "id": 2, "conv": conv, "cmid": "m1",
+                                             "body": "hidden text"})
+                seq = sent["data"]["seq"]
+                recall = {"op": "send", "id": 3, "conv": conv, "cmid": "r1", "body": "",
+                          "kind": "recall", "ref": seq}
+                with_body = await request(alice, {**recall, "body": "hidden text?",
+                                                  "cmid": "r0"})
+                done = await request(alice, recall)
+                again = await request(alice, {**recall, "id": 4, "cmid": "r2"})
+                added = await request(alice, {"op": "add", "id": 5, "conv": conv,
+                                              "users": [ids["carol"]]})
+            async with open_ws(running.port) as carol:  # joined after the recall
+                await login(carol, "acme", "carol")
+                history = await request(carol, {"op": "history", "id": 6, "conv": conv})
+                synced = await request(carol, {"op": "sync", "id": 7, "cursors": {str(conv): 0}})
+
+    assert (with_body["type"], with_body["code"]) == ("error", "invalid"), with_body
+    assert done["type"] == "reply" and done["data"]["seq"] == seq + 1, done
+    assert (again["type"], again["code"]) == ("error", "conflict"), again
+    assert added["type"] == "reply", added
+    for reply in (history, synced):
+        assert "hidden text" not in json.dumps(reply), reply
+    (recalled,) = [m for m in history["data"]["msgs"] if m["seq"] == seq]
+    assert recalled == {"seq": seq, "sender": ids["alice"], "ts": recalled["ts"], "kind": "text",
+                        "body": "", "cmid": "m1", "recalled_by": seq + 1}

@@ -264,3 +264,30 @@ async def test_a_member_removed_in_a_commit_gets_only_the_message_that_says_so(
                 for device in (("carol", "phone"), ("carol", "laptop")):
                     assert await _pushes(sockets[device], 1) == [bob[1]]
                     await _nothing_queued(sockets[device])
+
+
+async def test_two_tenants_conversation_and_users_of_the_same_ids_get_only_their_own_pushes(
+    tmp_path: Path,
+) -> None:
+    # Ids count per tenant: acme's and globex's group are both conversation 1 and their
+    # alice and bob both users 1 and 2. A commit in one reaches the other's nobody.
+    with trio.fail_after(30):
+        async with running_server(tmp_path / "data") as running:
+            acme = seed_org(running.engine, "acme", ["alice", "bob"])
+            globex = seed_org(running.engine, "globex", ["alice", "bob"])
+            groups = [_group(running.engine, ids, "alice", "bob") for ids in (acme, globex)]
+            assert groups[0] == groups[1] and acme["bob"] == globex["bob"]
+            async with AsyncExitStack() as stack:
+                bobs = {}
+                for tenant in ("acme", "globex"):
+                    ws = await stack.enter_async_context(open_ws(running.port))
+                    reply = await request(ws, {"op": "login", "id": 1, "tenant": tenant,
+                                               "login": "bob", "password": PASSWORD})
+                    assert reply["type"] == "reply", reply
+                    bobs[tenant] = ws
+                _submit(running, acme, groups[0], "alice", "for acme")
+                assert await _pushes(bobs["acme"], 1) == [(groups[0], 2, "for acme")]
+                await _nothing_queued(bobs["globex"])
+                _submit(running, globex, groups[1], "alice", "for globex")
+                assert await _pushes(bobs["globex"], 1) == [(groups[1], 2, "for globex")]
+                await _nothing_queued(bobs["acme"])

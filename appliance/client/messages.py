@@ -20,6 +20,7 @@ class Message:
 
     `kind` is "text", "system" (a membership event: `body` names it, `mentions` lists the users
     it concerns, `sender` is who made the change), "bot" or "recall" (`ref` is the hidden seq).
+    `recalled_by` is the seq of the recall that hid this message (then its body is empty).
     """
 
     conv: int
@@ -31,11 +32,12 @@ class Message:
     cmid: str = ""
     mentions: tuple[int, ...] = ()
     ref: int = 0
+    recalled_by: int = 0
 
     @classmethod
     def from_wire(cls, conv: int, wire: WireMessage) -> Message:
         return cls(conv, wire.seq, wire.sender, wire.ts, wire.kind, wire.body, wire.cmid,
-                   tuple(wire.mentions), wire.ref)
+                   tuple(wire.mentions), wire.ref, wire.recalled_by)
 
 
 class Sent(NamedTuple):

@@ -226,7 +226,8 @@ OPEN_OPS = frozenset(t.__struct_config__.tag for t in OPEN_REQUESTS)
 
 
 class WireMessage(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A message on the wire; `mentions` and `ref` are omitted when empty."""
+    """A message on the wire; `mentions`, `ref` and `recalled_by` are omitted when empty.
+    `recalled_by` is the seq of the recall that hid it (its body and mentions are gone)."""
 
     seq: int
     sender: int
@@ -236,6 +237,7 @@ class WireMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     cmid: str = ""
     mentions: list[int] = []
     ref: int = 0
+    recalled_by: int = 0
 
 
 class LoginData(msgspec.Struct, frozen=True):
