@@ -558,9 +558,10 @@ def test_the_client_public_surface_is_pinned() -> None:
     assert appliance.client.__all__ == sorted(appliance.client.__all__)
     assert set(appliance.client.__all__) == {
         "CertificateRejected", "ClientClosed", "ClientError", "ClientOptions", "ClientStats",
-        "ConnectionLost",
+        "ConnectionLost", "ConnectionStatus", "Disconnected",
         "HeraldClient", "LoginFailed", "Message", "MessageStream", "ProtocolViolation",
-        "Reconnect", "Sent", "ServerUnreachable", "client_ssl_context", "open_client",
+        "Reconnect", "ReconnectFailed", "Reconnected", "Sent", "ServerUnreachable",
+        "WaitingForKeys", "client_ssl_context", "open_client",
     }
 
 
