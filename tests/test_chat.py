@@ -18,6 +18,7 @@ from processes import ROOT, herald
 from servers import running_server, seed_org
 
 from appliance.chat import HELP, Chat, Command, PromptRefused, format_message, parse_command
+from appliance.chat_input import PipedLines
 from appliance.client import ClientOptions, LoginFailed, Message, Reconnect, open_client
 
 
@@ -37,7 +38,7 @@ async def test_two_people_chat_through_herald_chat_processes(tmp_path: Path) -> 
                     await alice.expect(r"Logged in to demo as Alice Chen \(alice\)")
                     await alice.type("/dm bob", "before bob came")
                     await alice.expect(r"--- Bob Li ---")
-                    await alice.expect(r"\d\d:\d\d Alice Chen: before bob came$")
+                    await alice.expect(r"\d\d:\d\d #\d+ Alice Chen: before bob came$")
 
                     async with herald(nursery, *chat, "bob") as bob:
                         await bob.type(passwords["bob"])
@@ -47,16 +48,17 @@ async def test_two_people_chat_through_herald_chat_processes(tmp_path: Path) -> 
                         await bob.expect(r"^  1\. Alice Chen \(direct\) - 1 unread$")
                         await bob.expect(r"^  2\. Welcome \(group, 2 members\)$")
                         await bob.type("/open 2")
-                        await bob.expect(r"--- Welcome ---\n\d\d:\d\d \* Alice Chen created "
+                        await bob.expect(r"--- Welcome ---\n\d\d:\d\d #\d+ \* Alice Chen created "
                                          r"the group$")
                         await bob.type("/dm alice")
                         await bob.expect(r"--- Alice Chen ---\n.*\* Alice Chen opened the "
-                                         r"conversation\n\d\d:\d\d Alice Chen: before bob came$")
+                                         r"conversation\n\d\d:\d\d #\d+ Alice Chen: before bob "
+                                         r"came$")
 
                         await alice.type("hello bob")
-                        await bob.expect(r"\d\d:\d\d Alice Chen: hello bob$")
+                        await bob.expect(r"\d\d:\d\d #\d+ Alice Chen: hello bob$")
                         await bob.type("hi alice", "/convs")
-                        await alice.expect(r"\d\d:\d\d Bob Li: hi alice$")
+                        await alice.expect(r"\d\d:\d\d #\d+ Bob Li: hi alice$")
                         await bob.expect(r"^  1\. Alice Chen \(direct\) \(open\)$")  # all read
                         await bob.type("/nonsense", "/password", "/quit")
                         await bob.expect(r"! unknown command /nonsense")
@@ -65,7 +67,8 @@ async def test_two_people_chat_through_herald_chat_processes(tmp_path: Path) -> 
                     assert bob.process.returncode == 0, bob.err.decode()
 
                     await alice.type("/convs")
-                    await alice.expect(r"^  1\. Bob Li \(direct\) \(open\)$")
+                    # listed first now, but with the number it had: numbers never move
+                    await alice.expect(r"^  2\. Bob Li \(direct\) \(open\)\n  1\. Welcome")
                     await alice.end_input()  # the end of input quits, like /quit
                 assert alice.process.returncode == 0, alice.err.decode()
                 assert alice.out.decode().count("Bob Li: hi alice") == 1  # delivered once
@@ -167,12 +170,12 @@ def test_messages_are_shown_with_names_and_events_in_words() -> None:
         return format_message(message, lambda u: names(u) or f"user {u}", label,
                               local_time=time.gmtime)
 
-    assert show(Message(7, 3, 1, 3_600_000, "text", "hi")) == "01:00 Alice Chen: hi"
-    assert show(Message(7, 3, 9, 0, "text", "hi"), "Team") == "[Team] 00:00 user 9: hi"
+    assert show(Message(7, 3, 1, 3_600_000, "text", "hi")) == "01:00 #3 Alice Chen: hi"
+    assert show(Message(7, 3, 9, 0, "text", "hi"), "Team") == "[Team] 00:00 #3 user 9: hi"
     added = Message(7, 4, 1, 0, "system", "members_added", mentions=(2, 9))
-    assert show(added) == "00:00 * Alice Chen added Bob Li, user 9"
+    assert show(added) == "00:00 #4 * Alice Chen added Bob Li, user 9"
     created = Message(7, 1, 1, 0, "system", "group_created", mentions=(1, 2))
-    assert show(created) == "00:00 * Alice Chen created the group"
+    assert show(created) == "00:00 #1 * Alice Chen created the group"
 
 
 NEW_PASSWORD = "a password chosen in the chat"
@@ -208,7 +211,7 @@ async def test_the_password_command_asks_without_echo_and_changes_the_password(
                                 options=options) as other_device:
                 chat = Chat(client, out, ask=scripted)
                 stdin = io.StringIO("/password\n" * 4 + "/quit\n")
-                await chat.read_commands(stdin)
+                await chat.read_commands(PipedLines(stdin))
                 with pytest.raises(LoginFailed) as ended:
                     await other_device.messages.receive()
                 assert ended.value.code == "password_changed"
@@ -233,3 +236,18 @@ def test_the_help_inside_and_outside_the_chat_lists_the_password_command() -> No
     result = subprocess.run([sys.executable, "-m", "appliance.cli", "chat", "--help"],
                             cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "/password" in result.stdout
+
+
+def test_what_others_chose_is_shown_escaped_and_a_body_cannot_forge_a_line() -> None:
+    names = {1: "Eve\x1b]0;owned\x07", 2: "Bob Li"}.get
+
+    def show(message: Message, label: str = "") -> str:
+        return format_message(message, lambda u: names(u) or f"user {u}", label,
+                              local_time=time.gmtime)
+
+    hostile = Message(7, 3, 1, 0, "text", "\x1b[31mred\x0c\u202eevil\n00:00 Bob Li: fake")
+    assert show(hostile, "Team\x9b2J") == (
+        "[Team\\x9b2J] 00:00 #3 Eve\\x1b]0;owned\\x07: \\x1b[31mred\\x0c\\u202eevil\n"
+        "  | 00:00 Bob Li: fake")
+    event = Message(7, 4, 2, 0, "system", "members_added", mentions=(1,))
+    assert show(event) == "00:00 #4 * Bob Li added Eve\\x1b]0;owned\\x07"
