@@ -19,7 +19,14 @@ from servers import running_server, seed_org
 
 from appliance.chat import HELP, Chat, Command, PromptRefused, format_message, parse_command
 from appliance.chat_input import PipedLines
-from appliance.client import ClientOptions, LoginFailed, Message, Reconnect, open_client
+from appliance.client import (
+    ClientOptions,
+    HeraldClient,
+    LoginFailed,
+    Message,
+    Reconnect,
+    open_client,
+)
 
 
 async def test_two_people_chat_through_herald_chat_processes(tmp_path: Path) -> None:
@@ -251,3 +258,110 @@ def test_what_others_chose_is_shown_escaped_and_a_body_cannot_forge_a_line() -> 
         "  | 00:00 Bob Li: fake")
     event = Message(7, 4, 2, 0, "system", "members_added", mentions=(1,))
     assert show(event) == "00:00 #4 * Bob Li added Eve\\x1b]0;owned\\x07"
+
+
+async def _chat_lines(client: HeraldClient, *lines: str) -> list[str]:
+    """What the chat prints for these input lines (commands only: nothing incoming)."""
+    out = io.StringIO()
+    await Chat(client, out).read_commands(PipedLines(io.StringIO("".join(f"{line}\n"
+                                                                          for line in lines))))
+    return out.getvalue().splitlines()
+
+
+def _seqs(lines: list[str]) -> list[int]:
+    return [int(found.group(1)) for line in lines if (found := re.search(r" #(\d+) ", line))]
+
+
+async def test_history_pages_read_older_first_each_ending_just_before_what_was_shown(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with running_server(tmp_path / "data") as running:
+            ids = seed_org(running.engine, "acme", ["alice", "bob"])
+            async with open_client(running.url, "acme", "alice", PASSWORD) as alice, \
+                    open_client(running.url, "acme", "bob", PASSWORD) as bob:
+                conv = await alice.open_direct(ids["bob"])  # #1: the conversation opened
+                for n in range(2, 26):
+                    await alice.send(conv, f"message {n}")
+                shown = await _chat_lines(bob, "/open 1", "/history", "/history", "/history")
+    opened, first, second = (shown.index(line) for line in shown if line.startswith("---"))
+    assert shown[opened] == "--- Alice ---"
+    assert _seqs(shown[opened:first]) == list(range(16, 26))
+    assert shown[first] == "--- Alice: earlier messages, up to just before #16 ---"
+    assert _seqs(shown[first + 1:second]) == list(range(6, 16))
+    assert shown[second] == "--- Alice: earlier messages, up to just before #6 ---"
+    assert _seqs(shown[second + 1:]) == list(range(1, 6))
+    assert shown[-1] == "(no older messages)"
+
+
+async def test_numbers_stay_with_their_conversations_while_activity_reorders_the_list(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with running_server(tmp_path / "data") as running:
+            ids = seed_org(running.engine, "acme", ["alice", "bob", "carol"])
+            async with open_client(running.url, "acme", "alice", PASSWORD) as alice, \
+                    open_client(running.url, "acme", "bob", PASSWORD) as bob:
+                older = await alice.create_group("Older", [ids["bob"]])
+                await alice.create_group("Newer", [ids["bob"]])
+                chat = Chat(bob, io.StringIO())
+                out = chat._out
+                assert isinstance(out, io.StringIO)
+                await chat.list_convs()
+                await alice.send(older, "back on top")
+                await chat.list_convs()
+                await chat.read_commands(PipedLines(io.StringIO("/open 2\n/open 9\n")))
+    shown = out.getvalue().splitlines()
+    assert shown[:3] == ["Conversations:", "  1. Newer (group, 2 members)",
+                         "  2. Older (group, 2 members)"]
+    assert shown[3:6] == ["Conversations:", "  2. Older (group, 2 members) - 1 unread",
+                          "  1. Newer (group, 2 members)"]
+    assert shown[6] == "--- Older ---"
+    assert shown[-1] == "! /open takes the number of a conversation, from 1 to 2 (see /convs)"
+
+
+async def test_groups_are_made_and_managed_and_own_messages_recalled_from_the_chat(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with running_server(tmp_path / "data") as running:
+            seed_org(running.engine, "acme", ["alice", "bob", "carol", "dave"])
+            async with open_client(running.url, "acme", "alice", PASSWORD) as alice, \
+                    open_client(running.url, "acme", "bob", PASSWORD) as bob:
+                chat = Chat(alice, io.StringIO())
+                lines = ['/group "Project X" bob carol', "/add dave", "/kick carol",
+                         "hello team", "//help is a word too"]
+                await chat.read_commands(PipedLines(io.StringIO("\n".join(lines) + "\n")))
+                (group,) = [s.conv for s in await bob.convs() if s.title == "Project X"]
+                members = await bob.members(group)
+                page = await bob.history(group)
+                hello = next(m.seq for m in page.msgs if m.body == "hello team")
+                system = page.msgs[0].seq  # the group's creation: not alice's message to recall
+                await chat.read_commands(PipedLines(io.StringIO(
+                    f"/recall {hello}\n/recall x\n/kick\n/leave\n/add bob\n")))
+                after = await bob.history(group)
+                left = await bob.members(group)
+    logins = {user for user, _ in members.members}
+    assert len(logins) == 3  # alice, bob, dave: carol was kicked
+    assert [m.body for m in page.msgs if m.kind == "text"] == ["hello team",
+                                                               "/help is a word too"]
+    recall = [m for m in after.msgs if m.kind == "recall"]
+    assert [m.ref for m in recall] == [hello] and system != hello
+    assert len(left.members) == 2  # alice left
+    out = chat._out
+    assert isinstance(out, io.StringIO)
+    shown = out.getvalue().splitlines()
+    assert shown[0] == "--- Project X ---"
+    assert "! /recall takes the number of one of your messages, e.g. /recall 12 (each message " \
+           "shows its #N)" in shown
+    assert "! /kick takes one login, e.g. /kick bob" in shown
+    assert "You left Project X." in shown
+    assert shown[-1] == "! /add works on the open group: /open N first"
+
+
+def test_the_help_lists_every_command_and_the_double_slash() -> None:
+    for command in ("/convs", "/open N", "/history", "/dm LOGIN", "/group TITLE LOGIN...",
+                    "/add LOGIN...", "/kick LOGIN", "/leave", "/recall N", "/password",
+                    "/help", "/quit", "//TEXT"):
+        assert f"  {command} " in HELP, command
+    assert "a line starting with // sends the rest starting with /" in HELP
