@@ -197,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser("chat", help="chat from the terminal (a client for trying Herald)",
                                description="Log in to a running Herald and chat: list "
-                                           "conversations, open one, send lines, change your "
+                                           "conversations, open one, send lines, make and "
+                                           "manage groups (/group, /add, /kick, /leave), "
+                                           "recall your messages (/recall), change your "
                                            "password (/password, asked on the terminal). "
                                            "/help inside lists every command.")
     chat.add_argument("--url", default="ws://127.0.0.1:8470/ws",

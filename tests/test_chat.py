@@ -8,16 +8,27 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from conftest import PASSWORD
+from hypothesis import given
+from hypothesis import strategies as st
 from processes import ROOT, herald
 from servers import running_server, seed_org
 
-from appliance.chat import HELP, Chat, Command, PromptRefused, format_message, parse_command
+from appliance.chat import (
+    CONTINUATION,
+    HELP,
+    Chat,
+    Command,
+    PromptRefused,
+    format_message,
+    parse_command,
+)
 from appliance.chat_input import PipedLines
 from appliance.client import (
     ClientOptions,
@@ -27,6 +38,7 @@ from appliance.client import (
     Reconnect,
     open_client,
 )
+from appliance.client.display import UNSAFE_CATEGORIES
 
 
 async def test_two_people_chat_through_herald_chat_processes(tmp_path: Path) -> None:
@@ -365,3 +377,15 @@ def test_the_help_lists_every_command_and_the_double_slash() -> None:
                     "/help", "/quit", "//TEXT"):
         assert f"  {command} " in HELP, command
     assert "a line starting with // sends the rest starting with /" in HELP
+
+
+@given(st.text(), st.text(), st.text())
+def test_no_message_line_holds_a_control_character_and_only_the_body_continues(
+    name: str, label: str, body: str,
+) -> None:
+    shown = format_message(Message(7, 3, 1, 0, "text", body), lambda _: name, label,
+                           local_time=time.gmtime)
+    first, *rest = shown.split("\n")
+    assert len(rest) == body.count("\n")
+    assert all(line.startswith(CONTINUATION) for line in rest)
+    assert all(unicodedata.category(c) not in UNSAFE_CATEGORIES for c in "".join([first, *rest]))
