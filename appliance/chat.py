@@ -529,7 +529,8 @@ async def _session(target: _Target, password: str, lines: LineSource, out: TextI
     except LoginFailed as refused:
         return refused
     except CertificateRejected as exc:
-        print(f"herald chat: TLS refused with {target.url}: {exc}", file=sys.stderr)
+        print(f"herald chat: TLS refused with {target.url}: {visible(str(exc))}",
+              file=sys.stderr)
         return 1
     except ServerUnreachable as exc:
         print(f"herald chat: {visible(str(exc))}", file=sys.stderr)
