@@ -515,7 +515,10 @@ async def _session(target: _Target, password: str, lines: LineSource, out: TextI
             chat.say(f"Logged in to {visible(target.tenant)} as {visible(client.display_name)} "
                      f"({visible(target.login)}). /help lists the commands.")
             try:
-                await chat.list_convs()
+                try:
+                    await chat.list_convs()
+                except ClientError as exc:  # e.g. the keys lapsed since the login
+                    chat.say(f"! {visible(exc.message)}")
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(chat.print_incoming, nursery.cancel_scope)
                     await chat.read_commands(lines)
