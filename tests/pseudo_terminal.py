@@ -130,10 +130,15 @@ async def on_terminal(*args: str) -> AsyncIterator[Terminal]:
     screen = trio.lowlevel.FdStream(fd)
     try:
         yield Terminal(process, screen)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()  # a failed test leaves no chat running behind it
+        raise
     finally:
-        with trio.move_on_after(10) as waiting:
-            await process.wait()
-        if waiting.cancelled_caught:
-            process.kill()
-            await process.wait()
-        await screen.aclose()
+        with trio.CancelScope(shield=True):  # also after the test's fail_after fired
+            with trio.move_on_after(10) as waiting:
+                await process.wait()
+            if waiting.cancelled_caught:
+                process.kill()
+                await process.wait()
+            await screen.aclose()
