@@ -1,59 +1,102 @@
-"""`herald chat`: a small interactive client for trying Herald by hand.
+"""`herald chat`: a small interactive client for using Herald from a terminal.
 
-Lines typed are sent to the open conversation; lines starting with '/' are commands (`/help`).
-`/password` asks for passwords on the terminal only (never echoed, never read from piped input).
-Incoming messages are printed as they arrive, each once and in order (the client library sees
-to that). Standard input is read a line at a time in a worker thread, so the chat behaves the
-same on a terminal and with piped input; the end of input quits, after what was typed is sent.
+Lines typed are sent to the open conversation; lines starting with '/' are commands (`/help`),
+and '//' sends a line that starts with '/'. On a terminal, lines are typed at a prompt that
+incoming messages never garble (`chat_input.py`); piped input is read a line at a time, and its
+end quits after what was typed is sent. `/password` asks for passwords on the terminal only.
+
+Everything another user or the server chose (bodies, names, titles, error messages, logins) is
+printed through `appliance.client.display.visible`, so no message can drive the terminal.
+
+The connection's ups and downs are said as they happen ("disconnected, reconnecting",
+"reconnected", "the server is waiting for its keys; retrying"): the client library reconnects
+and waits for the server's keys by itself. A server that cannot be reached at the start is
+reported at once, with the reason, and the chat exits 1. A wrong password is asked again on a
+terminal; with --password-stdin or piped input the chat exits 1 instead.
+
+Conversations get a number the first time the chat sees them, and keep it: new activity
+reorders `/convs`, never the numbers. Each message shows its seq (#N), which `/recall` takes.
 
 Formatting and command parsing are plain functions; the Trio part is the two loops of `Chat`.
-
-Messages carry user ids; the chat learns the display names behind them with the `users`
-request, once per user, before it prints a message that names someone new.
 """
 
 from __future__ import annotations
 
+import logging
+import shlex
+import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import trio
+from prompt_toolkit.patch_stdout import patch_stdout
 
+from appliance.chat_input import LineSource, PipedLines, PromptLines
 from appliance.client import (
     CertificateRejected,
     ClientClosed,
     ClientError,
     ClientOptions,
     ConnectionLost,
+    ConnectionStatus,
+    Disconnected,
     HeraldClient,
     LoginFailed,
     Message,
+    Reconnect,
+    Reconnected,
+    ReconnectFailed,
     ServerUnreachable,
+    WaitingForKeys,
     client_ssl_context,
     open_client,
 )
+from appliance.client.display import visible
 from appliance.protocol.frames import ConvSummary, WireMessage
 from appliance.terminal import ask_secret
 
-__all__ = ["HELP", "Chat", "Command", "PromptRefused", "format_message", "parse_command", "run"]
+__all__ = [
+    "CONTINUATION",
+    "HELP",
+    "Chat",
+    "Command",
+    "PromptRefused",
+    "describe_status",
+    "format_message",
+    "parse_command",
+    "run",
+]
 
 PAGE_MESSAGES = 10  # shown on /open and per /history
+PASSWORD_TRIES = 3  # on a terminal, a refused password is asked again this many times in all
+CONNECT_TIMEOUT_S = 10.0  # TCP, TLS and WebSocket handshakes together (--connect-timeout)
+CONTINUATION = "  | "  # starts every further line of a multi-line body: never a chat line
 
 HELP = """Commands:
-  /convs        list your conversations, with unread counts
-  /open N       open conversation N of that list and show its latest messages
-  /history      show older messages of the open conversation
-  /dm LOGIN     open the direct conversation with LOGIN
-  /password     change your password (asked on the terminal, not shown); your other
-                devices are signed out, this chat stays signed in
-  /help         show this help
-  /quit         leave (so does the end of input, e.g. Ctrl-D)
-Any other line is sent to the open conversation."""
+  /convs               list your conversations, with unread counts (latest activity first;
+                       each keeps its number)
+  /open N              open conversation N of that list and show its latest messages
+  /history             show older messages of the open conversation (older first, ending
+                       just before the oldest shown so far)
+  /dm LOGIN            open the direct conversation with LOGIN
+  /group TITLE LOGIN...  create a group with these members and open it
+                       (quote a title with spaces: /group "Project X" bob carol)
+  /add LOGIN...        add people to the open group
+  /kick LOGIN          remove someone from the open group
+  /leave               leave the open group
+  /recall N            recall your own message #N of the open conversation
+  /password            change your password (asked on the terminal, not shown); your other
+                       devices are signed out, this chat stays signed in
+  /help                show this help
+  /quit                leave (so do Ctrl-D and Ctrl-C)
+  //TEXT               send "/TEXT": a line starting with // sends the rest starting with /
+Any other line is sent to the open conversation. Each message shows its number (#N)."""
 
 _EVENTS = {
     "group_created": "created the group",
@@ -95,44 +138,77 @@ def format_message(
     message: Message, name_of: Callable[[int], str], label: str = "", *,
     local_time: Callable[[float], time.struct_time] = time.localtime,
 ) -> str:
-    """One message as a line: '[label] HH:MM Name: text', or '* Name did something' for a
-    membership event. `label` names the conversation when it is not the open one."""
+    """One message as a line: '[label] HH:MM #seq Name: text', or '* Name did something' for a
+    membership event. `label` names the conversation when it is not the open one. Names, the
+    label and the body are shown through `visible`; a multi-line body's further lines start
+    with `CONTINUATION`."""
     clock = time.strftime("%H:%M", local_time(message.ts / 1000))
-    prefix = f"[{label}] " if label else ""
-    sender = name_of(message.sender)
+    prefix = f"[{visible(label)}] " if label else ""
+    head = f"{prefix}{clock} #{message.seq}"
+    sender = visible(name_of(message.sender))
     if message.kind == "system":
-        event = _EVENTS.get(message.body, message.body.replace("_", " "))
-        users = [name_of(u) for u in message.mentions if u != message.sender]
+        event = _EVENTS.get(message.body, visible(message.body.replace("_", " ")))
+        users = [visible(name_of(u)) for u in message.mentions if u != message.sender]
         listed = f" {', '.join(users)}" if users and message.body not in (
             "group_created", "direct_opened") else ""
-        return f"{prefix}{clock} * {sender} {event}{listed}"
+        return f"{head} * {sender} {event}{listed}"
     if message.kind == "recall":
-        return f"{prefix}{clock} * {sender} recalled message {message.ref}"
-    return f"{prefix}{clock} {sender}: {message.body}"
+        return f"{head} * {sender} recalled message #{message.ref}"
+    return f"{head} {sender}: {visible(message.body, continuation=CONTINUATION)}"
+
+
+def describe_status(status: ConnectionStatus) -> str:
+    """A line saying what happened to the connection (server-chosen text made `visible`)."""
+    if isinstance(status, Disconnected):
+        return f"! disconnected, reconnecting ({visible(status.reason)})"
+    if isinstance(status, ReconnectFailed):
+        return (f"! still disconnected: {visible(status.reason)}; trying again in "
+                f"{_seconds(status.retry_in_s)} s")
+    if isinstance(status, Reconnected):
+        return "! reconnected"
+    assert isinstance(status, WaitingForKeys)
+    return (f"! the server is waiting for its keys; retrying in {_seconds(status.retry_in_s)} "
+            f"s ({visible(status.message)})")
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
 
 
 class Chat:
     """One chat: what is listed, what is open, who is who."""
 
     def __init__(
-        self, client: HeraldClient, out: TextIO, ask: Callable[..., str] = ask_secret,
+        self, client: HeraldClient, out: TextIO | None = None,
+        ask: Callable[..., str] = ask_secret,
     ) -> None:
-        """`ask` asks for a secret as `appliance.terminal.ask_secret` does (tests script it)."""
+        """`out`: where to print (None: whatever `sys.stdout` is when printing, which under
+        `patch_stdout` prints above the prompt). `ask` asks for a secret as
+        `appliance.terminal.ask_secret` does (tests script it)."""
         self._client = client
         self._out = out
         self._ask = ask
         self._names: dict[int, str] = {client.user: client.display_name}
-        self._listing: list[ConvSummary] = []
+        self._numbers: dict[int, int] = {}  # conversation -> its number in this chat
+        self._by_number: dict[int, int] = {}
         self._labels: dict[int, str] = {}
+        self._kinds: dict[int, str] = {}
         self._open: int | None = None
         self._oldest_shown: int | None = None
         self.failure: BaseException | None = None
 
     def say(self, text: str) -> None:
-        print(text, file=self._out, flush=True)
+        print(text, file=self._out or sys.stdout, flush=True)
 
     def name_of(self, user: int) -> str:
         return self._names.get(user, f"user {user}")
+
+    def _number(self, conv: int) -> int:
+        """The conversation's number, given the first time it is seen and kept."""
+        if conv not in self._numbers:
+            self._numbers[conv] = number = len(self._numbers) + 1
+            self._by_number[number] = conv
+        return self._numbers[conv]
 
     async def learn_names(self, users: Iterable[int]) -> None:
         """Ask the server for the names of the users not known yet (best effort: a user it
@@ -158,29 +234,32 @@ class Chat:
         try:
             async for message in self._client.messages:
                 is_open = message.conv == self._open
-                label = "" if is_open else await self._label(message.conv)
-                await self._learn_message_names([message])
+                try:
+                    label = "" if is_open else await self._label(message.conv, numbered=True)
+                    await self._learn_message_names([message])
+                except ClientError:
+                    label = "" if is_open else f"{self._number(message.conv)}"
                 self.say(format_message(message, self.name_of, label))
                 if is_open:
                     try:
                         await self._client.mark_read(message.conv, message.seq)
                     except ClientError as exc:
-                        self.say(f"! {exc.message}")
+                        self.say(f"! {visible(exc.message)}")
         except (ServerUnreachable, LoginFailed, CertificateRejected) as exc:
-            self.failure = exc
+            self.failure = self.failure or exc
         done.cancel()
 
-    async def _label(self, conv: int) -> str:
+    async def _label(self, conv: int, *, numbered: bool = False) -> str:
+        """The conversation's title ("N title" with `numbered`). Raises `ClientError`."""
         if conv not in self._labels:
-            try:
-                summaries = {s.conv: s for s in await self._client.convs()}
-            except ClientError:
-                return f"#{conv}"
+            summaries = {s.conv: s for s in await self._client.convs()}
             if conv in summaries:
                 self._labels[conv] = await self._title(summaries[conv])
-        return self._labels.get(conv, f"#{conv}")
+        title = self._labels.get(conv, f"#{conv}")
+        return f"{self._number(conv)} {title}" if numbered else title
 
     async def _title(self, summary: ConvSummary) -> str:
+        self._kinds[summary.conv] = summary.kind
         if summary.kind != "direct":
             return summary.title or f"#{summary.conv}"
         members = await self._client.members(summary.conv)
@@ -190,22 +269,26 @@ class Chat:
 
     # -- commands -----------------------------------------------------------------------------
 
-    async def read_commands(self, stdin: TextIO) -> None:
-        """Handle input lines until /quit or the end of input."""
+    async def read_commands(self, lines: LineSource) -> None:
+        """Handle input lines until /quit, the end of input, or the client stops (then
+        `failure` says why)."""
         while True:
-            line = await trio.to_thread.run_sync(stdin.readline, abandon_on_cancel=True)
-            if not line:
+            line = await lines.next_line()
+            if line is None:
                 return
-            line = line.rstrip("\r\n")
             if not line.strip():
                 continue
             try:
                 if not await self.handle(parse_command(line)):
                     return
             except ConnectionLost:
-                self.say("! the connection broke before the server answered; try again")
+                self.say("! the connection broke before the server answered: it may or may not "
+                         "have been done; check (/convs) before trying again")
+            except (ServerUnreachable, LoginFailed, CertificateRejected, ClientClosed) as exc:
+                self.failure = self.failure or exc
+                return
             except ClientError as exc:
-                self.say(f"! {exc.message}")
+                self.say(f"! {visible(exc.message)}")
 
     async def handle(self, command: Command) -> bool:
         """Do one command; False when the user leaves. Raises `ClientError` for refusals."""
@@ -219,53 +302,114 @@ class Chat:
             return False
         elif name == "help":
             self.say(HELP)
-        elif name == "convs":
-            await self.list_convs()
-        elif name == "open":
-            await self._open_listed(arg)
-        elif name == "history":
-            await self._older()
-        elif name == "dm":
-            await self._direct(arg)
-        elif name == "password":
-            await self._change_password()
+        elif name in _COMMANDS:
+            await _COMMANDS[name](self, arg)
         else:
-            self.say(f"! unknown command /{name}; /help lists them")
+            self.say(f"! unknown command /{visible(name)}; /help lists them")
         return True
 
-    async def list_convs(self) -> None:
-        self._listing = await self._client.convs()
-        if not self._listing:
-            self.say("No conversations yet. /dm LOGIN starts one.")
+    async def list_convs(self, _: str = "") -> None:
+        listing = await self._client.convs()
+        if not listing:
+            self.say("No conversations yet. /dm LOGIN or /group TITLE LOGIN... starts one.")
             return
         self.say("Conversations:")
-        for number, summary in enumerate(self._listing, 1):
+        for summary in listing:
+            number = self._number(summary.conv)
             title = self._labels[summary.conv] = await self._title(summary)
             kind = ("direct" if summary.kind == "direct"
                     else f"group, {summary.member_count} members")
             unread = f" - {summary.unread} unread" if summary.unread else ""
             mark = " (open)" if summary.conv == self._open else ""
-            self.say(f"  {number}. {title} ({kind}){unread}{mark}")
+            self.say(f"  {number}. {visible(title)} ({kind}){unread}{mark}")
 
-    async def _open_listed(self, arg: str) -> None:
-        if not self._listing:
-            self._listing = await self._client.convs()
-        if not arg.isdigit() or not 1 <= int(arg) <= len(self._listing):
-            self.say(f"! /open takes a number from 1 to {len(self._listing)} (see /convs)")
+    async def _open_numbered(self, arg: str) -> None:
+        if arg.isdigit() and int(arg) not in self._by_number:
+            for summary in await self._client.convs():  # one seen for the first time
+                self._number(summary.conv)
+        if not arg.isdigit() or int(arg) not in self._by_number:
+            self.say(f"! /open takes the number of a conversation, from 1 to "
+                     f"{len(self._by_number)} (see /convs)")
             return
-        await self._show(self._listing[int(arg) - 1].conv)
+        await self._show(self._by_number[int(arg)])
+
+    async def _user(self, login: str) -> int:
+        """The id of the user with `login`, whose name is learnt. Raises `ClientError`."""
+        peer = await self._client.lookup(login)
+        self._names[peer.user] = peer.display_name
+        return peer.user
 
     async def _direct(self, login: str) -> None:
         if not login:
             self.say("! /dm takes a login, e.g. /dm bob")
             return
-        peer = await self._client.lookup(login)
-        self._names[peer.user] = peer.display_name
-        conv = await self._client.open_direct(peer.user)
-        self._labels[conv] = peer.display_name
+        peer = await self._user(login)
+        conv = await self._client.open_direct(peer)
+        self._labels[conv], self._kinds[conv] = self.name_of(peer), "direct"
         await self._show(conv)
 
-    async def _change_password(self) -> None:
+    async def _create_group(self, arg: str) -> None:
+        try:
+            title, *logins = shlex.split(arg)
+        except ValueError as bad:  # an unclosed quote, or nothing at all
+            title, logins = "", [str(bad)]
+        if not title:
+            self.say('! /group takes a title and logins, e.g. /group "Project X" bob carol')
+            return
+        members = [await self._user(login) for login in logins]
+        conv = await self._client.create_group(title, members)
+        self._labels[conv], self._kinds[conv] = title, "group"
+        await self._show(conv)
+
+    def _open_group(self, command: str) -> int | None:
+        """The open conversation if it is a group; else says why not and gives None."""
+        if self._open is None:
+            self.say(f"! {command} works on the open group: /open N first")
+            return None
+        if self._kinds.get(self._open) == "direct":
+            self.say(f"! {command} works on groups; this is a direct conversation")
+            return None
+        return self._open
+
+    async def _add(self, arg: str) -> None:
+        logins = arg.split()
+        conv = self._open_group("/add")
+        if conv is None:
+            return
+        if not logins:
+            self.say("! /add takes logins, e.g. /add bob carol")
+            return
+        await self._client.add_members(conv, [await self._user(login) for login in logins])
+
+    async def _kick(self, arg: str) -> None:
+        conv = self._open_group("/kick")
+        if conv is None:
+            return
+        if len(arg.split()) != 1:
+            self.say("! /kick takes one login, e.g. /kick bob")
+            return
+        await self._client.kick(conv, await self._user(arg))
+
+    async def _leave(self, _: str) -> None:
+        conv = self._open_group("/leave")
+        if conv is None:
+            return
+        await self._client.leave(conv)
+        self.say(f"You left {visible(self._labels.get(conv, f'#{conv}'))}.")
+        self._open = None
+
+    async def _recall(self, arg: str) -> None:
+        if self._open is None:
+            self.say("! open a conversation first")
+            return
+        seq = arg.removeprefix("#")
+        if not seq.isdigit() or int(seq) < 1:
+            self.say("! /recall takes the number of one of your messages, e.g. /recall 12 "
+                     "(each message shows its #N)")
+            return
+        await self._client.recall(self._open, int(seq))
+
+    async def _change_password(self, _: str) -> None:
         """Ask the current and the new password (twice) without echo, then change it."""
         def ask() -> tuple[str, str]:
             current = self._ask("Current password: ", no_terminal=_NO_TERMINAL,
@@ -293,13 +437,15 @@ class Chat:
         """Open `conv`: show its latest messages and mark them read."""
         self._open = conv
         page = await self._client.history(conv, limit=PAGE_MESSAGES)
-        self.say(f"--- {await self._label(conv)} ---")
+        self.say(f"--- {visible(await self._label(conv))} ---")
         await self._print_page(conv, page.msgs)
         self._oldest_shown = page.msgs[0].seq if page.msgs else None
         if page.msgs:
             await self._client.mark_read(conv, page.msgs[-1].seq)
 
-    async def _older(self) -> None:
+    async def _older(self, _: str) -> None:
+        """The page before the oldest message shown, oldest first, so that it reads on into
+        what was shown before it."""
         if self._open is None:
             self.say("! open a conversation first")
             return
@@ -308,58 +454,139 @@ class Chat:
             return
         page = await self._client.history(self._open, before=self._oldest_shown,
                                           limit=PAGE_MESSAGES)
+        if not page.msgs:
+            self.say("(no older messages)")
+            return
+        title = visible(await self._label(self._open))
+        self.say(f"--- {title}: earlier messages, up to just before #{self._oldest_shown} ---")
         await self._print_page(self._open, page.msgs)
-        if page.msgs:
-            self._oldest_shown = page.msgs[0].seq
+        self._oldest_shown = page.msgs[0].seq
 
     async def _print_page(self, conv: int, wires: list[WireMessage]) -> None:
-        messages = [Message.from_wire(conv, wire) for wire in wires]
+        messages = sorted((Message.from_wire(conv, wire) for wire in wires),
+                          key=lambda message: message.seq)
         await self._learn_message_names(messages)
         for message in messages:
             self.say(format_message(message, self.name_of))
 
 
-async def _chat(url: str, tenant: str, login: str, password: str, stdin: TextIO,
-                out: TextIO, ssl_context: ssl.SSLContext | None = None) -> int:
+_COMMANDS: dict[str, Callable[[Chat, str], Awaitable[None]]] = {
+    "convs": Chat.list_convs,
+    "open": Chat._open_numbered,
+    "history": Chat._older,
+    "dm": Chat._direct,
+    "group": Chat._create_group,
+    "add": Chat._add,
+    "kick": Chat._kick,
+    "leave": Chat._leave,
+    "recall": Chat._recall,
+    "password": Chat._change_password,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    url: str
+    tenant: str
+    login: str
+    ssl_context: ssl.SSLContext | None
+    connect_timeout_s: float
+
+
+def _options(target: _Target) -> ClientOptions:
+    # One attempt before the first login: a server that is down, a wrong port or host is said
+    # at once. Once logged in, the chat never gives up reconnecting: it says what happens.
+    return ClientOptions(device="herald chat", connect_timeout_s=target.connect_timeout_s,
+                         reconnect=Reconnect(initial_attempts=1, max_attempts=None))
+
+
+async def _session(target: _Target, password: str, lines: LineSource, out: TextIO | None,
+                   say: Callable[[str], None]) -> int | LoginFailed:
+    """Log in and chat until the user leaves: the exit code, or the refused login."""
+    def on_status(status: ConnectionStatus) -> None:
+        say(describe_status(status))
+
     failure: BaseException | None = None
     try:
-        async with open_client(url, tenant, login, password, ssl_context=ssl_context,
-                               options=ClientOptions(device="herald chat")) as client:
+        async with open_client(target.url, target.tenant, target.login, password,
+                               ssl_context=target.ssl_context, options=_options(target),
+                               on_status=on_status) as client:
             chat = Chat(client, out)
-            chat.say(f"Logged in to {tenant} as {client.display_name} ({login}). "
-                     "/help lists the commands.")
-            await chat.list_convs()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(chat.print_incoming, nursery.cancel_scope)
-                await chat.read_commands(stdin)
-                nursery.cancel_scope.cancel()
+            chat.say(f"Logged in to {visible(target.tenant)} as {visible(client.display_name)} "
+                     f"({visible(target.login)}). /help lists the commands.")
+            try:
+                try:
+                    await chat.list_convs()
+                except ClientError as exc:  # e.g. the keys lapsed since the login
+                    chat.say(f"! {visible(exc.message)}")
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(chat.print_incoming, nursery.cancel_scope)
+                    await chat.read_commands(lines)
+                    nursery.cancel_scope.cancel()
+            except (ServerUnreachable, LoginFailed, CertificateRejected) as exc:
+                chat.failure = chat.failure or exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await lines.aclose()
             failure = chat.failure
-    except LoginFailed as exc:
-        print(f"herald chat: login refused: {exc.message}", file=sys.stderr)
-        return 1
+    except LoginFailed as refused:
+        return refused
     except CertificateRejected as exc:
-        print(f"herald chat: TLS refused with {url}: {exc}", file=sys.stderr)
+        print(f"herald chat: TLS refused with {target.url}: {visible(str(exc))}",
+              file=sys.stderr)
         return 1
-    except (ServerUnreachable, ClientClosed) as exc:
+    except ServerUnreachable as exc:
+        print(f"herald chat: {visible(str(exc))}", file=sys.stderr)
+        return 1
+    except ClientClosed as exc:
         failure = exc
     if isinstance(failure, LoginFailed):  # the server ended the session (bye), not the network
-        print(f"herald chat: the session ended: {failure.message}", file=sys.stderr)
+        print(f"herald chat: the session ended: {visible(failure.message)}", file=sys.stderr)
         return 1
     if failure is not None:
-        print(f"herald chat: the connection to {url} is lost: {failure}", file=sys.stderr)
+        print(f"herald chat: the connection to {target.url} is lost: {visible(str(failure))}",
+              file=sys.stderr)
         return 1
     return 0
 
 
+async def _until_interrupted(target: _Target, password: str, lines: LineSource,
+                             out: TextIO | None) -> int | LoginFailed:
+    """`_session`, ended cleanly by SIGINT (Ctrl-C while no prompt has the terminal): the
+    connection is closed normally and the exit code is 130, with no traceback."""
+    def say(text: str) -> None:
+        print(text, file=out or sys.stdout, flush=True)
+
+    outcome: int | LoginFailed = 130
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        async with trio.open_nursery() as nursery:
+            async def watch() -> None:
+                async for _ in interrupts:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+            outcome = await _session(target, password, lines, out, say)
+            nursery.cancel_scope.cancel()
+    return outcome
+
+
 def run(url: str, tenant: str, login: str, *, password_stdin: bool,
         stdin: TextIO | None = None, out: TextIO | None = None, ca_file: Path | None = None,
-        cert_file: Path | None = None, key_file: Path | None = None) -> int:
+        cert_file: Path | None = None, key_file: Path | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S) -> int:
     """`herald chat`: the process exit code (0; 1 when the login is refused, the server
     cannot be reached or its certificate is not trusted; 2 for a URL that is not ws:// or
-    wss://, or TLS files given with ws:// or unreadable). With `password_stdin` the first input
-    line is the password. `ca_file`, `cert_file`, `key_file`: see `client_ssl_context`."""
+    wss://, or TLS files given with ws:// or unreadable; 130 after SIGINT). With
+    `password_stdin` the first input line is the password. `ca_file`, `cert_file`, `key_file`:
+    see `client_ssl_context`. On a terminal (standard input and output both, and no
+    `password_stdin`), lines are typed at a prompt and a refused password is asked again."""
     stdin = stdin or sys.stdin
-    out = out or sys.stdout
+    # The chat says what the client library logs (reconnecting, waiting for keys) in its own
+    # words: its warnings must not reach the terminal a second time through logging's last
+    # resort handler.
+    logging.getLogger("herald.client").addHandler(logging.NullHandler())
+    logging.getLogger("herald.client").propagate = False
     if not url.startswith(("ws://", "wss://")):
         print(f"herald chat: {url!r} is not a WebSocket URL, e.g. ws://127.0.0.1:8470/ws",
               file=sys.stderr)
@@ -376,15 +603,28 @@ def run(url: str, tenant: str, login: str, *, password_stdin: bool,
                   f"certificate file, --cert a PEM certificate and --key its key",
                   file=sys.stderr)
             return 2
-    if password_stdin:
-        password = stdin.readline().rstrip("\r\n")
-    else:
-        password = ask_secret(
-            f"Password for {login}: ",
-            no_terminal="herald chat: a password is needed and there is no terminal to ask "
-                        "on: pass --password-stdin and give it on standard input")
-    try:
-        return trio.run(_chat, url, tenant, login, password, stdin, out, ssl_context)
-    except KeyboardInterrupt:
-        print("", file=out)
-        return 0
+    target = _Target(url, tenant, login, ssl_context, connect_timeout_s)
+    on_terminal = (not password_stdin and out is None and stdin is sys.stdin
+                   and stdin.isatty() and sys.stdout.isatty())
+    lines: LineSource = PromptLines() if on_terminal else PipedLines(stdin)
+    for attempt in range(1, PASSWORD_TRIES + 1):
+        if password_stdin:
+            password = stdin.readline().rstrip("\r\n")
+        else:
+            password = ask_secret(
+                f"Password for {login}: ",
+                no_terminal="herald chat: a password is needed and there is no terminal to "
+                            "ask on: pass --password-stdin and give it on standard input")
+        with patch_stdout() if on_terminal else nullcontext():
+            outcome = trio.run(_until_interrupted, target, password, lines, out)
+        if isinstance(outcome, int):
+            if outcome == 130:
+                print("", file=out or sys.stdout)
+            return outcome
+        again = (on_terminal and outcome.code == "unauthenticated"
+                 and attempt < PASSWORD_TRIES)
+        print(f"herald chat: login refused: {visible(outcome.message)}"
+              + ("; try again" if again else ""), file=sys.stderr)
+        if not again:
+            return 1
+    return 1

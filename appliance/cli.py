@@ -233,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser("chat", help="chat from the terminal (a client for trying Herald)",
                                description="Log in to a running Herald and chat: list "
-                                           "conversations, open one, send lines, change your "
+                                           "conversations, open one, send lines, make and "
+                                           "manage groups (/group, /add, /kick, /leave), "
+                                           "recall your messages (/recall), change your "
                                            "password (/password, asked on the terminal). "
                                            "/help inside lists every command.")
     chat.add_argument("--url", default="ws://127.0.0.1:8470/ws",
@@ -249,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="for wss:// with client certificates: this client's PEM certificate")
     chat.add_argument("--key", type=Path, metavar="FILE",
                       help="the private key of --cert (default: in the --cert file)")
+    chat.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                      help="how long to wait for the server to answer when connecting "
+                           "(default: 10)")
     _add_escrow_commands(commands)
     return parser
 
@@ -395,7 +400,8 @@ def _run_command(argv: list[str] | None) -> int:
         from appliance.chat import run
 
         return run(args.url, args.tenant, args.login, password_stdin=args.password_stdin,
-                   ca_file=args.ca, cert_file=args.cert, key_file=args.key)
+                   ca_file=args.ca, cert_file=args.cert, key_file=args.key,
+                   connect_timeout_s=args.connect_timeout)
     if args.command == "cert":
         return _self_signed(args.out, args.host)
     if args.command == "escrow":

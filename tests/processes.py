@@ -71,14 +71,20 @@ async def herald(
     nursery.start_soon(running.collect, process.stderr, running.err)
     try:
         yield running
+    except BaseException:
+        if process.returncode is None:
+            process.kill()  # a failed (or timed out) test leaves no server running behind it
+        raise
     finally:
-        with trio.move_on_after(10) as waiting:
-            await process.wait()
-        if waiting.cancelled_caught:
-            process.kill()
-            await process.wait()
-        if process.stdin is not None:
-            await process.stdin.aclose()
+        # Shielded: after a test's fail_after fired, waiting (and killing) must still happen.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(10) as waiting:
+                await process.wait()
+            if waiting.cancelled_caught:
+                process.kill()
+                await process.wait()
+            if process.stdin is not None:
+                await process.stdin.aclose()
 
 
 async def served_port(server: Process) -> int:

@@ -1,15 +1,23 @@
 """`herald` on a real pseudo-terminal, for the prompts that only a terminal gets (getpass reads
 /dev/tty, the process's controlling terminal): each answer is typed once its prompt has shown,
-since getpass discards what was typed before it turned echo off."""
+since getpass discards what was typed before it turned echo off. `on_terminal` does the same
+for a Trio test that also runs servers, and lets it type any keys at any time."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import select
+import struct
 import subprocess
 import sys
+import termios
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+import trio
 
 ROOT = Path(__file__).resolve().parent.parent
 _GUARD_S = 120  # only against a hang: a prompt that never comes fails the test instead
@@ -64,3 +72,73 @@ def run_on_terminal(args: list[str], answers: list[tuple[str, str]]) -> tuple[in
             child.kill()
             child.wait()
     return child.returncode, shown.decode(errors="replace")
+
+
+class Terminal:
+    """`herald ARGS` on a pseudo-terminal, driven from a Trio test: `expect` what it shows
+    (escape sequences and all), `write` what a person types (including Ctrl-C as b"\\x03")."""
+
+    def __init__(self, process: trio.Process, screen: trio.lowlevel.FdStream) -> None:
+        self.process = process
+        self._screen = screen
+        self.shown = bytearray()
+        self._seen = 0
+
+    async def expect(self, text: str) -> None:
+        """Wait until `text` shows after what an earlier `expect` found."""
+        wanted = text.encode()
+        while (found := self.shown.find(wanted, self._seen)) < 0:
+            if not await self._read():
+                raise AssertionError(f"herald exited before {text!r}: {self.text()}")
+        self._seen = found + len(wanted)
+
+    async def write(self, keys: bytes) -> None:
+        await self._screen.send_all(keys)
+
+    async def finish(self) -> int:
+        """Read until the program exits; its exit status."""
+        while await self._read():
+            pass
+        return await self.process.wait()
+
+    def text(self) -> str:
+        return self.shown.decode(errors="replace")
+
+    async def _read(self) -> bool:
+        try:
+            chunk = await self._screen.receive_some(4096)
+        except (OSError, trio.BrokenResourceError):  # EIO: the child closed the terminal
+            return False
+        self.shown += chunk
+        return bool(chunk)
+
+
+@asynccontextmanager
+async def on_terminal(*args: str) -> AsyncIterator[Terminal]:
+    """`herald ARGS` with a pseudo-terminal (80x24) as its controlling terminal and standard
+    streams. prompt-toolkit is told not to ask for the cursor position, which a terminal
+    answers and this one does not (it would wait for the answer)."""
+    fd, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1"}
+    try:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-c", _BECOME_HERALD, *args], cwd=ROOT, env=env,
+            stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True)
+    finally:
+        os.close(terminal)
+    screen = trio.lowlevel.FdStream(fd)
+    try:
+        yield Terminal(process, screen)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()  # a failed test leaves no chat running behind it
+        raise
+    finally:
+        with trio.CancelScope(shield=True):  # also after the test's fail_after fired
+            with trio.move_on_after(10) as waiting:
+                await process.wait()
+            if waiting.cancelled_caught:
+                process.kill()
+                await process.wait()
+            await screen.aclose()

@@ -23,10 +23,14 @@ from appliance.client import (
     ClientError,
     ClientOptions,
     ConnectionLost,
+    ConnectionStatus,
+    Disconnected,
     HeraldClient,
     LoginFailed,
     Message,
     Reconnect,
+    Reconnected,
+    ReconnectFailed,
     ServerUnreachable,
     open_client,
 )
@@ -544,6 +548,42 @@ async def test_a_client_gives_up_after_the_allowed_attempts(tmp_path: Path) -> N
                     pytest.fail("connected to nothing")
 
 
+async def test_the_application_hears_of_a_lost_connection_each_failed_retry_and_the_return(
+    tmp_path: Path,
+) -> None:
+    heard: list[ConnectionStatus] = []
+    with trio.fail_after(30):
+        async with server_with_org(tmp_path) as (running, _), open_tap(running.port) as tap, \
+                open_client(tap.url, "acme", "alice", PASSWORD, options=FAST,
+                            on_status=heard.append) as alice:
+            assert heard == []  # the first login is no news
+            tap.upstream_port = None  # nothing answers the next attempts
+            tap.cut()
+            await wait_until(lambda: len(heard) >= 3)
+            tap.upstream_port = running.port
+            await alice.ping()
+            await wait_until(lambda: isinstance(heard[-1], Reconnected))
+    lost, *retries, back = heard
+    assert isinstance(lost, Disconnected) and lost.reason == "the connection was lost"
+    assert retries and all(isinstance(retry, ReconnectFailed) for retry in retries)
+    assert isinstance(back, Reconnected)
+
+
+async def test_with_one_initial_attempt_an_unreachable_server_is_said_at_once_with_why(
+    tmp_path: Path,
+) -> None:
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{probe.getsockname()[1]}/ws"  # closed: nothing listens
+    options = ClientOptions(reconnect=Reconnect(initial_attempts=1))
+    with trio.fail_after(5), pytest.raises(ServerUnreachable) as unreachable:
+        async with open_client(url, "acme", "alice", PASSWORD, options=options):
+            pytest.fail("connected to nothing")
+    assert str(unreachable.value) == (
+        f"cannot connect to {url}: connection refused (is the server running, and on this "
+        f"port?)")
+
+
 # -- the sans-IO parts ------------------------------------------------------------------------
 
 
@@ -579,9 +619,10 @@ def test_the_client_public_surface_is_pinned() -> None:
     assert appliance.client.__all__ == sorted(appliance.client.__all__)
     assert set(appliance.client.__all__) == {
         "CertificateRejected", "ClientClosed", "ClientError", "ClientOptions", "ClientStats",
-        "ConnectionLost",
+        "ConnectionLost", "ConnectionStatus", "Disconnected",
         "HeraldClient", "LoginFailed", "Message", "MessageStream", "ProtocolViolation",
-        "Reconnect", "Sent", "ServerUnreachable", "client_ssl_context", "open_client",
+        "Reconnect", "ReconnectFailed", "Reconnected", "Sent", "ServerUnreachable",
+        "WaitingForKeys", "client_ssl_context", "open_client",
     }
 
 

@@ -232,6 +232,16 @@ def test_endless_request_head_is_refused_at_the_first_byte_over_the_limit() -> N
     assert error is not None and error.http_status == 431
 
 
+def test_a_tls_client_at_a_plain_listener_is_refused_at_its_first_byte() -> None:
+    # A wss:// client sends a TLS record (type 0x16) where a request line belongs: refused at
+    # once, so that it hears so instead of waiting for a blank line that never comes.
+    server = WebSocketServer()
+    server.receive_data(b"\x16")
+    _, error = drain(server)
+    assert error is not None and error.http_status == 400
+    assert "TLS" in str(error) and "ws://" in str(error)
+
+
 def test_early_bytes_over_the_handshake_limit_make_accept_raise() -> None:
     server, client = WebSocketServer(max_handshake_bytes=300), WSConnection(ConnectionType.CLIENT)
     server.receive_data(client.send(Request(host="h", target="/")) + TRAILER * 24)  # 312 early

@@ -21,6 +21,13 @@ from appliance.client.errors import (
 )
 from appliance.client.messages import Message, MessageStream, Sent
 from appliance.client.options import ClientOptions, ClientStats, Reconnect
+from appliance.client.status import (
+    ConnectionStatus,
+    Disconnected,
+    Reconnected,
+    ReconnectFailed,
+    WaitingForKeys,
+)
 from appliance.client.transport import client_ssl_context
 
 __all__ = [
@@ -30,14 +37,19 @@ __all__ = [
     "ClientOptions",
     "ClientStats",
     "ConnectionLost",
+    "ConnectionStatus",
+    "Disconnected",
     "HeraldClient",
     "LoginFailed",
     "Message",
     "MessageStream",
     "ProtocolViolation",
     "Reconnect",
+    "ReconnectFailed",
+    "Reconnected",
     "Sent",
     "ServerUnreachable",
+    "WaitingForKeys",
     "client_ssl_context",
     "open_client",
 ]

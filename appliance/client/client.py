@@ -1,11 +1,13 @@
 """HeraldClient: log in, stay connected, match replies to requests, send exactly once.
 
 The client logs in and keeps the session token; when the connection drops it reconnects with
-backoff and resumes with the token (logging in again if the token is refused). Replies are
-matched to requests by id. A send is retried with the same client message id across reconnects
-until acked, so the server stores it once; the message is then delivered from the ack, since
-the server does not push it back to the connection that sent it. What reaches the application,
-and in which order, is `delivery.py`'s business.
+backoff and resumes with the token (logging in again if the token is refused), and says so to
+the application (`status.py`). A server that cannot use the organisation's keys yet
+(`key_unavailable` at login or in the catch-up sync) is waited for with backoff, never given
+up on. Replies are matched to requests by id. A send is retried with the same client message
+id across reconnects until acked, so the server stores it once; the message is then delivered
+from the ack, since the server does not push it back to the connection that sent it. What
+reaches the application, and in which order, is `delivery.py`'s business.
 
 Tasks, all in the nursery of `open_client`: the connection supervisor (`_run`: connect,
 authenticate, serve, back off, reconnect), the current connection's reader (`Session.run`) and
@@ -20,12 +22,12 @@ import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from itertools import count
 from typing import Any, Literal, TypeVar
 
 import msgspec
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError
 
 from appliance.client.cursors import Cursors
 from appliance.client.delivery import Delivery
@@ -41,7 +43,21 @@ from appliance.client.errors import (
 from appliance.client.messages import MessageStream, Sent
 from appliance.client.options import ClientOptions, ClientStats
 from appliance.client.session import Session
-from appliance.client.transport import Target, handshake, open_stream
+from appliance.client.status import (
+    ConnectionStatus,
+    Disconnected,
+    Reconnected,
+    ReconnectFailed,
+    StatusListener,
+    WaitingForKeys,
+)
+from appliance.client.transport import (
+    CONNECT_ERRORS,
+    Target,
+    handshake,
+    open_stream,
+    why_unreachable,
+)
 from appliance.protocol.frames import (
     AddRequest,
     ChangeData,
@@ -125,13 +141,31 @@ _SAFE_TO_REPEAT = frozenset({
 # A session that ends sooner than this (e.g. the server closes every new connection at once)
 # does not reset the backoff, so a client never reconnects in a tight loop.
 STABLE_SESSION_S = 10.0
-_CONNECT_ERRORS = (OSError, trio.TooSlowError, trio.BrokenResourceError, HandshakeError,
-                   ConnectionClosed, ConnectionLost)
+KEYS_UNAVAILABLE = "key_unavailable"  # the wire code: the server waits for its key escrow
 
 
 # `bye` codes that end the session (docs/protocol.md, section 4): after them the token is dead.
 _SESSION_ENDED = frozenset({"logged_out", "session_revoked", "password_changed",
                             "account_disabled", "session_expired"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """How one connection went: whether it logged in; in words, why it failed or why the
+    session ended; and the refusal, when the server could not use the tenant's keys."""
+
+    logged_in: bool
+    reason: str = ""
+    keys_unavailable: ClientError | None = None
+
+
+class _KeysUnavailable(Exception):
+    """The login was refused with `key_unavailable`: the server is up, its keys are not."""
+
+    def __init__(self, refusal: ClientError) -> None:
+        super().__init__(refusal)
+        self.refusal = refusal
+
 
 class HeraldClient:
     """A logged-in client. Make one with `open_client`, which connects, logs in and closes it.
@@ -147,9 +181,11 @@ class HeraldClient:
         self, url: str, tenant: str, login: str, password: str, *,
         ssl_context: ssl.SSLContext | None = None, cursors: Mapping[int, int] | None = None,
         options: ClientOptions | None = None, rng: Callable[[], float] = random.random,
+        on_status: StatusListener | None = None,
     ) -> None:
-        """Raises `ValueError` for a URL that is not ws:// or wss://, or an SSL context given
-        with a ws:// URL."""
+        """`on_status` hears of disconnections, reconnections and waits for the server's keys
+        (see `status.py`). Raises `ValueError` for a URL that is not ws:// or wss://, or an
+        SSL context given with a ws:// URL."""
         self._target = Target.parse(url)
         if ssl_context is not None and not self._target.secure:
             raise ValueError("an SSL context needs a wss:// URL")
@@ -163,6 +199,8 @@ class HeraldClient:
         self._password_in_doubt: str | None = None
         self._options = options or ClientOptions()
         self._rng = rng
+        self._on_status = on_status
+        self._key_waits = 0  # consecutive key_unavailable answers: the backoff's attempt count
         self.stats = ClientStats()
         self._ids = count(1)
         self._token = ""
@@ -175,7 +213,8 @@ class HeraldClient:
         self._cursors = Cursors(cursors, backlog=self._options.backlog)
         self._read_marks: dict[int, int] = {}
         self._delivery = Delivery(self, self._cursors, self._options, self.stats,
-                                  note_read=self._note_read, on_established=self._notify)
+                                  note_read=self._note_read, on_established=self._notify,
+                                  wait_for_keys=self._wait_for_keys)
         self._messages = MessageStream(self._delivery.delivered, self._stopped_error)
 
     # -- identity and state -------------------------------------------------------------------
@@ -264,9 +303,23 @@ class HeraldClient:
         `ServerUnreachable`, `LoginFailed` or `CertificateRejected` once the client has stopped,
         `ClientClosed` after `aclose`.
         """
-        cmid = cmid or secrets.token_hex(12)
-        mention_list = list(mentions)
-        frame = SendRequest(id=0, conv=conv, cmid=cmid, body=body, mentions=mention_list)
+        return await self._send(SendRequest(
+            id=0, conv=conv, cmid=cmid or secrets.token_hex(12), body=body,
+            mentions=list(mentions)))
+
+    async def recall(self, conv: int, seq: int, *, cmid: str | None = None) -> Sent:
+        """Recall the user's own message `seq` of `conv`: a "recall" message (its `ref` is
+        `seq`) is appended, and clients hide the recalled one. Retried as `send`.
+
+        Raises `ClientError` `forbidden` for someone else's message, `invalid` for a seq that
+        is not a message of `conv`, and as `send`.
+        """
+        return await self._send(SendRequest(
+            id=0, conv=conv, cmid=cmid or secrets.token_hex(12), body="", kind="recall",
+            ref=seq))
+
+    async def _send(self, frame: SendRequest) -> Sent:
+        """Send `frame` until acked or refused (see `send`)."""
 
         def deliver_from_ack(data: Any) -> None:
             # Runs in the reader, in wire order: before any frame that came after the ack.
@@ -275,8 +328,8 @@ class HeraldClient:
             except msgspec.ValidationError:
                 return  # `_convert` below reports it to the caller
             self._delivery.hint(ack.conv, WireMessage(
-                seq=ack.seq, sender=self.user, ts=ack.ts, kind="text", body=body, cmid=cmid,
-                mentions=mention_list))
+                seq=ack.seq, sender=self.user, ts=ack.ts, kind=frame.kind, body=frame.body,
+                cmid=frame.cmid, mentions=frame.mentions, ref=frame.ref))
 
         while True:
             session = await self._ready_session()
@@ -447,36 +500,63 @@ class HeraldClient:
         while not self._closing:
             began = trio.current_time()
             try:
-                logged_in, error = await self._connect_once()
+                attempt = await self._connect_once()
             except (LoginFailed, CertificateRejected) as refused:
                 self._stop(refused)
                 return
             if self._closing:
                 return
-            if logged_in:
+            if attempt.keys_unavailable is not None:
+                # The server answered: not a failure to reach it, so never a reason to stop.
+                await self._wait_for_keys(attempt.keys_unavailable)
+                continue
+            if attempt.logged_in:
                 failures = 0
                 lasted = trio.current_time() - began
                 short_sessions = short_sessions + 1 if lasted < STABLE_SESSION_S else 0
+                self._report(Disconnected(attempt.reason))
             else:
                 failures += 1
                 self.stats.failed_connects += 1
-                if policy.max_attempts is not None and failures >= policy.max_attempts:
+                allowed = policy.attempts_allowed(ever_logged_in=self._generation > 0)
+                if allowed is not None and failures >= allowed:
+                    tries = f" ({failures} attempts)" if failures > 1 else ""
                     self._stop(ServerUnreachable(
-                        f"no connection to {self._url} after {failures} attempts: {error}"))
+                        f"cannot connect to {self._url}: {attempt.reason}{tries}"))
                     return
             delay = policy.delay_s(failures + short_sessions + 1, self._rng())
+            if not attempt.logged_in:
+                self._report(ReconnectFailed(attempt.reason, delay))
             log.info("reconnecting to %s in %.2fs", self._url, delay)
             await trio.sleep(delay)
 
-    async def _connect_once(self) -> tuple[bool, str]:
-        """One connection, from opening to its end: (whether it logged in, why it failed).
-        Raises `LoginFailed`, `CertificateRejected`."""
+    async def _wait_for_keys(self, refusal: ClientError) -> None:
+        """The server cannot use the tenant's keys yet: say so, and wait before trying again
+        (its `retry_after` if it gave one, else the reconnect policy's backoff)."""
+        self._key_waits += 1
+        delay = refusal.retry_after or self._options.reconnect.delay_s(
+            self._key_waits, self._rng())
+        log.warning("the server cannot use this organisation's keys yet (%s); retrying in "
+                    "%.2fs", refusal.message, delay)
+        self._report(WaitingForKeys(refusal.message, delay))
+        await trio.sleep(delay)
+
+    def _report(self, status: ConnectionStatus) -> None:
+        if self._on_status is not None:
+            self._on_status(status)
+
+    async def _connect_once(self) -> _Attempt:
+        """One connection, from opening to its end. Raises `LoginFailed`,
+        `CertificateRejected`."""
+        step = ["tcp"]
+        timeout_s = self._options.connect_timeout_s
         try:
-            with trio.fail_after(self._options.connect_timeout_s):
-                stream = await open_stream(self._target, self._ssl_context)
-        except _CONNECT_ERRORS as exc:
+            with trio.fail_after(timeout_s):
+                stream = await open_stream(self._target, self._ssl_context, step)
+        except CONNECT_ERRORS as exc:
             log.info("cannot connect to %s: %r", self._url, exc)
-            return False, repr(exc)
+            return _Attempt(False, why_unreachable(exc, self._target, step=step[-1],
+                                                   timeout_s=timeout_s))
         try:
             async with trio.open_nursery() as nursery:
                 outcome = await self._serve(nursery, stream)
@@ -489,7 +569,7 @@ class HeraldClient:
 
     async def _serve(
         self, nursery: trio.Nursery, stream: trio.abc.Stream
-    ) -> tuple[bool, str] | LoginFailed | CertificateRejected:
+    ) -> _Attempt | LoginFailed | CertificateRejected:
         """Handshake, authenticate, then serve until the connection ends. Returns rather than
         raises, so that nothing the network does leaves the nursery as an exception group."""
         options = self._options
@@ -499,30 +579,41 @@ class HeraldClient:
                                      max_message_bytes=options.max_message_bytes)
         except CertificateRejected as refused:
             return refused
-        except _CONNECT_ERRORS as exc:
+        except CONNECT_ERRORS as exc:
             log.info("WebSocket handshake with %s failed: %r", self._url, exc)
-            return False, repr(exc)
+            return _Attempt(False, why_unreachable(exc, self._target, step="websocket",
+                                                   timeout_s=options.connect_timeout_s))
         session = Session(ws, stream, self._ids, on_push=self._on_push, on_read=self._on_read,
                           close_timeout_s=options.close_timeout_s)
         nursery.start_soon(session.run)
         try:
             with trio.fail_after(options.connect_timeout_s):
                 await self._authenticate(session)
-        except (ConnectionLost, trio.TooSlowError) as exc:
+        except ConnectionLost:
             await session.abort()
-            return False, repr(exc)
+            return _Attempt(False, "the connection broke during the login")
+        except trio.TooSlowError:
+            await session.abort()
+            return _Attempt(False, f"no answer to the login within "
+                                   f"{options.connect_timeout_s:g} s")
         except LoginFailed as refused:
             await session.close()
             return refused
+        except _KeysUnavailable as waiting:
+            await session.close()
+            return _Attempt(False, waiting.refusal.message, waiting.refusal)
         if self._closing:
             await session.close()
-            return True, ""
+            return _Attempt(True)
+        self._key_waits = 0
         self._generation += 1
         session.generation = self._generation
         self._session = session
         self.stats.sessions += 1
         self._delivery.session_started(self._generation)
         self._notify()
+        if self._generation > 1:
+            self._report(Reconnected())
         if options.heartbeat_s is not None:
             nursery.start_soon(self._heartbeat, session, options.heartbeat_s)
         await session.finished.wait()
@@ -538,10 +629,11 @@ class HeraldClient:
                 # with the password this client holds would undo what the user or the
                 # administrator just did. Stop, and let the application ask.
                 return LoginFailed(bye.code, bye.message)
-        return True, ""
+        return _Attempt(True, bye.message if bye is not None else "the connection was lost")
 
     async def _authenticate(self, session: Session) -> None:
-        """Resume with the token, else log in. Raises `LoginFailed`, `ConnectionLost`."""
+        """Resume with the token, else log in. Raises `LoginFailed`, `ConnectionLost`,
+        `_KeysUnavailable`."""
         if self._token:
             try:
                 data = await session.request(ResumeRequest(id=0, token=self._token))
@@ -556,6 +648,8 @@ class HeraldClient:
         try:
             data = await self._log_in(session, self._password)
         except ClientError as exc:
+            if exc.code == KEYS_UNAVAILABLE:
+                raise _KeysUnavailable(exc) from None
             doubt, self._password_in_doubt = self._password_in_doubt, None
             if doubt is None or exc.code != "unauthenticated":
                 raise LoginFailed(exc.code, exc.message, exc.retry_after,
@@ -563,6 +657,9 @@ class HeraldClient:
             try:  # the change whose reply was lost was made after all
                 data = await self._log_in(session, doubt)
             except ClientError as again:
+                if again.code == KEYS_UNAVAILABLE:
+                    self._password_in_doubt = doubt
+                    raise _KeysUnavailable(again) from None
                 raise LoginFailed(again.code, again.message, again.retry_after,
                                   again.request_id) from None
             self._password = doubt
@@ -663,10 +760,11 @@ def _convert(data: Any, type_: type[T]) -> T:
 async def open_client(
     url: str, tenant: str, login: str, password: str, *,
     ssl_context: ssl.SSLContext | None = None, cursors: Mapping[int, int] | None = None,
-    options: ClientOptions | None = None,
+    options: ClientOptions | None = None, on_status: StatusListener | None = None,
 ) -> AsyncIterator[HeraldClient]:
     """Connect, log in, set the delivery cursors, and yield the running client; on exit close
-    the connection normally and stop its tasks.
+    the connection normally and stop its tasks. `on_status` hears of the connection's ups and
+    downs (`appliance.client.status`), also while `open_client` waits for the first login.
 
     `ssl_context` is for wss:// URLs; without one the system's default verification applies.
     Raises `LoginFailed` when the credentials are refused, `CertificateRejected` when a TLS
@@ -674,7 +772,7 @@ async def open_client(
     connection is made within the reconnect policy, `ValueError` for a bad URL or options.
     """
     client = HeraldClient(url, tenant, login, password, ssl_context=ssl_context,
-                          cursors=cursors, options=options)
+                          cursors=cursors, options=options, on_status=on_status)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._run)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -74,13 +74,17 @@ class Delivery:
     def __init__(
         self, source: Source, cursors: Cursors, options: ClientOptions, stats: ClientStats, *,
         note_read: Callable[[int, int], None], on_established: Callable[[], None],
+        wait_for_keys: Callable[[ClientError], Awaitable[None]],
     ) -> None:
+        """`wait_for_keys(refusal)` says that the catch-up was refused with `key_unavailable`
+        and returns when it is time to try again."""
         self._source = source
         self._cursors = cursors
         self._options = options
         self._stats = stats
         self._note_read = note_read
         self._on_established = on_established
+        self._wait_for_keys = wait_for_keys
         self._hints_in, self._hints_out = trio.open_memory_channel[_Hint](
             options.max_pending_pushes)
         self._delivered_in, self.delivered = trio.open_memory_channel[Message](
@@ -125,7 +129,16 @@ class Delivery:
                     self._resync_due = True
                 if self._resync_due:
                     self._resync_due = False
-                    await self._catch_up()
+                    try:
+                        await self._catch_up()
+                    except ClientError as refused:
+                        if refused.code != "key_unavailable":
+                            raise
+                        # Logged in, but the tenant's keys lapsed (its escrow is down):
+                        # catch up once the server can read the messages again.
+                        await self._wait_for_keys(refused)
+                        self._resync_due = True
+                        continue
                     for conv in self._held.conversations():
                         await self._release(conv)
                     continue

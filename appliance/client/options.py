@@ -13,20 +13,32 @@ class Reconnect:
     at most `max_delay_s`, times a random factor in [0.5, 1) so that clients dropped together
     do not all return together. After `max_attempts` consecutive failed attempts the client
     stops (None: it never does). An attempt fails when it does not reach a logged-in session.
+    `initial_attempts` bounds the attempts before the first session instead (None: as
+    `max_attempts`): an interactive client gives 1, to say at once that the server cannot be
+    reached rather than retry a wrong URL.
     """
 
     first_delay_s: float = 0.5
     max_delay_s: float = 30.0
     multiplier: float = 2.0
     max_attempts: int | None = 10
+    initial_attempts: int | None = None
 
     def __post_init__(self) -> None:
         if self.first_delay_s < 0 or self.max_delay_s < self.first_delay_s:
             raise ValueError("delays must satisfy 0 <= first_delay_s <= max_delay_s")
         if self.multiplier < 1:
             raise ValueError("multiplier must be at least 1")
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1 (or None)")
+        for name in ("max_attempts", "initial_attempts"):
+            attempts = getattr(self, name)
+            if attempts is not None and attempts < 1:
+                raise ValueError(f"{name} must be at least 1 (or None)")
+
+    def attempts_allowed(self, ever_logged_in: bool) -> int | None:
+        """How many consecutive failed attempts stop the client (None: none do)."""
+        if ever_logged_in or self.initial_attempts is None:
+            return self.max_attempts
+        return self.initial_attempts
 
     def delay_s(self, attempt: int, jitter: float) -> float:
         """The wait before attempt `attempt` (1-based), for a `jitter` drawn from [0, 1)."""

@@ -9,19 +9,41 @@ timeout (the reader aborts, but never wakes the waiter). `handshake` watches for
 
 from __future__ import annotations
 
+import socket
 import ssl
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from trio_websocket import WebSocketConnection, wrap_client_stream
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
 
 from appliance.client.errors import CertificateRejected, ConnectionLost
 
-__all__ = ["Target", "client_ssl_context", "handshake", "open_stream"]
+__all__ = [
+    "CONNECT_ERRORS",
+    "Target",
+    "client_ssl_context",
+    "handshake",
+    "open_stream",
+    "why_unreachable",
+]
 
 MESSAGE_QUEUE_SIZE = 64  # frames trio-websocket reads ahead of the client's reader
+
+# What reaching a server can fail with, short of a certificate refusal. UnicodeError: Python's
+# IDNA codec refuses a host name it cannot encode (a label over 63 characters) before any
+# lookup. ConnectionLost: the server closed during the WebSocket handshake.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, UnicodeError, trio.TooSlowError, trio.BrokenResourceError, HandshakeError,
+    ConnectionClosed, ConnectionLost,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +109,22 @@ def certificate_refusal(exc: BaseException) -> CertificateRejected | None:
     return None
 
 
-async def open_stream(target: Target, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
+async def open_stream(
+    target: Target, ssl_context: ssl.SSLContext | None, phase: list[str] | None = None,
+) -> trio.abc.Stream:
     """A TCP stream to `target`, with TLS (handshake done) for wss://. Without `ssl_context`,
-    the system's default verification applies. Raises `OSError` when the connection fails,
+    the system's default verification applies. `phase`, if given, gets "tls" appended once the
+    TCP connection is made (so that a timeout can say which step got no answer). Raises
+    `OSError` when the connection fails (`socket.gaierror` for a host name that does not
+    resolve), `UnicodeError` for a host name that cannot even be looked up,
     `CertificateRejected` when the TLS handshake fails over a certificate, and
     `trio.BrokenResourceError` when it fails otherwise.
     """
     tcp = await trio.open_tcp_stream(target.host, target.port)
     if not target.secure:
         return tcp
+    if phase is not None:
+        phase.append("tls")
     context = ssl_context or ssl.create_default_context()
     tls = trio.SSLStream(tcp, context, server_hostname=target.host, https_compatible=True)
     try:
@@ -163,3 +192,51 @@ async def handshake(
     if refusal is not None:
         raise refusal from watched.failure
     raise ConnectionLost("the server closed the connection during the WebSocket handshake")
+
+
+def why_unreachable(exc: BaseException, target: Target, *, step: str, timeout_s: float) -> str:
+    """In words, why a connection to `target` failed with `exc` (one of `CONNECT_ERRORS`) at
+    `step` ("tcp", "tls" or "websocket"): what a person can act on, e.g. "connection refused
+    (is the server running, on this port?)". Raises nothing."""
+    host = target.host
+    if isinstance(exc, trio.TooSlowError):
+        if step == "tls":
+            return (f"the TLS handshake got no answer within {timeout_s:g} s (a plain ws:// "
+                    f"server? then use ws://)")
+        if step == "websocket":
+            return f"the WebSocket handshake got no answer within {timeout_s:g} s"
+        return f"no answer from {host} port {target.port} within {timeout_s:g} s"
+    if isinstance(exc, socket.gaierror | UnicodeError):
+        detail = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid host name"
+        return f"cannot resolve the host name {host!r} ({detail}); check the URL"
+    if isinstance(exc, ConnectionRejected):
+        return (f"the server refused the WebSocket handshake (HTTP {exc.status_code}); check "
+                f"the path in the URL (usually /ws)")
+    if isinstance(exc, HandshakeError):
+        return f"the WebSocket handshake failed ({exc!r})"
+    if isinstance(exc, ConnectionClosed):
+        return f"the server closed the WebSocket connection ({exc.reason})"
+    if isinstance(exc, ConnectionLost):
+        hint = "" if target.secure else " (a wss:// server? then use wss://)"
+        return f"the server closed the connection during the WebSocket handshake{hint}"
+    if step == "tls" and isinstance(exc, trio.BrokenResourceError | ssl.SSLError | OSError):
+        cause = exc.__cause__ or exc
+        reason = getattr(cause, "reason", None) or str(cause) or type(cause).__name__
+        return f"the TLS handshake failed ({reason}); a plain ws:// server? then use ws://"
+    if isinstance(exc, OSError):
+        refused = _first_os_error(exc)
+        if isinstance(refused, ConnectionRefusedError):
+            return "connection refused (is the server running, and on this port?)"
+        strerror = refused.strerror or str(refused)
+        return strerror[:1].lower() + strerror[1:]
+    return repr(exc)
+
+
+def _first_os_error(exc: OSError) -> OSError:
+    """trio's "all attempts to connect failed" carries each address's own error in its cause."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        for inner in cause.exceptions:
+            if isinstance(inner, OSError):
+                return inner
+    return exc

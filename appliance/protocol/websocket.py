@@ -45,6 +45,7 @@ __all__ = [
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_HANDSHAKE_BYTES = 16 * 1024
+_TLS_HANDSHAKE_RECORD = b"\x16"  # the first byte of a TLS ClientHello; never of a request line
 
 
 class CloseCode(enum.IntEnum):
@@ -398,6 +399,12 @@ class WebSocketServer:
 
     def _receive_request(self, data: bytes) -> None:
         buffer = self._handshake_buffer
+        if not buffer and data[:1] == _TLS_HANDSHAKE_RECORD:
+            # A wss:// client at a ws:// listener: its ClientHello has no blank line to wait
+            # for, so say so at once (the client's TLS then fails on the answer, not a timeout).
+            self._fail(_refusal("a TLS handshake at a plain ws:// listener: connect with "
+                                "ws://, or give the server a certificate for wss://", 400))
+            return
         search_from = max(len(buffer) - 2, 0)  # the blank line may straddle two chunks
         buffer += data
         match = _HEAD_END.search(buffer, search_from)
