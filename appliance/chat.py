@@ -154,6 +154,8 @@ def format_message(
         return f"{head} * {sender} {event}{listed}"
     if message.kind == "recall":
         return f"{head} * {sender} recalled message #{message.ref}"
+    if message.recalled_by:  # its body is gone from the store; say so rather than print ""
+        return f"{head} {sender}: (recalled)"
     return f"{head} {sender}: {visible(message.body, continuation=CONTINUATION)}"
 
 

@@ -195,6 +195,9 @@ def test_messages_are_shown_with_names_and_events_in_words() -> None:
     assert show(added) == "00:00 #4 * Alice Chen added Bob Li, user 9"
     created = Message(7, 1, 1, 0, "system", "group_created", mentions=(1, 2))
     assert show(created) == "00:00 #1 * Alice Chen created the group"
+    assert show(Message(7, 5, 1, 0, "text", "", recalled_by=6)) == "00:00 #5 Alice Chen: (recalled)"
+    recall = Message(7, 6, 1, 0, "recall", "", ref=5)
+    assert show(recall) == "00:00 #6 * Alice Chen recalled message #5"
 
 
 NEW_PASSWORD = "a password chosen in the chat"
