@@ -321,6 +321,9 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
             raise ConfigError(f"{path}: storage.message_cache_bytes must be 0 (no cache) or more")
         config = replace(config, message_cache_bytes=cache)
     limits = _table(raw, "limits", config.limits, path)
+    if not 1 <= limits.max_client_msg_id_bytes <= MAX_CLIENT_MSG_ID_BYTES:
+        raise ConfigError(f"{path}: limits.max_client_msg_id_bytes must be from 1 to "
+                          f"{MAX_CLIENT_MSG_ID_BYTES}")
     gateway = _table(raw, "gateway", config.gateway, path)
     tls = _table(raw, "tls", config.tls, path)
     tls = replace(tls, **{name: str(path.parent / value) for name in _TLS_PATHS
@@ -338,6 +341,9 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
                    log=log)
 
 
+# A plain store's dedupe key is 24 bytes and the client_msg_id, and LMDB keys end at 511 bytes:
+# past that every send with a long id would fail as an internal error instead of `invalid`.
+MAX_CLIENT_MSG_ID_BYTES = 256
 _KEYS_PATHS = ("master_key_file", "passphrase_file", "pkcs11_pin_file", "softhsm2_conf")
 _ESCROW_PATHS = ("ca_file", "cert_file", "key_file", "pkcs11_pin_file", "softhsm2_conf")
 

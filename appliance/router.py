@@ -418,7 +418,7 @@ class Router:
             try:
                 record = engine.user(conn.tenant, user)
             except NotFound:
-                continue  # another tenant's user is as unknown as one that never existed
+                continue  # ids count per tenant: this one names no user of the caller's
             found.append(UserData(user, record.login, record.display_name))
         return UsersData(found)
 

@@ -47,6 +47,12 @@ def test_the_file_overrides_defaults_and_flags_override_the_file(tmp_path: Path)
          "gateway.reply_max_bytes must be between 1 and half of gateway.outbox_cap_bytes"),
         ("listen = [\n", "is not valid TOML"),
         ("[storage]\nmessage_cache_bytes = -1\n", "storage.message_cache_bytes must be 0"),
+        # A longer client_msg_id would not fit an LMDB key (511 bytes) in a plain store's
+        # dedupe index: every such send would fail with 'internal' instead of being refused.
+        ("[limits]\nmax_client_msg_id_bytes = 600\n",
+         "limits.max_client_msg_id_bytes must be from 1 to 256"),
+        ("[limits]\nmax_client_msg_id_bytes = 0\n",
+         "limits.max_client_msg_id_bytes must be from 1 to 256"),
         ('[storage]\nmessage_cache_bytes = "64M"\n',
          "storage.message_cache_bytes must be an integer"),
     ],
