@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import logging
 import os
 import sys
 from pathlib import Path
@@ -394,6 +395,16 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, as shells report a writer whose reader went away
 
 
+def _log_for_a_person() -> None:
+    """A one-shot command's warnings (a key the escrow refused, a certificate about to end)
+    read as 'herald: warning: ...' lines on stderr, not as logging's bare last-resort text.
+    `herald serve` logs structured lines instead (appliance.serve.configure_logging)."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="herald: %(levelname)s: %(message)s")
+    for level in (logging.WARNING, logging.ERROR, logging.CRITICAL):
+        logging.addLevelName(level, logging.getLevelName(level).lower())
+
+
 def _run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "chat":
@@ -419,6 +430,7 @@ def _run_command(argv: list[str] | None) -> int:
         from appliance.serve import serve
 
         return serve(config, demo=args.demo)
+    _log_for_a_person()
     if args.command in ("init", "keys"):
         from appliance import key_commands
 
