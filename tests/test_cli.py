@@ -40,7 +40,7 @@ def _in_store(data: str, script: str) -> str:
     """Run `script` in a child process with `keyed` opened on `data` (with its keys: the
     SoftHSM2 escrow must not be loaded in the pytest process); its stdout."""
     code = ("from appliance.config import load_config\n"
-            "from appliance.keys.unlock import open_engine\n"
+            "from appliance.cli.unlock import open_engine\n"
             f"keyed = open_engine(load_config(data_dir=__import__('pathlib').Path({data!r})))\n"
             "engine = keyed.engine\n" + script + "\nkeyed.close()\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

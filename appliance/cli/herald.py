@@ -346,7 +346,7 @@ def _add_escrow_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 def _run_escrow(args: argparse.Namespace) -> int:
     from appliance.config import _parse_listen
-    from appliance.keys.escrow_service import commands
+    from appliance.escrow import commands
 
     if args.action == "audit":
         return commands.audit(args.dir)
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 def _log_for_a_person() -> None:
     """A one-shot command's warnings (a key the escrow refused, a certificate about to end)
     read as 'herald: warning: ...' lines on stderr, not as logging's bare last-resort text.
-    `herald serve` logs structured lines instead (appliance.serve.configure_logging)."""
+    `herald serve` logs structured lines instead (appliance.cli.serve.configure_logging)."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="herald: %(levelname)s: %(message)s")
     for level in (logging.WARNING, logging.ERROR, logging.CRITICAL):
@@ -408,7 +408,7 @@ def _log_for_a_person() -> None:
 def _run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "chat":
-        from appliance.chat import run
+        from appliance.chat.chat import run
 
         return run(args.url, args.tenant, args.login, password_stdin=args.password_stdin,
                    ca_file=args.ca, cert_file=args.cert, key_file=args.key,
@@ -427,12 +427,12 @@ def _run_command(argv: list[str] | None) -> int:
         print(f"herald: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        from appliance.serve import serve
+        from appliance.cli.serve import serve
 
         return serve(config, demo=args.demo)
     _log_for_a_person()
     if args.command in ("init", "keys"):
-        from appliance import key_commands
+        from appliance.cli import key_commands
 
         if args.command == "init":
             return key_commands.init(config, args.master_key)
@@ -448,7 +448,7 @@ def _run_command(argv: list[str] | None) -> int:
             return key_commands.change_passphrase(config, args.passphrase_file,
                                                   args.new_passphrase_file)
         return key_commands.revoke(config, args.tenant, args.confirm)
-    from appliance import accounts
+    from appliance.cli import accounts
 
     if args.command == "tenant":
         if args.action == "add":
@@ -476,7 +476,7 @@ def _run_command(argv: list[str] | None) -> int:
 
 
 def _self_signed(out_dir: Path, hosts: list[str]) -> int:
-    from appliance.certs import describe, make_self_signed
+    from appliance.cli.certs import describe, make_self_signed
 
     try:
         made = make_self_signed(out_dir, hosts)
@@ -491,6 +491,3 @@ def _self_signed(out_dir: Path, hosts: list[str]) -> int:
     print(describe(made))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
