@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import signal
 import subprocess
@@ -11,6 +12,10 @@ from pathlib import Path
 
 import pytest
 from keyed_dirs import keyed_data_dir
+
+from appliance.cli import build_parser
+from appliance.cli.commands import COMMANDS as TABLE
+from appliance.cli.commands import GROUPS
 
 HERALD = [sys.executable, "-m", "appliance.cli"]
 COMMANDS = [
@@ -34,6 +39,31 @@ def test_every_command_has_help(command: list[str]) -> None:
     result = herald(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: herald")
+
+
+def _parsers_by_path(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    found = {path: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= _parsers_by_path(sub, (*path, name))
+    return found
+
+
+def test_the_parser_has_a_command_for_each_entry_of_the_table_and_no_other() -> None:
+    parsers = _parsers_by_path(build_parser())
+    runnable = {path for path, parser in parsers.items()
+                if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)}
+    assert runnable == {entry.path for entry in TABLE}
+    assert len(TABLE) == len(runnable)  # no path twice
+    for entry in TABLE:
+        assert parsers[entry.path].get_default("herald_command") is entry
+    assert {path[0] for path in runnable if len(path) == 2} == set(GROUPS)
+    # `herald --help` lists the commands in the table's order.
+    assert list(parsers) == sorted(parsers, key=lambda path: min(
+        i for i, entry in enumerate(TABLE) if entry.path[:len(path)] == path))
 
 
 def _in_store(data: str, script: str) -> str:
