@@ -4,9 +4,10 @@ An expired certificate is a total outage that nothing announces: the gateway's c
 fail verification at once, and an appliance whose escrow client certificate has expired can
 unwrap no data key, so every tenant goes dark once its cached keys' lifetime has passed. So
 every configured certificate is checked when a server starts and once a day while it runs
-(`herald serve`: appliance/cert_watch.py; `herald escrow serve`: escrow_service/commands.py),
-and each one that ends within `WARN_WITHIN_DAYS` is named with its file, its end date, the
-days left and what renews it (docs/security.md, "Certificate lifetimes").
+(`herald serve`: appliance/gateway/cert_watch.py; `herald escrow serve`:
+appliance/escrow/commands.py), and each one that ends within `WARN_WITHIN_DAYS` is named with
+its file, its end date, the days left and what renews it (docs/security.md, "Certificate
+lifetimes").
 
 Synchronous and clock-free: `now` is always an argument.
 """

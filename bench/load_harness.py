@@ -118,7 +118,7 @@ def seed(
     conversations and `fill` group messages; issue a session token per user.
 
     The store is sealed, as `herald serve` serves no other, with the demo's keys (a SoftHSM2
-    token as the escrow, appliance/demo_keys.py). The work runs in a child process: SoftHSM2
+    token as the escrow, appliance/cli/demo_keys.py). The work runs in a child process: SoftHSM2
     reads its configuration once per process, and every run has a token of its own."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
@@ -132,10 +132,10 @@ def _seed_sealed(
     data_dir: Path, *, users: int, group_members: int, direct_pairs: int, fill: int,
     body_bytes: int, tenant_name: str,
 ) -> World:
+    from appliance.cli.demo_keys import prepare_demo_keys
+    from appliance.cli.unlock import open_engine
     from appliance.config import Config
-    from appliance.demo_keys import prepare_demo_keys
-    from appliance.keys.unlock import open_engine
-    from appliance.tokens import new_token
+    from appliance.gateway.tokens import new_token
     from engine import (
         Append,
         CreateGroup,
@@ -208,7 +208,7 @@ class ServerProcess:
                    "--listen", f"127.0.0.1:{port}"]
         self.tls, self.ca_file = tls, None
         if tls:
-            from appliance.certs import make_self_signed
+            from appliance.cli.certs import make_self_signed
 
             made = make_self_signed(data_dir / "tls", [])
             self.ca_file = str(made.cert_file)

@@ -5,8 +5,8 @@ its blocks: the cold case), or on and warm (`--message-cache-bytes`).
 `bench/engine_append.py --sealer both` measures the same pages inside the engine; this measures
 the request a user waits for. Both stores get engine_sealing's world and fill (one tenant, 200
 users, 1,000 groups, 220 messages in each of the sync user's 200 groups). Each store is served
-by `appliance.server.Server` in a child process of its own (`herald serve` serves only sealed
-stores, so the plain side cannot be a `herald serve`). One
+by `appliance.gateway.server.Server` in a child process of its own (`herald serve` serves
+only sealed stores, so the plain side cannot be a `herald serve`). One
 client in this process, logged in to both as the sync user, sends the same request to each in
 turn, request by request (who goes first alternates), one at a time: the latest page and a page
 before a random seq of a random group. Reported per side and repetition: the round trip's median
@@ -74,7 +74,7 @@ def _serve(store: str, deks: dict[tuple[int, int], bytes] | None, cache_bytes: i
     stdin-less parent sends anything on `report`."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from appliance.config import Config
-    from appliance.server import Server
+    from appliance.gateway.server import Server
 
     keyring = None
     if deks is not None:

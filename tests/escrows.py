@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from appliance.demo_keys import SOFTHSM_MODULES
-from appliance.keys.escrow_service import ServiceEscrow
+from appliance.cli.demo_keys import SOFTHSM_MODULES
+from appliance.escrow import ServiceEscrow
 from appliance.keys.pkcs11_escrow import Pkcs11Escrow
 
 HERALD = [sys.executable, "-m", "appliance.cli"]

@@ -18,8 +18,8 @@ import trio
 from conftest import _HASH, NOW_MS
 
 from appliance.config import Config, GatewayConfig, TlsConfig
-from appliance.server import Server
-from appliance.writer import wall_clock_ms
+from appliance.gateway.server import Server
+from appliance.gateway.writer import wall_clock_ms
 from engine import CreateTenant, CreateUser, Engine, Limits
 
 

@@ -1,5 +1,6 @@
 """Certificate lifetimes: reading a PEM file's end of validity, the warnings 30 days ahead,
-and the daily checks on an injected clock (appliance/cert_expiry.py, appliance/cert_watch.py).
+and the daily checks on an injected clock (appliance/cert_expiry.py,
+appliance/gateway/cert_watch.py).
 The certificates are real files, made by `herald cert selfsigned`'s code with a chosen date."""
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from appliance.cert_expiry import (
     read_validity,
     run_daily_checks,
 )
-from appliance.cert_watch import (
+from appliance.cli.certs import make_self_signed
+from appliance.config import Config, EscrowConfig, TlsConfig
+from appliance.gateway.cert_watch import (
     ESCROW_CLIENT_RENEWAL,
     expired_gateway_refusal,
     watch_certificates,
     watched_certificates,
 )
-from appliance.certs import make_self_signed
-from appliance.config import Config, EscrowConfig, TlsConfig
 
 NOW = datetime.datetime(2026, 11, 27, 6, 0, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)

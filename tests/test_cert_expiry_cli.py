@@ -1,6 +1,6 @@
 """Certificate lifetimes as an operator meets them: `herald serve`, `herald keys status`,
 `herald escrow keys|serve|renew`, all as real child processes on real certificate files made
-with the project's own code (appliance/certs.py, escrow_service/pki.py) and a chosen date.
+with the project's own code (appliance/cli/certs.py, appliance/escrow/pki.py) and a chosen date.
 Every certificate that should warn ends 10 days and one hour from now, so that "in 10 days"
 holds for the hour the test may take."""
 
@@ -25,14 +25,14 @@ from escrows import (
 from keyed_dirs import keyed_data_dir
 from processes import herald as herald_process
 
-from appliance.certs import VALID_DAYS, SelfSigned, make_self_signed
-from appliance.keys.errors import EscrowCertificateRefused
-from appliance.keys.escrow_service.pki import (
+from appliance.cli.certs import VALID_DAYS, SelfSigned, make_self_signed
+from appliance.escrow.pki import (
     CA_DAYS,
     LEAF_DAYS,
     issue_client_certificate,
     renew_service_certificates,
 )
+from appliance.keys.errors import EscrowCertificateRefused
 
 __all__ = ["escrow_files", "escrow_template"]  # fixtures
 

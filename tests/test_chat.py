@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from processes import ROOT, herald
 from servers import running_server, seed_org
 
-from appliance.chat import (
+from appliance.chat.chat import (
     CONTINUATION,
     HELP,
     Chat,
@@ -29,7 +29,7 @@ from appliance.chat import (
     format_message,
     parse_command,
 )
-from appliance.chat_input import PipedLines
+from appliance.chat.line_source import PipedLines
 from appliance.client import (
     ClientOptions,
     HeraldClient,

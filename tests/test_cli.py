@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import signal
 import subprocess
@@ -11,6 +12,10 @@ from pathlib import Path
 
 import pytest
 from keyed_dirs import keyed_data_dir
+
+from appliance.cli import build_parser
+from appliance.cli.commands import COMMANDS as TABLE
+from appliance.cli.commands import GROUPS
 
 HERALD = [sys.executable, "-m", "appliance.cli"]
 COMMANDS = [
@@ -36,11 +41,36 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert result.stdout.startswith("usage: herald")
 
 
+def _parsers_by_path(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    found = {path: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= _parsers_by_path(sub, (*path, name))
+    return found
+
+
+def test_the_parser_has_a_command_for_each_entry_of_the_table_and_no_other() -> None:
+    parsers = _parsers_by_path(build_parser())
+    runnable = {path for path, parser in parsers.items()
+                if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)}
+    assert runnable == {entry.path for entry in TABLE}
+    assert len(TABLE) == len(runnable)  # no path twice
+    for entry in TABLE:
+        assert parsers[entry.path].get_default("herald_command") is entry
+    assert {path[0] for path in runnable if len(path) == 2} == set(GROUPS)
+    # `herald --help` lists the commands in the table's order.
+    assert list(parsers) == sorted(parsers, key=lambda path: min(
+        i for i, entry in enumerate(TABLE) if entry.path[:len(path)] == path))
+
+
 def _in_store(data: str, script: str) -> str:
     """Run `script` in a child process with `keyed` opened on `data` (with its keys: the
     SoftHSM2 escrow must not be loaded in the pytest process); its stdout."""
     code = ("from appliance.config import load_config\n"
-            "from appliance.keys.unlock import open_engine\n"
+            "from appliance.cli.unlock import open_engine\n"
             f"keyed = open_engine(load_config(data_dir=__import__('pathlib').Path({data!r})))\n"
             "engine = keyed.engine\n" + script + "\nkeyed.close()\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -23,8 +23,8 @@ from processes import herald, served_port
 from servers import running_server, seed_org
 
 from appliance.config import GatewayConfig
-from appliance.file_limit import FILE_LIMIT_MARGIN
-from appliance.server import ACCEPT_WARNING_INTERVAL_S, ThrottledWarning
+from appliance.gateway.file_limit import FILE_LIMIT_MARGIN
+from appliance.gateway.server import ACCEPT_WARNING_INTERVAL_S, ThrottledWarning
 
 MAX_CONNECTIONS = GatewayConfig().max_connections
 

@@ -18,8 +18,8 @@ from escrows import (
 )
 from pseudo_terminal import run_on_terminal
 
+from appliance.escrow.pki import change_private_key_passphrase, load_private_key
 from appliance.keys import unwrap_dek, wrap_dek
-from appliance.keys.escrow_service.pki import change_private_key_passphrase, load_private_key
 
 __all__ = ["escrow_files", "escrow_template"]  # fixtures
 

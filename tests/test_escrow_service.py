@@ -29,6 +29,8 @@ from escrows import (
     service,
 )
 
+from appliance.escrow.keystore import Keystore
+from appliance.escrow.wire import MAX_FRAME_BYTES
 from appliance.keys import (
     EscrowError,
     EscrowRefused,
@@ -38,8 +40,6 @@ from appliance.keys import (
     wrap_dek,
 )
 from appliance.keys.errors import EscrowCertificateRefused
-from appliance.keys.escrow_service.keystore import Keystore
-from appliance.keys.escrow_service.wire import MAX_FRAME_BYTES
 
 __all__ = ["escrow_files", "escrow_template", "service"]  # fixtures
 

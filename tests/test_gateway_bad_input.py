@@ -38,8 +38,8 @@ from conftest import NOW_MS, PASSWORD, snapshot
 from servers import RunningServer, running_server, seed_org
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from appliance.gateway.tokens import new_token
 from appliance.protocol.frames import CLIENT_OPS, MAX_REQUEST_ID
-from appliance.tokens import new_token
 from engine import Append, CreateGroup, CreateSession, Engine, Limits
 
 # What tenant B (globex) holds; none of it may ever reach a tenant-A session.

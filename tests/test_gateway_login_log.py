@@ -16,8 +16,8 @@ from processes import herald, served_port
 from servers import running_server, seed_org
 
 from appliance.cli import main
+from appliance.cli.serve import configure_logging
 from appliance.config import load_config
-from appliance.serve import configure_logging
 from engine import SetUserDisabled
 
 CANARY = "canary-8c41f0-password"

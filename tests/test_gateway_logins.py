@@ -14,7 +14,7 @@ from clients import login, open_ws, receive_json, send_json
 from servers import running_server, seed_org
 from trio_websocket import WebSocketConnection
 
-from appliance.router import MAX_USERS_PER_REQUEST
+from appliance.gateway.router import MAX_USERS_PER_REQUEST
 from engine import Engine
 
 

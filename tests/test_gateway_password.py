@@ -23,8 +23,8 @@ from conftest import PASSWORD
 from servers import RunningServer, running_server, seed_org
 from trio_websocket import ConnectionClosed
 
-from appliance.connection import Connection
-from appliance.writer import wall_clock_ms
+from appliance.gateway.connection import Connection
+from appliance.gateway.writer import wall_clock_ms
 from engine import RevokeUserSessions, SessionEnd
 
 NEW_PASSWORD = "my own new password"

@@ -27,8 +27,8 @@ from servers import running_server, seed_org
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from appliance.config import Config, GatewayConfig
-from appliance.server import Server
-from appliance.tokens import new_token
+from appliance.gateway.server import Server
+from appliance.gateway.tokens import new_token
 from engine import CreateGroup, CreateSession, Engine, Message
 
 

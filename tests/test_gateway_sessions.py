@@ -21,9 +21,9 @@ from conftest import PASSWORD
 from servers import RunningServer, running_server, seed_org
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
-from appliance.sessions import BYE_MESSAGES
-from appliance.tokens import new_token
-from appliance.writer import wall_clock_ms
+from appliance.gateway.sessions import BYE_MESSAGES
+from appliance.gateway.tokens import new_token
+from appliance.gateway.writer import wall_clock_ms
 from engine import SessionEnd
 
 MAP_SIZE_BYTES = 512 * 2**20  # the test server's; the CLI is given the same

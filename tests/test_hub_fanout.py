@@ -22,7 +22,7 @@ from conftest import NOW_MS, PASSWORD
 from servers import RunningServer, running_server, seed_org
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from appliance.connection import Connection
+from appliance.gateway.connection import Connection
 from engine import Append, CreateGroup, CursorMoved, Engine, MarkRead, RemoveMember
 
 

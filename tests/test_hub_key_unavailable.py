@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import _HASH, NOW_MS
 
-from appliance.hub import Hub
-from appliance.outbox import Flusher, Outbox
-from appliance.writer import Committed
+from appliance.gateway.hub import Hub
+from appliance.gateway.outbox import Flusher, Outbox
+from appliance.gateway.writer import Committed
 from engine import (
     AddKeyEpoch,
     Append,

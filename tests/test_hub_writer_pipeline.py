@@ -14,7 +14,7 @@ import trio
 import trio.testing
 from conftest import NOW_MS, Org
 
-from appliance.writer import Committed, Writer
+from appliance.gateway.writer import Committed, Writer
 from engine import Append, Appended, CreateGroup, Engine
 
 

@@ -19,7 +19,7 @@ _CHILD = r"""
 import json, subprocess, sys
 from pathlib import Path
 from appliance.config import load_config
-from appliance.keys.unlock import open_engine
+from appliance.cli.unlock import open_engine
 from engine import Append, KeyUnavailable
 
 data, herald = Path(sys.argv[1]), json.loads(sys.argv[2])

@@ -1,5 +1,5 @@
-"""What a request waits for while the server fetches a key (appliance/key_refresh.py): only an
-epoch a refresh is on its way for, only until that refresh has finished, and never past its
+"""What a request waits for while the server fetches a key (appliance/gateway/key_refresh.py):
+only an epoch a refresh is on its way for, only until that refresh has finished, and never past its
 bound. The whole path through a server and another process's rotation is test_live_rotation.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 
 import trio
 
-from appliance.key_refresh import KeyRefresh
+from appliance.gateway.key_refresh import KeyRefresh
 
 
 async def test_an_epoch_nobody_asked_for_is_not_waited_for() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.demo_keys import SOFTHSM_MODULES
+from appliance.cli.demo_keys import SOFTHSM_MODULES
 
 HERALD = [sys.executable, "-m", "appliance.cli"]
 

@@ -69,3 +69,74 @@ def test_engine_public_surface_is_pinned() -> None:
     for name in engine.__all__:
         assert hasattr(engine, name), name
     assert len(engine.__all__) == 73  # + InternalError, ClientMsgIdReused
+
+
+# Inside appliance/, which part may import which (docs/architecture.md draws them). A part is a
+# subpackage; SHARED are the modules at appliance/'s top, which several parts use and which
+# import nothing of ours. The command line is the top: it may import every part, none imports it.
+SHARED = {"config", "terminal", "cert_expiry", "lock_file"}
+PARTS = {"protocol", "client", "chat", "keys", "escrow", "gateway", "cli"}
+MAY_IMPORT = {
+    "protocol": set(),
+    "client": {"protocol"},
+    "chat": {"client", "protocol", "terminal"},
+    "keys": {"escrow", "config"},
+    "escrow": {"keys", "terminal", "cert_expiry", "lock_file"},
+    "gateway": {"protocol", "keys", "config", "cert_expiry"},
+    "cli": (PARTS | SHARED) - {"cli"},
+    **{module: set() for module in SHARED},
+}
+# The one name of the escrow service the appliance's keys use: its client.
+KEYS_USE_OF_ESCROW = {"appliance.escrow", "appliance.escrow.client"}
+
+
+def _appliance_part(path: Path) -> str:
+    relative = path.relative_to(ROOT / "appliance")
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def _appliance_imports(path: Path) -> set[str]:
+    """Every `appliance...` module the file imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            if node.module == "appliance":
+                found |= {f"appliance.{alias.name}" for alias in node.names}
+    return {name for name in found if name.startswith("appliance.")}
+
+
+def test_each_part_of_the_appliance_imports_only_the_parts_below_it() -> None:
+    wrong = {}
+    for path in sorted((ROOT / "appliance").rglob("*.py")):
+        if path == ROOT / "appliance" / "__init__.py":
+            continue
+        part = _appliance_part(path)
+        assert part in MAY_IMPORT, (
+            f"{path} is in no known part: move it to the folder of its role, or give its part "
+            f"a line in MAY_IMPORT (and docs/architecture.md) saying what it may import")
+        for name in _appliance_imports(path):
+            target = name.split(".")[1]
+            if target == part:
+                continue
+            if target not in MAY_IMPORT[part] or (
+                    part == "keys" and target == "escrow" and name not in KEYS_USE_OF_ESCROW):
+                wrong.setdefault(str(path.relative_to(ROOT)), set()).add(name)
+    assert not wrong, wrong
+
+
+def test_every_part_of_the_appliance_says_what_it_is_and_who_may_import_it() -> None:
+    for part in PARTS:
+        init = ROOT / "appliance" / part / "__init__.py"
+        docstring = ast.get_docstring(ast.parse(init.read_text()))
+        assert docstring and "import" in docstring, init
+
+
+def test_the_public_surfaces_of_the_command_line_and_the_escrow_service_are_pinned() -> None:
+    import appliance.cli
+    import appliance.escrow
+
+    assert appliance.cli.__all__ == ["build_parser", "main", "version_text"]
+    assert appliance.escrow.__all__ == ["ServiceEscrow"]  # what appliance/keys/ may use

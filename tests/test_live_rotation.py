@@ -1,7 +1,7 @@
 """`herald keys rotate` in another process while `herald serve` runs: the rotation re-seals
 conversations and members under the new epoch at once, and the server unwraps that epoch as
 soon as a record names it, not at its next key refresh; the request that met the record waits
-for that key and is answered (appliance/key_refresh.py)."""
+for that key and is answered (appliance/gateway/key_refresh.py)."""
 
 from __future__ import annotations
 

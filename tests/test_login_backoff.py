@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.backoff import ACCOUNT_LOCK_ADDRESSES, ADDRESS_FREE_FAILURES, LoginBackoff
+from appliance.gateway.backoff import ACCOUNT_LOCK_ADDRESSES, ADDRESS_FREE_FAILURES, LoginBackoff
 
 
 class Clock:

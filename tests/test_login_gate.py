@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import trio
 
-from appliance.backoff import LoginBackoff
-from appliance.login_gate import LoginGate
+from appliance.gateway.backoff import LoginBackoff
+from appliance.gateway.login_gate import LoginGate
 
 BASE_S, MAX_S, FAILURE_DELAY_S, CHECK_S = 1.0, 8.0, 1.0, 0.1
 ALICE = ("acme", "alice")

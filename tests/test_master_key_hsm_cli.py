@@ -20,7 +20,7 @@ from keyed_dirs import herald, keyed_data_dir
 from processes import herald as herald_process
 from processes import served_port
 
-from appliance.demo_keys import SOFTHSM_MODULES
+from appliance.cli.demo_keys import SOFTHSM_MODULES
 
 MASTER_PIN = "2468-master-pin"
 ESCROW_PIN = "1357-escrow-pin"

@@ -1,5 +1,5 @@
-"""The background re-encrypt's task (appliance/message_reseal.py) on a real sealed engine (LMDB
-in tmp_path, real keyring), on Trio's virtual clock: engine calls run inline."""
+"""The background re-encrypt's task (appliance/gateway/message_reseal.py) on a real sealed
+engine (LMDB in tmp_path, real keyring), on Trio's virtual clock: engine calls run inline."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import trio
 from conftest import _HASH, NOW_MS
 
-from appliance.message_reseal import FIRST_RETRY_S, MessageResealer
+from appliance.gateway.message_reseal import FIRST_RETRY_S, MessageResealer
 from engine import (
     AddKeyEpoch,
     Append,

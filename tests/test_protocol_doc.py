@@ -37,7 +37,7 @@ from engine import HeraldError
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
-# What the router answers each op with (appliance/router.py).
+# What the router answers each op with (appliance/gateway/router.py).
 REPLY_DATA: dict[str, type[msgspec.Struct]] = {
     "login": LoginData,
     "resume": LoginData,

@@ -34,7 +34,7 @@ from servers import running_server, seed_org
 from tls_certs import CertAuthority
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
-from appliance.certs import make_self_signed
+from appliance.cli.certs import make_self_signed
 from appliance.client import (
     CertificateRejected,
     ClientOptions,
@@ -43,9 +43,9 @@ from appliance.client import (
     open_client,
 )
 from appliance.config import Config, ConfigError, TlsConfig, load_config
-from appliance.outbox import Flusher, Outbox
-from appliance.server import Server
-from appliance.tls import TlsChannel, is_loopback, server_context
+from appliance.gateway.outbox import Flusher, Outbox
+from appliance.gateway.server import Server
+from appliance.gateway.tls import TlsChannel, is_loopback, server_context
 from engine import CreateGroup, Engine
 
 UPGRADE = (

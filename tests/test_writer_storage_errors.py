@@ -18,8 +18,8 @@ from clients import open_ws, receive_json, send_json
 from conftest import NOW_MS, PASSWORD, create_org
 from servers import running_server, seed_org
 
+from appliance.gateway.writer import Writer
 from appliance.protocol.frames import ConvsRequest
-from appliance.writer import Writer
 from engine import Append, Appended, CreateGroup, Engine, HeraldError, InternalError, Limits
 
 OVERSIZED_KEY_LIMITS = Limits(max_client_msg_id_bytes=600)

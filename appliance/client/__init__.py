@@ -4,7 +4,8 @@
 by itself and delivers every message once, in order per conversation (see `client.py`).
 
 It speaks only the wire protocol (`appliance.protocol.frames`): it must never import the engine
-or the server's modules, so that it can run in a process of its own (a test pins this).
+or the server's modules, so that it can run in a process of its own (a test pins this). Any
+client may import it (`appliance.chat`, tests, benchmarks, bots); the server never does.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@ the escrow backends.
 
 Blocking code: the server calls it from worker threads. It must never import Trio, nor engine
 internals (only names that `engine` re-exports). Secrets never appear in its messages.
+
+Imported by the gateway (its key refresh), the command line, and the escrow service (the
+errors, the escrow contract and sealed files it shares). Of `appliance.escrow` it imports
+only the client, `ServiceEscrow` (backends.py); of the rest of the appliance only `config`.
 """
 
 from appliance.keys.dek import dek_aad, unwrap_dek, wrap_dek

@@ -18,7 +18,7 @@ def open_escrow(config: EscrowConfig) -> Escrow | None:
     `EscrowUnavailable` when the HSM is not there, `EscrowRefused` for a wrong PIN.
     """
     if config.backend == "service":
-        from appliance.keys.escrow_service import ServiceEscrow
+        from appliance.escrow import ServiceEscrow
 
         return ServiceEscrow(config.address, config.ca_file, config.cert_file, config.key_file,
                              timeout_s=config.timeout_s)

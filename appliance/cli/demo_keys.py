@@ -17,9 +17,9 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
+from appliance.cli.unlock import initialize
 from appliance.config import CONFIG_IN_DATA_DIR, Config, load_config
 from appliance.keys.errors import KeyManagementError
-from appliance.keys.unlock import initialize
 
 __all__ = ["DEMO_KEYS_DIR", "SOFTHSM_MODULES", "prepare_demo_keys"]
 

@@ -16,14 +16,7 @@ import ssl
 
 import msgspec
 
-from appliance.keys.errors import (
-    EscrowCertificateRefused,
-    EscrowError,
-    EscrowRefused,
-    EscrowUnavailable,
-)
-from appliance.keys.escrow import KEY_STATES, KeyState, check_key_id
-from appliance.keys.escrow_service.wire import (
+from appliance.escrow.wire import (
     GREETING,
     FrameTooLarge,
     Reply,
@@ -33,6 +26,13 @@ from appliance.keys.escrow_service.wire import (
     read_frame,
     write_frame,
 )
+from appliance.keys.errors import (
+    EscrowCertificateRefused,
+    EscrowError,
+    EscrowRefused,
+    EscrowUnavailable,
+)
+from appliance.keys.escrow import KEY_STATES, KeyState, check_key_id
 
 __all__ = ["DEFAULT_TIMEOUT_S", "ServiceEscrow"]
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from appliance.connection import CLOSE_POLICY
+from appliance.gateway.connection import CLOSE_POLICY
+from appliance.gateway.writer import Committed
 from appliance.protocol.frames import Bye
-from appliance.writer import Committed
 from engine import (
     CapacityExceeded,
     EngineClosed,
@@ -33,8 +33,8 @@ from engine import (
 )
 
 if TYPE_CHECKING:
-    from appliance.connection import Connection
-    from appliance.server import Services
+    from appliance.gateway.connection import Connection
+    from appliance.gateway.server import Services
 
 __all__ = ["BYE_MESSAGES", "SessionGuard"]
 

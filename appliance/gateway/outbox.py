@@ -7,7 +7,7 @@ outbox is empty (an idle connection keeps no parked task: docs/benchmarks.md, id
 An outbox never holds more than its cap: `push` refuses, and the owner closes the connection
 (the client catches up by sync when it returns). PERFORMANCE.md has the figures behind this.
 
-Under TLS the outbox is given a `seal` function (appliance/tls.py): pushed frames wait as
+Under TLS the outbox is given a `seal` function (appliance/gateway/tls.py): pushed frames wait as
 plaintext, and each flush seals a batch of them into records and writes the ciphertext the
 same way, still without an `await`. Ciphertext is never dropped (a TLS stream has no gaps):
 only frames not yet sealed are. The cap counts what has not reached the kernel yet, plaintext

@@ -13,18 +13,18 @@ from dataclasses import dataclass
 
 import trio
 
-from appliance.backoff import LoginBackoff
 from appliance.config import Config, ConfigError
-from appliance.connection import CLOSE_GOING_AWAY, CLOSE_POLICY, Connection
-from appliance.hub import Hub
-from appliance.key_refresh import KeyRefresh
-from appliance.outbox import Flusher
+from appliance.gateway.backoff import LoginBackoff
+from appliance.gateway.connection import CLOSE_GOING_AWAY, CLOSE_POLICY, Connection
+from appliance.gateway.hub import Hub
+from appliance.gateway.key_refresh import KeyRefresh
+from appliance.gateway.outbox import Flusher
+from appliance.gateway.router import Router
+from appliance.gateway.sessions import SessionGuard
+from appliance.gateway.tls import TlsChannel, plaintext_refusal, server_context
+from appliance.gateway.tokens import retire_legacy_secret
+from appliance.gateway.writer import Committed, SendFanout, Writer, wall_clock_ms
 from appliance.protocol.frames import Bye
-from appliance.router import Router
-from appliance.sessions import SessionGuard
-from appliance.tls import TlsChannel, plaintext_refusal, server_context
-from appliance.tokens import retire_legacy_secret
-from appliance.writer import Committed, SendFanout, Writer, wall_clock_ms
 from engine import Engine
 
 __all__ = ["Server", "Services", "ThrottledWarning"]
@@ -132,7 +132,7 @@ class Server:
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until `request_stop`, on `sockets` (bound and listening; `herald serve` binds
-        them before it opens anything: appliance/listen_sockets.py), which it then owns, or
+        them before it opens anything: appliance/gateway/listen_sockets.py), which it then owns, or
         with none on listeners it opens for the configured address. Reports the bound port
         through `task_status`."""
         config = self.services.config

@@ -10,11 +10,11 @@ import datetime
 import sys
 from collections.abc import Callable
 
+from appliance.cli.unlock import KeyedEngine, open_engine
 from appliance.config import Config
+from appliance.gateway.writer import wall_clock_ms
 from appliance.keys.errors import KeyManagementError
-from appliance.keys.unlock import KeyedEngine, open_engine
 from appliance.terminal import ask_secret
-from appliance.writer import wall_clock_ms
 from engine import (
     CreateGroup,
     CreateTenant,

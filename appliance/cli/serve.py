@@ -16,27 +16,27 @@ from typing import Any
 import trio
 
 from appliance.cert_expiry import WatchedCertificate, pin_in_use
-from appliance.cert_watch import (
+from appliance.cli.demo import ensure_demo
+from appliance.cli.demo_keys import prepare_demo_keys
+from appliance.cli.unlock import open_engine
+from appliance.config import Config, ConfigError
+from appliance.gateway.cert_watch import (
     check_now,
     expired_gateway_refusal,
     utc_now,
     watch_certificates,
     watched_certificates,
 )
-from appliance.config import Config, ConfigError
-from appliance.demo import ensure_demo
-from appliance.demo_keys import prepare_demo_keys
-from appliance.file_limit import raise_open_file_limit
-from appliance.key_refresh import KEY_REFRESH_MAX_INTERVAL_S, KeyRefresh, run_key_refresh
+from appliance.gateway.file_limit import raise_open_file_limit
+from appliance.gateway.key_refresh import KEY_REFRESH_MAX_INTERVAL_S, KeyRefresh, run_key_refresh
+from appliance.gateway.listen_sockets import ListenError, open_listen_sockets
+from appliance.gateway.message_reseal import MessageResealer
+from appliance.gateway.server import Server
+from appliance.gateway.tls import plaintext_refusal, server_context
+from appliance.gateway.writer import wall_clock_ms
 from appliance.keys.errors import KeyManagementError
 from appliance.keys.manager import KeyManager, TenantKeyStatus
-from appliance.keys.unlock import open_engine
-from appliance.listen_sockets import ListenError, open_listen_sockets
 from appliance.lock_file import HeldLock, LockHeld, hold_exclusively
-from appliance.message_reseal import MessageResealer
-from appliance.server import Server
-from appliance.tls import plaintext_refusal, server_context
-from appliance.writer import wall_clock_ms
 from engine import Engine, HeraldError
 
 __all__ = ["DATA_DIR_LOCK", "describe_store", "herald_command", "serve"]

@@ -15,7 +15,7 @@ account (the tenant name and login as typed) from a client address. `LoginGate.a
 
 Attempts at different accounts from one address are not made to wait for each other (an
 office behind one NAT address logs in together); each waits its own delay, which includes the
-address's failures past its free ones (appliance/backoff.py).
+address's failures past its free ones (appliance/gateway/backoff.py).
 
 Locks are taken in one order, the account-from-address lock before the account-wide one, so
 that two attempts never wait for each other.
@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from appliance.backoff import Account, Delay, LoginBackoff
+from appliance.gateway.backoff import Account, Delay, LoginBackoff
 
 __all__ = ["Attempt", "HashingPool", "LoginGate"]
 

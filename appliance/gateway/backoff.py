@@ -15,8 +15,8 @@ while fresh (or forgotten), else `base_s * 2**(score - 1)`, capped at `max_s`; a
 
 The key is the name as typed, whether or not the account exists, so the delay reveals nothing
 about which logins exist. The delay alone does not stop parallel guessing (N attempts that
-arrive together would wait it side by side): `appliance.login_gate` runs the attempts of a key
-one at a time, and this module only says how long each one waits.
+arrive together would wait it side by side): `appliance.gateway.login_gate` runs the attempts of a
+key one at a time, and this module only says how long each one waits.
 
 Memory is bounded: at most `max_entries` keys; past it, the entries that decayed to nothing
 are dropped, then the least recently failed.

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.keys.errors import WrongPassphrase
-from appliance.keys.escrow_service.keystore import Keystore
-from appliance.keys.escrow_service.pki import (
+from appliance.escrow.keystore import Keystore
+from appliance.escrow.pki import (
     PASSPHRASE_KEY_FILES,
     change_private_key_passphrase,
     load_private_key,
 )
+from appliance.keys.errors import WrongPassphrase
 from appliance.keys.sealed_file import DEFAULT_KDF, KdfParams, check_new_passphrase
 
 __all__ = ["EscrowPassphraseChange"]

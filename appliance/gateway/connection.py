@@ -3,7 +3,7 @@
 The connection task owns the read side. Writes go through the connection's outbox, which the
 hub also pushes into, so replies, pushes, pings and closes never interleave mid-frame.
 
-Under TLS the connection holds a `TlsChannel` (appliance/tls.py): what the socket reads is
+Under TLS the connection holds a `TlsChannel` (appliance/gateway/tls.py): what the socket reads is
 decrypted before the WebSocket sees it, whatever the channel produces on its own (handshake,
 tickets, alerts) goes to the outbox as is, and the outbox seals frames as it writes them.
 """
@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from appliance.outbox import Outbox
+from appliance.gateway.outbox import Outbox
+from appliance.gateway.tls import TlsChannel, TlsFailed
+from appliance.gateway.wire import not_logged_in
 from appliance.protocol.frames import (
     OPEN_OPS,
     Bye,
@@ -36,11 +38,9 @@ from appliance.protocol.websocket import (
     encode_ping_frame,
     encode_text_frame,
 )
-from appliance.tls import TlsChannel, TlsFailed
-from appliance.wire import not_logged_in
 
 if TYPE_CHECKING:
-    from appliance.server import Services
+    from appliance.gateway.server import Services
 
 __all__ = ["CLOSE_GOING_AWAY", "CLOSE_NORMAL", "CLOSE_POLICY", "CLOSE_TRY_AGAIN", "Connection"]
 

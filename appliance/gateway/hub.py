@@ -27,11 +27,11 @@ from typing import Protocol
 
 import trio
 
-from appliance.outbox import Flusher, Outbox
+from appliance.gateway.outbox import Flusher, Outbox
+from appliance.gateway.wire import wire_message
+from appliance.gateway.writer import Committed, SendFanout
 from appliance.protocol.frames import MsgPush, ReadPush, WireMessage, encode_frame
 from appliance.protocol.websocket import encode_text_frame
-from appliance.wire import wire_message
-from appliance.writer import Committed, SendFanout
 from engine import (
     Append,
     Appended,

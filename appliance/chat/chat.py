@@ -2,7 +2,7 @@
 
 Lines typed are sent to the open conversation; lines starting with '/' are commands (`/help`),
 and '//' sends a line that starts with '/'. On a terminal, lines are typed at a prompt that
-incoming messages never garble (`chat_input.py`); piped input is read a line at a time, and its
+incoming messages never garble (`line_source.py`); piped input is read a line at a time, and its
 end quits after what was typed is sent. `/password` asks for passwords on the terminal only.
 
 Everything another user or the server chose (bodies, names, titles, error messages, logins) is
@@ -37,7 +37,7 @@ from typing import TextIO
 import trio
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from appliance.chat_input import LineSource, PipedLines, PromptLines
+from appliance.chat.line_source import LineSource, PipedLines, PromptLines
 from appliance.client import (
     CertificateRejected,
     ClientClosed,

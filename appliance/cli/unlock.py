@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 
 from appliance.config import MASTER_KEY_PLACES, Config
+from appliance.gateway.writer import wall_clock_ms
 from appliance.keys.backends import open_escrow
 from appliance.keys.errors import EscrowError, KeyFileMissing, KeyManagementError
 from appliance.keys.escrow import Escrow
@@ -26,7 +27,6 @@ from appliance.keys.master_place import (
     open_master,
 )
 from appliance.terminal import ask_secret
-from appliance.writer import wall_clock_ms
 from engine import Engine, Keyring
 
 __all__ = [

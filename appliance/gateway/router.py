@@ -5,9 +5,9 @@ membership and roles on every call with the connection's own tenant and user, ne
 the client claims for itself.
 
 Passwords (login, and a user's change of their own) are checked with Argon2id in worker
-threads through the login gate (appliance/login_gate.py: one attempt at a time per account and
-address, each after its backoff delay); they never reach a log. A refused login is logged with
-its reason, while the client gets one answer for every reason.
+threads through the login gate (appliance/gateway/login_gate.py: one attempt at a time per
+account and address, each after its backoff delay); they never reach a log. A refused login is
+logged with its reason, while the client gets one answer for every reason.
 """
 
 from __future__ import annotations
@@ -19,8 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from appliance import tokens
-from appliance.login_gate import Attempt, LoginGate
+from appliance.gateway import tokens
+from appliance.gateway.login_gate import Attempt, LoginGate
+from appliance.gateway.wire import (
+    convs_data,
+    error_frame,
+    history_data,
+    members_data,
+    not_logged_in,
+    sync_data,
+)
 from appliance.protocol.frames import (
     OPEN_REQUESTS,
     AddRequest,
@@ -56,14 +64,6 @@ from appliance.protocol.frames import (
     UsersData,
     UsersRequest,
     encode_frame,
-)
-from appliance.wire import (
-    convs_data,
-    error_frame,
-    history_data,
-    members_data,
-    not_logged_in,
-    sync_data,
 )
 from engine import (
     AddMembers,
@@ -102,8 +102,8 @@ from engine import (
 )
 
 if TYPE_CHECKING:
-    from appliance.connection import Connection
-    from appliance.server import Services
+    from appliance.gateway.connection import Connection
+    from appliance.gateway.server import Services
 
 __all__ = ["Router"]
 

@@ -24,16 +24,16 @@ from appliance.cert_expiry import (
     read_validity,
     run_daily_checks,
 )
-from appliance.keys.errors import KeyManagementError
-from appliance.keys.escrow_service.audit import AuditBroken, AuditLog, verify_audit_log
-from appliance.keys.escrow_service.keystore import Keystore, KeystoreBusy
-from appliance.keys.escrow_service.passphrase_change import EscrowPassphraseChange
-from appliance.keys.escrow_service.pki import (
+from appliance.escrow.audit import AuditBroken, AuditLog, verify_audit_log
+from appliance.escrow.keystore import Keystore, KeystoreBusy
+from appliance.escrow.passphrase_change import EscrowPassphraseChange
+from appliance.escrow.pki import (
     create_service_pki,
     issue_client_certificate,
     renew_service_certificates,
 )
-from appliance.keys.escrow_service.server import EscrowServer, EscrowService, server_tls_context
+from appliance.escrow.server import EscrowServer, EscrowService, server_tls_context
+from appliance.keys.errors import KeyManagementError
 from appliance.keys.sealed_file import check_new_passphrase
 from appliance.terminal import ask_secret, read_secret_file
 

@@ -1,8 +1,8 @@
 """`herald init` and `herald keys status|rotate|reseal|revoke|shred|passphrase`: the key
 operations, on the data directory (docs/security.md, "Rotation, revocation, shredding"). A
 running server picks up what they change within `KEY_REFRESH_MAX_INTERVAL_S` (5 s,
-appliance/key_refresh.py) or the DEK cache lifetime; `passphrase` changes nothing it holds (it
-keeps the master key in memory)."""
+appliance/gateway/key_refresh.py) or the DEK cache lifetime; `passphrase` changes nothing it
+holds (it keeps the master key in memory)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from appliance.accounts import run_keyed
 from appliance.cert_expiry import CertificateUnreadable, describe_validity, read_validity
+from appliance.cli.accounts import run_keyed
+from appliance.cli.unlock import KeyedEngine, initialize, read_passphrase
 from appliance.config import Config
-from appliance.key_refresh import KEY_REFRESH_MAX_INTERVAL_S
+from appliance.gateway.key_refresh import KEY_REFRESH_MAX_INTERVAL_S
 from appliance.keys.errors import KeyManagementError, MasterKeyInHsm, PassphraseChangeBusy
 from appliance.keys.manager import KeyManager
 from appliance.keys.master import change_master_key_passphrase, load_master_key
 from appliance.keys.master_place import master_key_place
-from appliance.keys.unlock import KeyedEngine, initialize, read_passphrase
 from appliance.terminal import ask_secret, read_secret_file
 
 __all__ = ["change_passphrase", "init", "key_status", "reseal", "revoke", "rotate", "shred"]

@@ -2,7 +2,7 @@
 certificates verified against the escrow's own CA.
 
 One thread per connection (at most MAX_CONNECTIONS; more are closed at once). A connection
-carries any number of requests (appliance/keys/escrow_service/wire.py). Whatever a client
+carries any number of requests (appliance/escrow/wire.py). Whatever a client
 sends, it gets an error reply or a closed connection, never a dead server. Every request, good
 or bad, is written to the audit log before it is answered.
 """
@@ -21,10 +21,9 @@ from pathlib import Path
 import msgspec
 from cryptography import x509
 
-from appliance.keys.errors import EscrowRefused, EscrowUnavailable
-from appliance.keys.escrow_service.audit import AuditLog
-from appliance.keys.escrow_service.keystore import Keystore
-from appliance.keys.escrow_service.wire import (
+from appliance.escrow.audit import AuditLog
+from appliance.escrow.keystore import Keystore
+from appliance.escrow.wire import (
     GREETING,
     FrameTooLarge,
     Reply,
@@ -34,6 +33,7 @@ from appliance.keys.escrow_service.wire import (
     read_frame,
     write_frame,
 )
+from appliance.keys.errors import EscrowRefused, EscrowUnavailable
 
 __all__ = ["IDLE_TIMEOUT_S", "MAX_CONNECTIONS", "EscrowServer", "EscrowService",
            "server_tls_context"]
