@@ -102,10 +102,11 @@ _DETAIL_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _SECRET_WORDS = ("password", "passwd", "passphrase", "secret", "token", "key", "credential",
                  "hash", "dek", "body", "message")
 # Defence in depth for the caller's free texts: what a password hash, a session token (43
-# characters of base64url), a token hash or a key in hex looks like. A name or a reason never
-# does.
+# characters of base64url: one without a capital letter comes up once in 10**9), a token hash
+# or a key in hex looks like. A login (lowercase) or a reason never does.
 _SECRET_SHAPES = re.compile(
-    r"\$argon2|[0-9a-fA-F]{32,}|(?=[A-Za-z0-9_+/=-]{40,})(?=\S*[A-Z])(?=\S*[0-9])"
+    r"\$argon2|[0-9a-fA-F]{32,}"
+    r"|(?=[A-Za-z0-9_+/=-]{40})[A-Za-z0-9_+/=-]*[A-Z]"
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

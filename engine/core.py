@@ -110,7 +110,9 @@ _DECOY_HASH = (
 
 # Ops whose first write is their only seal and that open nothing after it: a missing key
 # refuses them before they write, so they need no nested transaction (about 4% of an append's
-# time at batch 100, docs/benchmarks.md). Every other op gets one in a sealed store.
+# time at batch 100, docs/benchmarks.md). Every other op gets one in a sealed store. (An audit
+# entry's seal is under the name key, which no expiry or shred can take away: `RecordAudit`
+# needs none, nor does an `Audited` op beyond what its own op needs.)
 _ATOMIC_ALONE = frozenset({
     Append, MarkRead, MarkDelivered, AddKeyEpoch, ShredKeyEpoch, RevokeKeyEpochs,
     CreateSession, RevokeSession, RevokeUserSessions, PruneSessions, RecordAudit,
