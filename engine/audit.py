@@ -57,6 +57,7 @@ from engine.ops import (
     UserCreated,
 )
 from engine.records import (
+    ActorKind,
     AuditAction,
     AuditActor,
     AuditEntry,
@@ -144,7 +145,13 @@ class AuditPage(msgspec.Struct, frozen=True, kw_only=True):
     more: bool
 
 
-def _check_text(what: str, value: str) -> None:
+_MAX_ID = 2**63 - 1
+_MIN_DETAIL_INT = -(2**63)
+
+
+def _check_text(what: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise Invalid(f"an audit {what} must be a string")
     if len(value) > MAX_AUDIT_TEXT_CHARS:
         raise Invalid(f"an audit {what} must be at most {MAX_AUDIT_TEXT_CHARS} characters")
     if _CONTROL.search(value):
@@ -156,14 +163,32 @@ def _check_text(what: str, value: str) -> None:
         )
 
 
+def _check_id(what: str, value: object) -> None:
+    if type(value) is not int or not 0 <= value <= _MAX_ID:
+        raise Invalid(f"an audit {what} must be an id from 0 to 2**63-1")
+
+
+def _check_choice(what: str, value: object, choices: type[enum.StrEnum]) -> None:
+    # Checked here, not when read back: a value the decoder refuses would make the entry, and
+    # the whole log after it, unreadable.
+    if not isinstance(value, str) or value not in choices.__members__.values():
+        raise Invalid(f"an audit {what} must be one of {', '.join(choices)}")
+
+
 def check_actor(actor: AuditActor) -> None:
-    """Raises `Invalid` for an actor whose name could hold a secret, or negative ids."""
-    if actor.tenant < 0 or actor.id < 0:
-        raise Invalid("an audit actor's tenant and id cannot be negative")
+    """Raises `Invalid` for an actor of an unknown kind, ids out of range, or a name that
+    could hold a secret."""
+    if not isinstance(actor, AuditActor):
+        raise Invalid("an audit actor must be an AuditActor")
+    _check_choice("actor kind", actor.kind, ActorKind)
+    _check_id("actor's tenant", actor.tenant)
+    _check_id("actor's id", actor.id)
     _check_text("actor name", actor.name)
 
 
-def _check_details(details: dict[str, str | int]) -> None:
+def _check_details(details: object) -> None:
+    if not isinstance(details, dict):
+        raise Invalid("audit details must be a dict of names to strings or integers")
     if len(details) > MAX_AUDIT_DETAILS:
         raise Invalid(f"an audit entry holds at most {MAX_AUDIT_DETAILS} details")
     for name, value in details.items():
@@ -172,10 +197,11 @@ def _check_details(details: dict[str, str | int]) -> None:
         if any(word in name for word in _SECRET_WORDS):
             raise Invalid(f"an audit detail cannot be named {name!r}: the audit log never "
                           f"holds a secret or a message body")
-        if isinstance(value, str):
+        if type(value) is int:
+            if not _MIN_DETAIL_INT <= value <= _MAX_ID:
+                raise Invalid(f"audit detail {name!r} must fit in 64 bits")
+        else:
             _check_text(f"detail {name!r}", value)
-        elif type(value) is not int:
-            raise Invalid(f"an audit detail is a string or an integer, not {type(value).__name__}")
 
 
 # -- what an audited op records: (action, tenant, target, details) from the op and its result --
@@ -370,11 +396,12 @@ class AuditLog:
 
     def record(self, txn: Any, op: RecordAudit, now_ms: int) -> AuditRecorded:
         """The `RecordAudit` op: checks its texts (`Invalid`), then appends it."""
+        _check_choice("action", op.action, AuditAction)
         if op.action not in EVENT_ACTIONS:
             raise Invalid(f"RecordAudit records events ({', '.join(sorted(EVENT_ACTIONS))}); "
-                          f"{op.action.value} is recorded by its op, wrapped in Audited")
-        if op.tenant < 0:
-            raise Invalid("an audit entry's tenant cannot be negative")
+                          f"{op.action} is recorded by its op, wrapped in Audited")
+        _check_id("entry's tenant", op.tenant)
+        _check_choice("outcome", op.outcome, AuditOutcome)
         check_actor(op.actor)
         _check_text("target", op.target)
         _check_text("reason", op.reason)

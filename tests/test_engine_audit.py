@@ -291,6 +291,10 @@ def test_only_admin_and_security_ops_can_be_audited_and_nothing_is_applied_other
     sneaky = AuditActor(kind=ActorKind.ADMIN, name="Zq3" + "x" * 40)
     (result,) = engine.apply_batch([audited(CreateTenant(name="globex"), sneaky)], NOW_MS)
     assert_refusal(result, Invalid)
+    for actor in (None, AuditActor(kind="robot", name="x"), AuditActor(kind=ActorKind.USER, id=-1),
+                  AuditActor(kind=ActorKind.USER, tenant=2**64)):
+        (result,) = engine.apply_batch([audited(CreateTenant(name="globex"), actor)], NOW_MS)  # type: ignore[arg-type]
+        assert_refusal(result, Invalid)
     assert engine.stats() == before
 
 
@@ -658,3 +662,30 @@ def test_the_chain_verifies_after_any_sequence_of_audited_ops(
         assert actions(engine) == expected
     finally:
         box.close()
+
+
+_ANY_TEXT = st.one_of(st.text(max_size=60), st.integers(), st.none())
+_ANY_INT = st.one_of(st.integers(), st.integers(min_value=-5, max_value=5), st.booleans())
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.one_of(st.sampled_from(list(ActorKind)), st.text(max_size=8)),
+       actor_tenant=_ANY_INT, actor_id=_ANY_INT, name=_ANY_TEXT,
+       action=st.one_of(st.sampled_from(list(AuditAction)), st.text(max_size=12)),
+       tenant=_ANY_INT, target=_ANY_TEXT, reason=_ANY_TEXT,
+       outcome=st.one_of(st.sampled_from(list(AuditOutcome)), st.text(max_size=8)),
+       details=st.dictionaries(st.one_of(st.text(max_size=10), st.integers()),
+                               st.one_of(_ANY_INT, _ANY_TEXT, st.floats()), max_size=4))
+def test_any_record_audit_is_recorded_or_refused_as_invalid_and_the_log_stays_readable(
+    engine: Engine, kind: object, actor_tenant: object, actor_id: object, name: object,
+    action: object, tenant: object, target: object, reason: object, outcome: object,
+    details: dict[object, object],
+) -> None:
+    actor = AuditActor(kind=kind, tenant=actor_tenant, id=actor_id, name=name)  # type: ignore[arg-type]
+    op = RecordAudit(actor=actor, action=action, tenant=tenant, target=target,  # type: ignore[arg-type]
+                     reason=reason, outcome=outcome, details=details)  # type: ignore[arg-type]
+    (result,) = engine.apply_batch([op], NOW_MS)
+    assert isinstance(result, AuditRecorded | Invalid), result
+    assert engine.verify_audit().ok
+    engine.audit_entries(limit=1000)  # every entry stored decodes
