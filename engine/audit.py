@@ -130,6 +130,9 @@ class AuditVerdict(msgspec.Struct, frozen=True, kw_only=True):
     bad_seq: int = 0
     problem: AuditProblem | None = None
     why: str = ""
+    # When ok, the hash of the last entry (zeros for none): note it down elsewhere with the
+    # count, since a whole log rolled back to an older copy shows only against a recorded head.
+    head_hash: bytes = bytes(AUDIT_HASH_BYTES)
 
     @property
     def ok(self) -> bool:
@@ -495,4 +498,4 @@ class AuditLog:
             return AuditVerdict(
                 count=count - 1, bad_seq=count, problem=AuditProblem.HEAD,
                 why=f"entry {count} is not the one the head names: it was replaced")
-        return AuditVerdict(count=count)
+        return AuditVerdict(count=count, head_hash=prev_hash)

@@ -122,12 +122,6 @@ _ATOMIC_ALONE = frozenset({
 _NAME_KEY_CHECK = b"name_key_check"
 
 
-def _unwrapped(op: Operation) -> Operation:
-    """The op that does the writing: an `Audited`'s own op (its entry is sealed under the name
-    key, which never fails, so it needs no nested transaction of its own)."""
-    return op.op if type(op) is Audited else op
-
-
 def _is_recall(op: Operation) -> bool:
     """A recall re-seals the block of the message it hides before it seals its own: it needs
     a nested transaction in a sealed store, as any op that seals after its first write."""
@@ -336,7 +330,9 @@ class Engine:
                 if handler is None:
                     raise TypeError(f"not an engine operation: {op!r}")
                 mark = 0 if appended is None else len(appended)
-                writer = _unwrapped(op)
+                # The op that does the writing: an Audited's own (inline: this loop is the
+                # append path).
+                writer = op.op if type(op) is Audited else op
                 try:
                     if aead is None or (type(writer) in _ATOMIC_ALONE and not _is_recall(writer)):
                         results.append(handler(txn, op, now_ms))

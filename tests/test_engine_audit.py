@@ -434,6 +434,24 @@ def test_an_untouched_log_verifies_with_its_count_and_survives_a_reopen(store: S
     fill(store, 2)  # the chain goes on from the head after a reopen
     verdict = store.engine.verify_audit()
     assert (verdict.ok, verdict.count, verdict.bad_seq) == (True, 5, 0)
+    assert verdict.head_hash == store.engine.audit_entries(after_seq=4).entries[0].hash
+
+
+def test_a_sealed_log_verifies_offline_with_the_name_key_alone(
+    sealed: Store, password_hash: str
+) -> None:
+    tenant, alice, _ = make_tenant(sealed, "acme", password_hash)
+    sealed.engine.apply(audited(SetUserDisabled(tenant=tenant, user=alice, disabled=True)), NOW_MS)
+    sealed.close()
+    # No DEK installed, no escrow: what an offline `herald audit verify` will have.
+    offline = Engine(sealed.path, map_size=MAP_SIZE_BYTES, keyring=Keyring(name_key=NAME_KEY))
+    try:
+        verdict = offline.verify_audit()
+        assert verdict.ok and verdict.count == 1
+        assert offline.audit_entries().entries[0].action is AuditAction.USER_DISABLE
+    finally:
+        offline.close()
+    sealed.open()
 
 
 def test_a_changed_byte_of_an_entry_is_found_at_that_entry(store: Store) -> None:
