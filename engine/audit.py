@@ -330,7 +330,6 @@ class AuditLog:
     def __init__(self, store: HotStore, sealer: RecordSealer) -> None:
         """`sealer` seals entries and the head: `engine.crypto.NameKeySealer(..., audit=True)`
         in a sealed store with a name key, a `PlainSealer` otherwise."""
-        self._store = store
         self._db = store.dbs.audit
         self._meta = store.dbs.meta
         self._sealer = sealer

@@ -310,6 +310,9 @@ class Engine:
         full, `EngineClosed` after `close`, `InternalError` for an LMDB error that names no
         such situation (e.g. a key over LMDB's size limit; the writer then finds the op that
         caused it by applying the ops one by one), `CorruptData` for a damaged store.
+
+        An `Audited` op appends its audit entry in its own place in this transaction, so a
+        refused one leaves none and the entries of the others stay gapless (engine/audit.py).
         """
         handlers = self._handlers
         aead = self._aead

@@ -44,6 +44,7 @@ from engine import (
     HeraldError,
     Invalid,
     Keyring,
+    KeyUnavailable,
     NotFound,
     Operation,
     RecordAudit,
@@ -248,6 +249,16 @@ def test_a_refused_audited_op_leaves_no_entry(store: Store, password_hash: str) 
         assert_refusal(result, refusal)
     assert engine.stats() == before
     assert engine.verify_audit().count == 0
+    if store.sealed:
+        # Refused half-way, by its seal after its first write: its nested transaction and its
+        # entry go together.
+        assert store.keyring is not None
+        store.keyring.forget(tenant)
+        user = CreateUser(tenant=tenant, login="carol", display_name="C",
+                          password_hash=password_hash)
+        (result,) = engine.apply_batch([audited(user)], NOW_MS)
+        assert isinstance(result, KeyUnavailable)
+        assert engine.stats() == before
 
 
 def test_a_batch_with_a_refused_op_in_the_middle_keeps_the_others_entries_gapless(
