@@ -5,6 +5,7 @@ randomness it is not handed. It must never import `trio`, `appliance` or `admin_
 tests/test_layers.py enforces that. Everything a caller needs is re-exported here.
 """
 
+from engine.audit import AuditPage, AuditProblem, AuditVerdict
 from engine.core import ConversationSummary, Engine
 from engine.crypto import Keyring
 from engine.epochs import KeyEpoch
@@ -33,6 +34,9 @@ from engine.ops import (
     AddMembers,
     Append,
     Appended,
+    Audited,
+    AuditedOperation,
+    AuditRecorded,
     ChangePassword,
     ConversationOpened,
     CreateGroup,
@@ -52,6 +56,7 @@ from engine.ops import (
     Operation,
     PasswordChanged,
     PruneSessions,
+    RecordAudit,
     RemoveMember,
     Result,
     RevokeKeyEpochs,
@@ -69,6 +74,11 @@ from engine.ops import (
 )
 from engine.passwords import check_password_policy, hash_password, verify_password
 from engine.records import (
+    ActorKind,
+    AuditAction,
+    AuditActor,
+    AuditEntry,
+    AuditOutcome,
     ConversationKind,
     EpochState,
     Message,
@@ -82,10 +92,21 @@ from engine.sync import ConversationSync, SyncResult
 from engine.timeline import Page
 
 __all__ = [
+    "ActorKind",
     "AddKeyEpoch",
     "AddMembers",
     "Append",
     "Appended",
+    "AuditAction",
+    "AuditActor",
+    "AuditEntry",
+    "AuditOutcome",
+    "AuditPage",
+    "AuditProblem",
+    "AuditRecorded",
+    "AuditVerdict",
+    "Audited",
+    "AuditedOperation",
     "CapacityExceeded",
     "ChangePassword",
     "ClientMsgIdReused",
@@ -130,6 +151,7 @@ __all__ = [
     "Page",
     "PasswordChanged",
     "PruneSessions",
+    "RecordAudit",
     "RemoveMember",
     "ResealProgress",
     "Result",

@@ -13,6 +13,14 @@ from typing import Any
 
 import msgspec
 
+from engine.audit import (
+    MAX_AUDIT_PAGE_ENTRIES,
+    AuditLog,
+    AuditPage,
+    AuditVerdict,
+    check_actor,
+    describer,
+)
 from engine.crypto import AeadSealer, Keyring, NameKeySealer
 from engine.epochs import KeyEpoch, KeyEpochs
 from engine.errors import (
@@ -34,6 +42,7 @@ from engine.ops import (
     AddKeyEpoch,
     AddMembers,
     Append,
+    Audited,
     ChangePassword,
     CreateGroup,
     CreateSession,
@@ -50,6 +59,7 @@ from engine.ops import (
     OpenDirect,
     Operation,
     PruneSessions,
+    RecordAudit,
     RemoveMember,
     Result,
     RevokeKeyEpochs,
@@ -62,6 +72,9 @@ from engine.ops import (
 )
 from engine.passwords import verify_password
 from engine.records import (
+    ActorKind,
+    AuditAction,
+    AuditEntry,
     ConversationKind,
     Message,
     MessageKind,
@@ -97,10 +110,12 @@ _DECOY_HASH = (
 
 # Ops whose first write is their only seal and that open nothing after it: a missing key
 # refuses them before they write, so they need no nested transaction (about 4% of an append's
-# time at batch 100, docs/benchmarks.md). Every other op gets one in a sealed store.
+# time at batch 100, docs/benchmarks.md). Every other op gets one in a sealed store. (An audit
+# entry's seal is under the name key, which no expiry or shred can take away: `RecordAudit`
+# needs none, nor does an `Audited` op beyond what its own op needs.)
 _ATOMIC_ALONE = frozenset({
     Append, MarkRead, MarkDelivered, AddKeyEpoch, ShredKeyEpoch, RevokeKeyEpochs,
-    CreateSession, RevokeSession, RevokeUserSessions, PruneSessions,
+    CreateSession, RevokeSession, RevokeUserSessions, PruneSessions, RecordAudit,
 })
 
 
@@ -217,6 +232,10 @@ class Engine:
         )
         m = self._membership
         self._sessions = Sessions(self._store, m)
+        audit_sealer: RecordSealer = PlainSealer()
+        if keyring is not None and keyring.audit_record_aead() is not None:
+            audit_sealer = NameKeySealer(keyring, audit=True)
+        self._audit = AuditLog(self._store, audit_sealer)
         self._handlers: dict[type, Callable[[Any, Any, int], Result]] = {
             CreateTenant: m.create_tenant,
             CreateUser: m.create_user,
@@ -240,6 +259,8 @@ class Engine:
             AddKeyEpoch: self._add_key_epoch,
             ShredKeyEpoch: self._shred_key_epoch,
             RevokeKeyEpochs: self._revoke_key_epochs,
+            Audited: self._apply_audited,
+            RecordAudit: self._audit.record,
         }
 
     @property
@@ -289,6 +310,9 @@ class Engine:
         full, `EngineClosed` after `close`, `InternalError` for an LMDB error that names no
         such situation (e.g. a key over LMDB's size limit; the writer then finds the op that
         caused it by applying the ops one by one), `CorruptData` for a damaged store.
+
+        An `Audited` op appends its audit entry in its own place in this transaction, so a
+        refused one leaves none and the entries of the others stay gapless (engine/audit.py).
         """
         handlers = self._handlers
         aead = self._aead
@@ -309,8 +333,11 @@ class Engine:
                 if handler is None:
                     raise TypeError(f"not an engine operation: {op!r}")
                 mark = 0 if appended is None else len(appended)
+                # The op that does the writing: an Audited's own (inline: this loop is the
+                # append path).
+                writer = op.op if type(op) is Audited else op
                 try:
-                    if aead is None or (type(op) in _ATOMIC_ALONE and not _is_recall(op)):
+                    if aead is None or (type(writer) in _ATOMIC_ALONE and not _is_recall(writer)):
                         results.append(handler(txn, op, now_ms))
                     else:
                         with self._store.nested(txn) as child:
@@ -348,6 +375,17 @@ class Engine:
         (result,) = self.apply_batch([op], now_ms)
         if isinstance(result, HeraldError):
             raise result
+        return result
+
+    def _apply_audited(self, txn: Any, op: Audited, now_ms: int) -> Result:
+        """`op.op` and its audit entry, or neither: every check (the op's kind, the actor, the
+        log's head) comes before the op writes, and the append after it cannot fail."""
+        inner = op.op
+        describe = describer(inner)
+        check_actor(op.actor)
+        head = self._audit.head(txn)
+        result = self._handlers[type(inner)](txn, inner, now_ms)
+        self._audit.append(txn, head, now_ms, op.actor, describe(inner, result))
         return result
 
     def _move_cursor(self, txn: Any, op: MarkRead | MarkDelivered, read: bool) -> CursorMoved:
@@ -629,6 +667,54 @@ class Engine:
                 self._store, self._timeline, txn, tenant, user, known, limit_per_conv,
                 max_messages, everything, max_bytes,
             )
+
+    # -- the audit log ------------------------------------------------------------------------
+
+    def audit_entries(
+        self, after_seq: int = 0, limit: int = 100, *,
+        action: AuditAction | None = None, tenant: int | None = None,
+        actor_kind: ActorKind | None = None, actor_tenant: int | None = None,
+        actor_id: int | None = None, actor_name: str | None = None,
+        since_ms: int | None = None, until_ms: int | None = None,
+    ) -> AuditPage:
+        """Audit entries with seq > `after_seq`, ascending, that match every filter given
+        (`tenant`: the tenant an entry is about; the actor's kind, tenant, id or name; time in
+        `since_ms` <= time_ms < `until_ms`). At most `limit` entries, and at most
+        `engine.audit.MAX_AUDIT_SCAN_ENTRIES` read: go on from `scanned_to` while `more`.
+
+        Raises `Invalid` for a limit outside 1..1000 or a negative `after_seq`, `CorruptData`
+        for an entry that fails to open (`verify_audit` says more), `KeyUnavailable` for a
+        sealed store opened without its name key (it has no such store open).
+        """
+        if not 1 <= limit <= MAX_AUDIT_PAGE_ENTRIES:
+            raise Invalid(f"limit must be 1 to {MAX_AUDIT_PAGE_ENTRIES}")
+        if after_seq < 0:
+            raise Invalid("after_seq cannot be negative")
+
+        def match(entry: AuditEntry) -> bool:
+            actor = entry.actor
+            return (
+                (action is None or entry.action == action)
+                and (tenant is None or entry.tenant == tenant)
+                and (actor_kind is None or actor.kind == actor_kind)
+                and (actor_tenant is None or actor.tenant == actor_tenant)
+                and (actor_id is None or actor.id == actor_id)
+                and (actor_name is None or actor.name == actor_name)
+                and (since_ms is None or entry.time_ms >= since_ms)
+                and (until_ms is None or entry.time_ms < until_ms)
+            )
+
+        with self._store.read() as txn:
+            return self._audit.search(txn, after_seq, limit, match)
+
+    def verify_audit(self) -> AuditVerdict:
+        """Check the whole audit log in one snapshot: every entry opens, matches its hash,
+        sits under its own seq, follows its predecessor's hash, with no gap from 1, and the
+        last is the one the head names. Returns the count, or the first bad seq and why
+        (`AuditVerdict`); raises only `EngineClosed`. Reads every entry: for an administrator's
+        check or an offline command, not for every request."""
+        with self._store.read() as txn:
+            return self._audit.verify(txn)
 
     def stats(self) -> dict[str, int]:
         """Entry counts per table and bytes used: for `herald serve`'s banner and metrics."""

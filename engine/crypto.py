@@ -62,6 +62,7 @@ _LOGIN_LABEL = b"herald-login-v1\0"
 _CMID_KEY_LABEL = b"herald-cmid-key-v1"
 _TENANT_NAME_LABEL = b"herald-tenant-name-v1\0"
 _TENANT_RECORD_KEY_LABEL = b"herald-tenant-record-key-v1"
+_AUDIT_RECORD_KEY_LABEL = b"herald-audit-record-key-v1"
 _CMID_PERSON = b"herald-cmid-v1"  # BLAKE2b personalisation, at most 16 bytes
 CMID_BLIND_BYTES = 16
 _CONTENT_KEY_LABEL = b"herald-content-digest-key-v1"
@@ -152,6 +153,9 @@ class Keyring:
             digest_size=CONTENT_DIGEST_BYTES, person=_CONTENT_PERSON)
         self._tenant_records: AESGCMSIV | None = None if name_key is None else AESGCMSIV(
             hmac.new(name_key, _TENANT_RECORD_KEY_LABEL, hashlib.sha256).digest())
+        # The audit log's own, so that a later export of it can be handed its key alone.
+        self._audit_records: AESGCMSIV | None = None if name_key is None else AESGCMSIV(
+            hmac.new(name_key, _AUDIT_RECORD_KEY_LABEL, hashlib.sha256).digest())
         self._clock = clock
         self._keys: dict[bytes, dict[int, _Dek]] = {}  # packed tenant -> epoch -> DEK
         self._current: dict[bytes, int] = {}
@@ -289,6 +293,11 @@ class Keyring:
         before any DEK is unwrapped); None without a name key."""
         return self._tenant_records
 
+    def audit_record_aead(self) -> AESGCMSIV | None:
+        """The cipher of audit entries (under another key derived from the name key: the log
+        spans tenants, and is read with no DEK); None without a name key."""
+        return self._audit_records
+
     def blind_client_msg_id(self, tenant: bytes, cmid: bytes) -> bytes:
         """The dedupe index's name for `cmid` of (packed) `tenant`: a 16-byte keyed BLAKE2b
         under a key derived from the name key, or `cmid` itself without one."""
@@ -403,11 +412,14 @@ class NameKeySealer:
 
     store_format = SEALED_FORMAT_VERSION
 
-    def __init__(self, keyring: Keyring, *, rng: Callable[[int], bytes] = os.urandom) -> None:
-        """Raises `Invalid` for a keyring without a name key."""
-        aead = keyring.tenant_record_aead()
+    def __init__(
+        self, keyring: Keyring, *, rng: Callable[[int], bytes] = os.urandom, audit: bool = False,
+    ) -> None:
+        """With `audit`, seal audit entries, under their own key derived from the name key,
+        instead of tenant records. Raises `Invalid` for a keyring without a name key."""
+        aead = keyring.audit_record_aead() if audit else keyring.tenant_record_aead()
         if aead is None:
-            raise Invalid("tenant records are sealed under the name key: the keyring has none")
+            raise Invalid("these records are sealed under the name key: the keyring has none")
         self._aead = aead
         self._rng = rng
 

@@ -48,7 +48,8 @@ _COUNTER_PREFIX = b"next_id:"
 class Databases:
     """Handles of the named sub-databases. Key layouts are in docs/storage.md."""
 
-    meta: Any  # b"format_version", b"next_id:tenant", b"next_id:<user|conv>:" + tenant
+    # b"format_version", b"next_id:tenant", b"next_id:<user|conv>:" + tenant, b"audit_head"
+    meta: Any
     tenants: Any  # tenant -> TenantRecord
     tenant_names: Any  # name(utf-8) -> tenant
     users: Any  # tenant|user -> UserRecord
@@ -64,6 +65,9 @@ class Databases:
     sessions: Any  # sha256(token) -> SessionRecord
     user_sessions: Any  # tenant|user|sha256(token) -> b"" (a user's live sessions)
     key_epochs: Any  # tenant|epoch -> EpochRecord (always plain: it holds no content)
+    # seq -> AuditEntry, sealed under the name key's audit subkey (engine/audit.py). Created
+    # when a store made before it is opened: no format change, an old store just has none yet.
+    audit: Any
 
 
 _DB_NAMES = tuple(Databases.__dataclass_fields__)

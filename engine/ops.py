@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.records import MessageKind, Role, SessionEnd
+from engine.records import AuditAction, AuditActor, AuditOutcome, MessageKind, Role, SessionEnd
 
 __all__ = [
     "AddKeyEpoch",
     "AddMembers",
     "Append",
     "Appended",
+    "AuditRecorded",
+    "Audited",
+    "AuditedOperation",
     "ChangePassword",
     "ConversationOpened",
     "CreateGroup",
@@ -35,6 +38,7 @@ __all__ = [
     "Operation",
     "PasswordChanged",
     "PruneSessions",
+    "RecordAudit",
     "RemoveMember",
     "Result",
     "RevokeKeyEpochs",
@@ -238,6 +242,57 @@ class RevokeKeyEpochs(_Op, frozen=True, kw_only=True):
     tenant: int
 
 
+# -- the audit log (engine/audit.py) -----------------------------------------------------------
+
+# The ops an `Audited` may wrap: admin and security actions. engine/audit.py maps each to its
+# action, target and details.
+AuditedOperation = (
+    CreateTenant
+    | CreateUser
+    | CreateGroup
+    | AddMembers
+    | RemoveMember
+    | SetRole
+    | CreateSession
+    | RevokeSession
+    | RevokeUserSessions
+    | SetPassword
+    | ChangePassword
+    | SetUserDisabled
+    | AddKeyEpoch
+    | ShredKeyEpoch
+    | RevokeKeyEpochs
+)
+
+
+class Audited(_Op, frozen=True, kw_only=True):
+    """Apply `op` and, in the same transaction, append one audit entry saying that `actor`
+    did it: if `op` is refused, neither happens. The result is `op`'s own. The entry's action,
+    target and details come from `op` and its result (engine/audit.py), never from the
+    caller, so that no caller can put a password hash or a token hash in it."""
+
+    op: AuditedOperation
+    actor: AuditActor
+
+
+class RecordAudit(_Op, frozen=True, kw_only=True):
+    """Append one audit entry for an event that changes nothing else: a failed login with its
+    reason, a lockout, a permission denial, an administrator's login. Only the event actions
+    (`AuditAction.LOGIN_FAILED` ...): an op's action would claim a change that was not made.
+
+    Every text is checked as it is appended (engine/audit.py): bounded, no control
+    characters, nothing that looks like a password hash or a token, and no detail named like a
+    secret (password, token, key...). Refused with `Invalid`."""
+
+    actor: AuditActor
+    action: AuditAction
+    tenant: int = 0
+    target: str = ""
+    outcome: AuditOutcome = AuditOutcome.REFUSED
+    reason: str = ""
+    details: dict[str, str | int] = {}
+
+
 Operation = (
     CreateTenant
     | CreateUser
@@ -261,6 +316,8 @@ Operation = (
     | AddKeyEpoch
     | ShredKeyEpoch
     | RevokeKeyEpochs
+    | Audited
+    | RecordAudit
 )
 
 
@@ -338,8 +395,12 @@ class KeyEpochsRevoked(msgspec.Struct, frozen=True):
     epochs: tuple[int, ...]  # those this op revoked (none when revoked already)
 
 
+class AuditRecorded(msgspec.Struct, frozen=True):
+    seq: int  # of the entry `RecordAudit` appended
+
+
 Result = (
     TenantCreated | UserCreated | ConversationOpened | MembershipChanged | Appended | CursorMoved
     | SessionCreated | SessionsRevoked | PasswordChanged | SessionsPruned
-    | KeyEpochAdded | KeyEpochShredded | KeyEpochsRevoked
+    | KeyEpochAdded | KeyEpochShredded | KeyEpochsRevoked | AuditRecorded
 )

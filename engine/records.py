@@ -19,6 +19,11 @@ from engine.errors import CorruptData, KeyUnavailable
 __all__ = [
     "FORMAT_VERSION",
     "SEALED_FORMAT_VERSION",
+    "ActorKind",
+    "AuditAction",
+    "AuditActor",
+    "AuditEntry",
+    "AuditOutcome",
     "ConversationKind",
     "ConversationRecord",
     "EpochRecord",
@@ -259,3 +264,80 @@ class SessionRecord(msgspec.Struct, array_like=True, frozen=True):
     created_ms: int
     expires_ms: int
     ended: str = ""  # a SessionEnd value once revoked
+
+
+# -- the audit log (engine/audit.py) -----------------------------------------------------------
+
+
+class ActorKind(enum.StrEnum):
+    """Who did what an audit entry records."""
+
+    ADMIN = "admin"  # an administrator of the appliance (the admin API, or an offline command)
+    USER = "user"  # a user of a tenant, e.g. logging in or changing their own password
+    SYSTEM = "system"  # the appliance itself: a background job, a policy (lockouts)
+
+
+class AuditActor(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+    """The actor of an audit entry: its kind, and as much of who it is as the caller knows.
+    `tenant` 0 is none (an administrator of the appliance, the system); `id` 0 is none (an
+    administrator named only by `name`, or a failed login of an unknown account)."""
+
+    kind: ActorKind
+    tenant: int = 0
+    id: int = 0
+    name: str = ""
+
+
+class AuditAction(enum.StrEnum):
+    """What an audit entry records: stable strings, searched for and shown as they are. Never
+    rename one; add new ones."""
+
+    # Recorded by the engine for an op wrapped in `Audited` (engine/audit.py says each one's
+    # target and details).
+    TENANT_CREATE = "tenant.create"
+    USER_CREATE = "user.create"
+    USER_SET_PASSWORD = "user.set_password"
+    USER_CHANGE_PASSWORD = "user.change_password"
+    USER_DISABLE = "user.disable"
+    USER_ENABLE = "user.enable"
+    USER_REVOKE_SESSIONS = "user.revoke_sessions"
+    SESSION_CREATE = "session.create"  # a login
+    SESSION_REVOKE = "session.revoke"
+    GROUP_CREATE = "group.create"
+    GROUP_ADD_MEMBERS = "group.add_members"
+    GROUP_REMOVE_MEMBER = "group.remove_member"
+    GROUP_SET_ROLE = "group.set_role"
+    KEYS_ROTATE = "keys.rotate"  # a new key epoch
+    KEYS_SHRED = "keys.shred"
+    KEYS_REVOKE = "keys.revoke"
+    # Events that change nothing else, recorded with `RecordAudit`.
+    LOGIN_FAILED = "login.failed"
+    LOGIN_LOCKED_OUT = "login.locked_out"
+    PERMISSION_DENIED = "permission.denied"
+    ADMIN_LOGIN = "admin.login"
+    ADMIN_LOGIN_FAILED = "admin.login_failed"
+    ADMIN_LOGOUT = "admin.logout"
+
+
+class AuditOutcome(enum.StrEnum):
+    OK = "ok"
+    REFUSED = "refused"
+
+
+class AuditEntry(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+    """One entry of the audit log (`audit`, seq). `hash` is the BLAKE2b-256 of the entry
+    encoded with an empty `hash`, and `prev_hash` the previous entry's `hash` (32 zero bytes
+    for seq 1): the chain engine/audit.py verifies. Its strings are ids, names and stable codes,
+    never a secret or a message body (docs/security.md "The appliance's audit log")."""
+
+    seq: int
+    time_ms: int
+    actor: AuditActor
+    action: AuditAction
+    tenant: int  # the tenant the entry is about; 0: none (the appliance)
+    target: str  # what it acted on, as kind:id ("user:7", "conv:3", "epoch:2"), or a login
+    outcome: AuditOutcome
+    reason: str  # why it was refused (a stable phrase or code), empty when it was not
+    details: dict[str, str | int]  # sorted by key, so that its encoding is canonical
+    prev_hash: bytes
+    hash: bytes = b""
