@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower,
                        help="how much to log to standard error (overrides [log] level; "
                             "default: info)")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics (overrides "
+                            "[metrics] listen; default: off; docs/admin.md)")
 
     init = commands.add_parser(
         "init", help="create this appliance's master key (first start)",
@@ -422,6 +425,7 @@ def _run_command(argv: list[str] | None) -> int:
             args.config, data_dir=args.data_dir, listen=getattr(args, "listen", None),
             tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
             log_level=getattr(args, "log_level", None),
+            metrics_listen=getattr(args, "metrics_listen", None),
         )
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)

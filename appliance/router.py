@@ -444,6 +444,7 @@ class Router:
                          _shown(req.tenant), _shown(req.login), conn.address, reason,
                          _backoff_note(attempt))
                 attempt.failed()
+                self._s.metrics.logins_failed += 1
                 raise
             attempt.succeeded()
         token, token_hash = tokens.new_token()
@@ -452,6 +453,7 @@ class Router:
                            device=req.device[:MAX_DEVICE_CHARS], expires_ms=expires_ms,
                            password_hash=checked_hash)
         await self._s.writer.apply(op, origin=conn)  # answered once the session is durable
+        self._s.metrics.logins_ok += 1
         return self._start_session(conn, tenant, user, req.device, token, token_hash,
                                    expires_ms)
 
