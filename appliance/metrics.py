@@ -20,6 +20,7 @@ import importlib.metadata
 import logging
 import time
 from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -142,8 +143,9 @@ def _package_version() -> str:
 class ServerMetrics:
     """One server's figures and the registry that exposes them.
 
-    The gateway bumps `logins_ok` and `logins_failed`, and calls `count_committed` once per
-    committed batch; everything else is read from its owner when Prometheus scrapes.
+    The gateway bumps `requests`, `logins_ok` and `logins_failed`, and calls
+    `count_committed` once per committed batch; everything else is read from its owner when
+    Prometheus scrapes.
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class ServerMetrics:
         self.logins_failed = 0
         self.messages_sent = 0
         self.writes: dict[tuple[str, str], int] = {}  # (operation, "ok" or error code) -> n
+        self.requests: defaultdict[type, int] = defaultdict(int)  # by frame class, as received
         self.send_latency = Buckets(SEND_LATENCY_BUCKETS_S)
         self.batch_ops = Buckets(BATCH_OPS_BUCKETS)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -229,6 +232,13 @@ class _Figures(Collector):
         yield CounterMetricFamily("herald_slow_evictions", "Connections closed because they "
                                   "read too slowly (their outbox was full)",
                                   value=m.hub.evictions)
+        requests = CounterMetricFamily("herald_requests", "Requests received from clients, by "
+                                       "op (docs/protocol.md), answered or refused",
+                                       labels=("op",))
+        for frame, count in sorted((_op_name(frame), count)
+                                   for frame, count in list(m.requests.items())):
+            requests.add_metric((frame,), count)
+        yield requests
         writes = CounterMetricFamily("herald_writes", "Operations the writer committed or "
                                      "refused, by engine operation and outcome ('ok' or the "
                                      "error code)", labels=("op", "outcome"))
@@ -258,6 +268,11 @@ class _Figures(Collector):
             epochs.add_metric((str(status.tenant),), status.current_epoch)
         yield keys
         yield epochs
+
+
+def _op_name(frame: type) -> str:
+    """A request frame's `op`, its msgspec tag (appliance/protocol/frames.py)."""
+    return str(getattr(getattr(frame, "__struct_config__", None), "tag", frame.__name__))
 
 
 def metrics_refusal(metrics: MetricsConfig) -> str | None:
@@ -322,7 +337,13 @@ async def _answer(stream: trio.SocketStream, registry: CollectorRegistry) -> Non
     elif request.method != b"GET":
         await _respond(stream, http, 405, b"only GET\n", [(b"Allow", b"GET")])
     else:
-        await _respond(stream, http, 200, generate_latest(registry),
+        try:
+            exposition = generate_latest(registry)
+        except Exception as bug:  # a collector's bug: logged and answered, as the router does
+            log.error("a metrics scrape failed: answered 500", exc_info=bug)
+            await _respond(stream, http, 500, b"the scrape failed; see the server's log\n")
+            return
+        await _respond(stream, http, 200, exposition,
                        [(b"Content-Type", CONTENT_TYPE_LATEST.encode())])
 
 

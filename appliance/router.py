@@ -219,6 +219,7 @@ class Router:
 
     async def handle(self, conn: Connection, request: ClientFrame) -> None:
         """Answer `request` on `conn`: a reply now, a reply after the commit, or an error frame."""
+        self._s.metrics.requests[type(request)] += 1
         if not conn.authenticated and not isinstance(request, OPEN_REQUESTS):
             conn.send_frame(encode_frame(not_logged_in(request.id)))
             return

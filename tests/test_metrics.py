@@ -10,10 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 from clients import login, open_ws, receive_json, request
@@ -22,7 +23,9 @@ from keyed_dirs import add_acme_with_a_group, keyed_data_dir
 from processes import ROOT, served_port
 from processes import herald as herald_process
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from servers import RunningServer, running_server, seed_org
 
 from appliance.config import MetricsConfig
@@ -145,6 +148,7 @@ async def test_five_messages_to_a_group_of_three_count_five_sends_and_ten_delive
         return value(after, name, **labels) - value(before, name, **labels)
 
     assert moved("herald_messages_sent_total") == 5
+    assert moved("herald_requests_total", op="send") == 6
     assert moved("herald_deliveries_total") == 10  # bob's 5 and carol's 5; none back to alice
     assert moved("herald_writes_total", op="Append", outcome="ok") == 6
     assert moved("herald_send_latency_seconds_count") == 6  # every acked send, duplicate too
@@ -222,6 +226,31 @@ async def test_a_scraper_that_sends_nothing_is_closed_after_the_request_timeout(
             started = trio.current_time()
             assert await stream.receive_some(100) == b""  # closed, unanswered
             assert trio.current_time() - started >= REQUEST_TIMEOUT_S
+
+
+class _BrokenCollector(Collector):
+    """A collector with a bug, as a future metric might have one."""
+
+    def collect(self) -> Iterator[Metric]:
+        raise ZeroDivisionError("a bug in a collector")
+
+
+async def test_a_collector_that_fails_gets_500_and_the_listener_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    broken = _BrokenCollector()
+    registry.register(broken)
+    with trio.fail_after(20):
+        async with metrics_port(registry) as port:
+            status, _, body = await http_exchange(
+                port, b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n")
+            registry.unregister(broken)
+            assert (await http_exchange(
+                port, b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n"))[0] == 200
+
+    assert (status, body) == (500, b"the scrape failed; see the server's log\n")
+    assert "a metrics scrape failed" in caplog.text and "ZeroDivisionError" in caplog.text
 
 
 def test_the_latency_histogram_puts_a_value_on_a_bound_in_that_bounds_bucket() -> None:
