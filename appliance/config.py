@@ -23,6 +23,7 @@ __all__ = [
     "GatewayConfig",
     "KeysConfig",
     "LogConfig",
+    "MetricsConfig",
     "TlsConfig",
     "load_config",
 ]
@@ -197,6 +198,32 @@ class TlsConfig:
         return bool(self.cert_file)
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The `[metrics]` table: where `herald serve` answers Prometheus's scrapes
+    (docs/admin.md, "Metrics"). Off (empty) by default; a network address also needs
+    `allow_network = true` (appliance/gateway/metrics.py: metrics_refusal)."""
+
+    listen: str = ""  # HOST:PORT, e.g. "127.0.0.1:9470"
+    allow_network: bool = False
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            _parse_listen(self.listen, "metrics.listen", "127.0.0.1:9470")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+    @property
+    def host(self) -> str:
+        return _parse_listen(self.listen)[0] if self.listen else ""
+
+    @property
+    def port(self) -> int:
+        return _parse_listen(self.listen)[1] if self.listen else 0
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -230,6 +257,7 @@ class Config:
     escrow: EscrowConfig = field(default_factory=EscrowConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def master_key_path(self) -> Path:
@@ -256,16 +284,18 @@ class Config:
         return f"{scheme}://{host}:{port}/ws"
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
+def _parse_listen(value: str, setting: str = "listen address",
+                  example: str = "127.0.0.1:8470") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen address {value!r} must look like HOST:PORT, e.g. 127.0.0.1:8470")
+        raise ConfigError(f"{setting} {value!r} must look like HOST:PORT, e.g. {example}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def load_config(
     path: Path | None = None, *, data_dir: Path | None = None, listen: str | None = None,
     tls_cert: Path | None = None, tls_key: Path | None = None, log_level: str | None = None,
+    metrics_listen: str | None = None,
 ) -> Config:
     """Defaults, then the TOML file at `path` (if given), then the flags given.
 
@@ -298,11 +328,14 @@ def load_config(
         config = replace(config, tls=replace(config.tls, cert_file=cert, key_file=key))
     if log_level is not None:
         config = replace(config, log=LogConfig(log_level))
+    if metrics_listen is not None:
+        config = replace(config, metrics=replace(config.metrics, listen=metrics_listen))
     return config
 
 
 def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
-    known = {"data_dir", "listen", "storage", "limits", "gateway", "tls", "escrow", "keys", "log"}
+    known = {"data_dir", "listen", "storage", "limits", "gateway", "tls", "escrow", "keys", "log",
+             "metrics"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known are {sorted(known)}")
@@ -337,8 +370,9 @@ def _apply_file(config: Config, raw: dict[str, Any], path: Path) -> Config:
     keys = replace(keys, **{name: str(path.parent / value) for name in _KEYS_PATHS
                             if (value := getattr(keys, name)) and not Path(value).is_absolute()})
     log = _table(raw, "log", config.log, path)
+    metrics = _table(raw, "metrics", config.metrics, path)
     return replace(config, limits=limits, gateway=gateway, tls=tls, escrow=escrow, keys=keys,
-                   log=log)
+                   log=log, metrics=metrics)
 
 
 # A plain store's dedupe key is 24 bytes and the client_msg_id, and LMDB keys end at 511 bytes:

@@ -719,3 +719,8 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """Entry counts per table and bytes used: for `herald serve`'s banner and metrics."""
         return self._store.stat()
+
+    def store_usage(self) -> tuple[int, int]:
+        """(bytes of the store in use, bytes of its memory map: the most it may grow to),
+        read from LMDB's header: cheap, unlike `stats`. Raises `EngineClosed` after `close`."""
+        return self._store.usage()

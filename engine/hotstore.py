@@ -230,9 +230,16 @@ class HotStore:
                 _HEAD_SEQ.unpack_from(head)[0]
                 for head in txn.cursor(db=self.dbs.heads).iternext(keys=False)
             )
-        info = self._env.info()
-        counts["map_used_bytes"] = int(info["last_pgno"] + 1) * int(self._env.stat()["psize"])
+        counts["map_used_bytes"] = self.usage()[0]
         return counts
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes in use, bytes of the memory map): two reads of LMDB's header, no scan, so
+        that a metrics scrape may ask every few seconds. Raises `EngineClosed` after `close`."""
+        self._ensure_open()
+        info = self._env.info()
+        used = int(info["last_pgno"] + 1) * int(self._env.stat()["psize"])
+        return used, int(info["map_size"])
 
     def close(self) -> None:
         if not self._closed:

@@ -116,3 +116,26 @@ def test_the_background_reseal_is_off_by_default_and_its_pace_is_read_and_checke
         with pytest.raises(ConfigError) as refused:
             load_config(path)
         assert says in str(refused.value), text
+
+
+def test_the_metrics_listener_is_off_by_default_and_its_address_is_read_and_checked(
+    tmp_path: Path,
+) -> None:
+    assert load_config().metrics.enabled is False
+    path = tmp_path / "herald.toml"
+    path.write_text('[metrics]\nlisten = "127.0.0.1:9470"\n')
+    metrics = load_config(path).metrics
+    assert (metrics.enabled, metrics.host, metrics.port, metrics.allow_network) == (
+        True, "127.0.0.1", 9470, False)
+    flagged = load_config(path, metrics_listen="[::1]:9999").metrics
+    assert (flagged.host, flagged.port) == ("::1", 9999)
+    for text, says in [
+        ('listen = "9470"', "metrics.listen '9470' must look like HOST:PORT"),
+        ("listen = 9470", "metrics.listen must be a string"),
+        ('allow_network = "yes"', "metrics.allow_network must be true or false"),
+        ('port = 9470', "unknown [metrics] settings ['port']"),
+    ]:
+        path.write_text(f"[metrics]\n{text}\n")
+        with pytest.raises(ConfigError) as refused:
+            load_config(path)
+        assert says in str(refused.value), text

@@ -254,6 +254,7 @@ CALLS: dict[str, Callable[[Engine], object]] = {
     "page_before": lambda e: e.page_before(1, 1, 1, None, 10),
     "sync": lambda e: e.sync(1, 1),
     "stats": lambda e: e.stats(),
+    "store_usage": lambda e: e.store_usage(),
 }
 
 

@@ -331,6 +331,9 @@ COMMANDS: tuple[Command | ConfiguredCommand, ...] = (
             arg("--log-level", choices=LOG_LEVELS, type=str.lower,
                 help="how much to log to standard error (overrides [log] level; default: "
                      "info)"),
+            arg("--metrics-listen", metavar="HOST:PORT",
+                help="serve Prometheus metrics at http://HOST:PORT/metrics (overrides "
+                     "[metrics] listen; default: off; docs/admin.md)"),
         ), _serve, logs_as_server=True),
     ConfiguredCommand(
         ("init",), "create this appliance's master key (first start)",

@@ -113,6 +113,7 @@ def _run_command(argv: list[str] | None) -> int:
             args.config, data_dir=args.data_dir, listen=getattr(args, "listen", None),
             tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
             log_level=getattr(args, "log_level", None),
+            metrics_listen=getattr(args, "metrics_listen", None),
         )
     except ConfigError as exc:
         print(f"herald: {exc}", file=sys.stderr)

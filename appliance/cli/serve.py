@@ -31,6 +31,7 @@ from appliance.gateway.file_limit import raise_open_file_limit
 from appliance.gateway.key_refresh import KEY_REFRESH_MAX_INTERVAL_S, KeyRefresh, run_key_refresh
 from appliance.gateway.listen_sockets import ListenError, open_listen_sockets
 from appliance.gateway.message_reseal import MessageResealer
+from appliance.gateway.metrics import metrics_refusal, metrics_url, serve_metrics
 from appliance.gateway.server import Server
 from appliance.gateway.tls import plaintext_refusal, server_context
 from appliance.gateway.writer import wall_clock_ms
@@ -70,7 +71,7 @@ def serve(config: Config, *, demo: bool = False) -> int:
     """Run until SIGINT or SIGTERM; returns the process exit code."""
     configure_logging(config.log.level)
     try:  # before opening anything: a refusal here must leave no trace
-        refusal = plaintext_refusal(config)
+        refusal = plaintext_refusal(config) or metrics_refusal(config.metrics)
         if refusal is not None:
             raise ConfigError(refusal)
         if config.tls.enabled:
@@ -89,13 +90,18 @@ def serve(config: Config, *, demo: bool = False) -> int:
             if lock is not None:
                 held.callback(lock.release)
             sockets = open_listen_sockets(config.listen_host, config.listen_port)
+            for sock in sockets:
+                held.callback(sock.close)  # Server.run closes them; this for the early returns
+            metrics = config.metrics
+            metrics_sockets = open_listen_sockets(
+                metrics.host, metrics.port, "--metrics-listen") if metrics.enabled else []
+            for sock in metrics_sockets:
+                held.callback(sock.close)
         except (StartRefused, ListenError) as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 1
-        for sock in sockets:
-            held.callback(sock.close)  # Server.run closes them; this for the early returns
         _raise_open_file_limit(config)
-        return _open_and_serve(config, demo, sockets)
+        return _open_and_serve(config, demo, sockets, metrics_sockets)
 
 
 def _raise_open_file_limit(config: Config) -> None:
@@ -139,7 +145,8 @@ def _hold_data_dir(config: Config, demo: bool) -> HeldLock | None:
                            f"serve") from None
 
 
-def _open_and_serve(config: Config, demo: bool, sockets: list[socket.socket]) -> int:
+def _open_and_serve(config: Config, demo: bool, sockets: list[socket.socket],
+                    metrics_sockets: list[socket.socket]) -> int:
     # Before the keys are unwrapped: an expired escrow certificate explains what follows.
     # Pinned: the files are loaded once, now, so the daily checks judge what is in use.
     watched = pin_in_use(watched_certificates(config))
@@ -171,7 +178,7 @@ def _open_and_serve(config: Config, demo: bool, sockets: list[socket.socket]) ->
             if created:
                 print(created, flush=True)
         try:
-            trio.run(_run, config, engine, manager, demo, watched, sockets)
+            trio.run(_run, config, engine, manager, demo, watched, sockets, metrics_sockets)
         except ConfigError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
@@ -202,8 +209,9 @@ def describe_keys(statuses: list[TenantKeyStatus]) -> str:
 
 
 async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool,
-               watched: list[WatchedCertificate], sockets: list[socket.socket]) -> None:
-    server = Server(config, engine)
+               watched: list[WatchedCertificate], sockets: list[socket.socket],
+               metrics_sockets: list[socket.socket]) -> None:
+    server = Server(config, engine, key_status=manager.status)
     interval_s = min(KEY_REFRESH_MAX_INTERVAL_S, config.escrow.cache_lifetime_s / 4)
     early = KeyRefresh()
     if engine.keyring is not None:
@@ -213,6 +221,13 @@ async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool,
         async with trio.open_nursery() as keys:
             keys.start_soon(run_key_refresh, manager, interval_s, early)
             keys.start_soon(watch_certificates, watched)
+            if metrics_sockets:  # in this nursery: cancelled with it once the server stopped
+                listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                             for sock in metrics_sockets]
+                await keys.start(serve_metrics, server.metrics.registry, listeners)
+                port = metrics_sockets[0].getsockname()[1]
+                print(f"Metrics for Prometheus at {metrics_url(config.metrics, port)}",
+                      flush=True)
             if config.keys.reseal_messages:
                 resealer = MessageResealer(
                     engine, batch_blocks=config.keys.reseal_batch_blocks,

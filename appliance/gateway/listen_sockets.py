@@ -26,18 +26,18 @@ class ListenError(Exception):
     """The server cannot listen where it is told; the message says where and what to do."""
 
 
-def open_listen_sockets(host: str, port: int) -> list[socket.socket]:
+def open_listen_sockets(host: str, port: int, flag: str = "--listen") -> list[socket.socket]:
     """Bound, listening sockets for `host`:`port` (port 0: one the kernel picks, the same for
     every address of the host). Raises `ListenError` naming the address and the reason: in
     use, not an address of this machine, a name that does not resolve, a port below 1024
-    without the privilege."""
+    without the privilege; and `flag`, the option that chooses another address."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {where}: {exc.strerror}; choose another "
-                          f"--listen") from None
+                          f"{flag}") from None
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in addresses:
@@ -54,5 +54,5 @@ def open_listen_sockets(host: str, port: int) -> list[socket.socket]:
         for sock in sockets:
             sock.close()
         raise ListenError(f"cannot listen on {where}: {exc.strerror}; choose another "
-                          f"--listen") from None
+                          f"{flag}") from None
     return sockets

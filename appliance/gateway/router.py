@@ -219,6 +219,7 @@ class Router:
 
     async def handle(self, conn: Connection, request: ClientFrame) -> None:
         """Answer `request` on `conn`: a reply now, a reply after the commit, or an error frame."""
+        self._s.metrics.requests[type(request)] += 1
         if not conn.authenticated and not isinstance(request, OPEN_REQUESTS):
             conn.send_frame(encode_frame(not_logged_in(request.id)))
             return
@@ -444,6 +445,7 @@ class Router:
                          _shown(req.tenant), _shown(req.login), conn.address, reason,
                          _backoff_note(attempt))
                 attempt.failed()
+                self._s.metrics.logins_failed += 1
                 raise
             attempt.succeeded()
         token, token_hash = tokens.new_token()
@@ -452,6 +454,7 @@ class Router:
                            device=req.device[:MAX_DEVICE_CHARS], expires_ms=expires_ms,
                            password_hash=checked_hash)
         await self._s.writer.apply(op, origin=conn)  # answered once the session is durable
+        self._s.metrics.logins_ok += 1
         return self._start_session(conn, tenant, user, req.device, token, token_hash,
                                    expires_ms)
 

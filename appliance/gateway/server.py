@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -18,6 +19,7 @@ from appliance.gateway.backoff import LoginBackoff
 from appliance.gateway.connection import CLOSE_GOING_AWAY, CLOSE_POLICY, Connection
 from appliance.gateway.hub import Hub
 from appliance.gateway.key_refresh import KeyRefresh
+from appliance.gateway.metrics import ServerMetrics
 from appliance.gateway.outbox import Flusher
 from appliance.gateway.router import Router
 from appliance.gateway.sessions import SessionGuard
@@ -26,6 +28,9 @@ from appliance.gateway.tokens import retire_legacy_secret
 from appliance.gateway.writer import Committed, SendFanout, Writer, wall_clock_ms
 from appliance.protocol.frames import Bye
 from engine import Engine
+
+if TYPE_CHECKING:
+    from appliance.keys.manager import TenantKeyStatus
 
 __all__ = ["Server", "Services", "ThrottledWarning"]
 
@@ -78,16 +83,19 @@ class Services:
     clock_ms: Callable[[], int]
     sessions: SessionGuard
     backoff: LoginBackoff
+    metrics: ServerMetrics
     # Set by `herald serve` on a sealed store: requests wait on it for a key being fetched.
     key_refresh: KeyRefresh | None = None
 
 
 class Server:
     def __init__(
-        self, config: Config, engine: Engine, *, clock_ms: Callable[[], int] = wall_clock_ms
+        self, config: Config, engine: Engine, *, clock_ms: Callable[[], int] = wall_clock_ms,
+        key_status: Callable[[], Iterable[TenantKeyStatus]] = tuple,
     ) -> None:
         """Raises `ConfigError` for an unusable certificate or key, or plain ws:// on a
-        network address without `tls.allow_plaintext_on_network`."""
+        network address without `tls.allow_plaintext_on_network`. `key_status` (the key
+        manager's) is what the metrics say of the tenants' keys."""
         refusal = plaintext_refusal(config)
         if refusal is not None:
             raise ConfigError(refusal)
@@ -96,11 +104,15 @@ class Server:
         hub = Hub(engine, flusher)
 
         def on_committed(batch: Sequence[Committed]) -> SendFanout | None:
+            self.metrics.count_committed(batch)
             send_fanout = hub.on_committed(batch)
             self.services.sessions.on_committed(batch)
             return send_fanout
 
         writer = Writer(engine, on_committed=on_committed, clock_ms=clock_ms)
+        self.metrics = ServerMetrics(hub=hub, writer=writer, store=engine,
+                                     connections=lambda: len(self._connections),
+                                     key_status=key_status)
         retire_legacy_secret(config.data_dir)
         gateway = config.gateway
         backoff = LoginBackoff(
@@ -110,6 +122,7 @@ class Server:
         )
         self.services = Services(
             config, engine, writer, hub, flusher, None, clock_ms, None, backoff,  # type: ignore[arg-type]
+            self.metrics,
         )
         self.services.router = Router(self.services)
         self.services.sessions = SessionGuard(self.services)

@@ -62,6 +62,7 @@ class Committed:
     origin: Any  # the connection that asked, or None; fanout skips it
     outcome: Outcome
     done: Callable[[Outcome], None]
+    submitted_s: float = 0.0  # time.perf_counter() at `submit`: the send latency metric's start
 
 
 class Writer:
@@ -104,7 +105,7 @@ class Writer:
         if len(self._pending) >= self._max_pending:
             raise CapacityExceeded("the server is busy; retry shortly")
         pending = self._pending
-        pending.append(Committed(op, origin, None, done))  # type: ignore[arg-type]
+        pending.append(Committed(op, origin, None, done, time.perf_counter()))  # type: ignore[arg-type]
         if len(pending) == 1 or len(pending) >= self._overlap_min_batch:  # what `run` awaits
             self._wakeup.set()
 
