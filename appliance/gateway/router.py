@@ -27,6 +27,7 @@ from appliance.gateway.wire import (
     history_data,
     members_data,
     not_logged_in,
+    retry_later,
     sync_data,
 )
 from appliance.protocol.frames import (
@@ -37,7 +38,6 @@ from appliance.protocol.frames import (
     ConvData,
     ConvsRequest,
     CreateGroupRequest,
-    ErrorFrame,
     HistoryRequest,
     JoinRequest,
     KickRequest,
@@ -272,10 +272,9 @@ class Router:
                 # As in `handle`, but a write cannot wait in the writer: the client retries
                 # after a moment, as it does when the server is busy (never stored, so never
                 # stored twice).
-                conn.send_frame(encode_frame(ErrorFrame(
-                    request_id, "throttled", "the server is fetching this organisation's new "
-                    "data key (a key rotation); send again in a moment",
-                    retry_after=KEY_FETCH_RETRY_AFTER_S,
+                conn.send_frame(encode_frame(retry_later(
+                    request_id, "the server is fetching this organisation's new data key (a "
+                    "key rotation); send again in a moment", KEY_FETCH_RETRY_AFTER_S,
                 )))
             elif isinstance(outcome, HeraldError):
                 conn.send_frame(encode_frame(error_frame(request_id, outcome)))
@@ -285,9 +284,7 @@ class Router:
         try:
             self._s.writer.submit(op, done, origin=conn)
         except CapacityExceeded as busy:
-            conn.send_frame(encode_frame(ErrorFrame(
-                request_id, "throttled", busy.message, retry_after=BUSY_RETRY_AFTER_S
-            )))
+            conn.send_frame(encode_frame(retry_later(request_id, busy.message, BUSY_RETRY_AFTER_S)))
             return
         except EngineClosed as closing:
             conn.send_frame(encode_frame(error_frame(request_id, closing)))
@@ -563,8 +560,7 @@ class Router:
         try:
             self._s.writer.submit(op, done, origin=conn)  # EngineClosed: answered by handle
         except CapacityExceeded as busy:
-            conn.send_frame(encode_frame(ErrorFrame(
-                req.id, "throttled", busy.message, retry_after=BUSY_RETRY_AFTER_S)))
+            conn.send_frame(encode_frame(retry_later(req.id, busy.message, BUSY_RETRY_AFTER_S)))
             return
         conn.changing_session = True
         await committed.wait()  # this connection reads its next frame after the change
