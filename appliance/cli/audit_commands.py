@@ -76,8 +76,9 @@ def verify(config: Config) -> int:
     noun = "entry" if verdict.count == 1 else "entries"
     print(f"audit log verified: {verdict.count} {noun}, the last one's hash "
           f"{verdict.head_hash.hex()}\n"
-          f"(note the count and the hash down away from this machine: a later verify shows "
-          f"the log still holds them)")
+          f"(note both down away from this machine: `herald audit list --json` shows later "
+          f"whether entry {verdict.count} still has this hash, which a log rolled back to an "
+          f"older copy would not)")
     return 0
 
 
@@ -176,7 +177,8 @@ def _actor(entry: AuditEntry) -> str:
 
 def _row(entry: AuditEntry) -> str:
     outcome = entry.outcome.value + (f": {entry.reason}" if entry.reason else "")
-    details = " ".join(f"{name}={value}" for name, value in entry.details.items())
+    details = " ".join(f"{name}={value!r}" if isinstance(value, str) and " " in value
+                       else f"{name}={value}" for name, value in entry.details.items())
     return _ROW.format(entry.seq, _time(entry.time_ms).strftime("%Y-%m-%dT%H:%M:%SZ"),
                        _actor(entry), entry.action.value, entry.tenant or "-",
                        entry.target or "-", outcome, details).rstrip()
