@@ -561,7 +561,10 @@ class Router:
                                         reason=SessionEnd.LOGGED_OUT)
         else:
             revoke = RevokeSession(token_hash=conn.session, reason=SessionEnd.LOGGED_OUT)
-        login = self._s.engine.user(conn.tenant, conn.user).login
+        try:
+            login = self._s.engine.user(conn.tenant, conn.user).login
+        except NotFound:  # no such user any more: the entry names it by its id alone
+            login = ""
         op = Audited(op=revoke, actor=_user_actor(conn.tenant, conn.user, login))
         with contextlib.suppress(NotFound):  # pruned meanwhile: logged out all the same
             await self._s.writer.apply(op, origin=conn)
