@@ -35,7 +35,7 @@ from appliance.protocol.admin_frames import (
     AdminUsersData,
     AdminUsersRequest,
 )
-from engine import AdminRole, CreateAdmin, check_password_policy, hash_password
+from engine import AdminRole, CreateAdmin, WeakPassword, check_password_policy, hash_password
 
 __all__ = ["DEFAULT_TOKEN_FILE", "add_admin", "admin_login", "admin_status", "admin_tenants",
            "admin_users", "token_file"]
@@ -52,9 +52,13 @@ def add_admin(config: Config, login: str, display_name: str, role: str,
               password_stdin: bool) -> int:
     """Make an administrator in the data directory's store (offline)."""
     password = read_password(password_stdin, whose=f"administrator {login!r}")
+    try:
+        check_password_policy(password)  # before the keys are unwrapped: it is cheap
+    except WeakPassword as exc:
+        print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
+        return 1
 
     def action(keyed: KeyedEngine) -> str:
-        check_password_policy(password)
         op = CreateAdmin(login=login, display_name=display_name or login,
                          password_hash=hash_password(password), role=AdminRole(role))
         admin = keyed.engine.apply(op, wall_clock_ms()).admin  # type: ignore[union-attr]
