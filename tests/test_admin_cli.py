@@ -84,3 +84,16 @@ async def test_an_admin_made_offline_logs_in_and_reads_the_running_server(
     assert ADMIN_PASSWORD not in server.err.decode() + server.out.decode()
     code, out, err = admin("status")
     assert code == 1 and "no herald serve answers" in err, err
+
+
+def test_herald_serve_refuses_to_start_when_the_admin_socket_path_is_taken(
+        tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "admin.sock").write_text("somebody's file\n")
+    refused = herald("serve", "--data-dir", str(data), "--listen", "127.0.0.1:0")
+    assert refused.returncode == 1
+    assert "admin.sock exists and is not a socket: move it away" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert (data / "admin.sock").read_text() == "somebody's file\n"
+    assert not (data / "hot").exists()  # refused before the store was opened
