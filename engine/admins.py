@@ -155,6 +155,24 @@ class Admins:
             txn.delete(prefix + token_hash, db=self._dbs.admin_live_sessions)
         return AdminSessionsEnded(admin, tuple(hashes))
 
+    def prune(self, txn: Any, max_count: int, now_ms: int) -> tuple[int, bool]:
+        """Delete up to `max_count` (0 or more) sessions expired by `now_ms`: (how many, and
+        whether expired ones are left). One pass over a small table: admins are few."""
+        expired: list[tuple[bytes, int]] = []
+        more = False
+        with txn.cursor(db=self._dbs.admin_sessions) as cur:
+            for key, value in cur:
+                record = self._session_record(value)
+                if record.expires_ms <= now_ms:
+                    if len(expired) == max_count:
+                        more = True
+                        break
+                    expired.append((bytes(key), record.admin))
+        for token_hash, admin in expired:
+            txn.delete(token_hash, db=self._dbs.admin_sessions)
+            txn.delete(pack_id(admin) + token_hash, db=self._dbs.admin_live_sessions)
+        return len(expired), more
+
     # -- reads --------------------------------------------------------------------------------
 
     def _session_record(self, stored: bytes) -> AdminSessionRecord:

@@ -68,6 +68,7 @@ from engine.ops import (
     RevokeKeyEpochs,
     RevokeSession,
     RevokeUserSessions,
+    SessionsPruned,
     SetAdminPassword,
     SetPassword,
     SetRole,
@@ -265,7 +266,7 @@ class Engine:
             SetPassword: self._sessions.set_password,
             ChangePassword: self._sessions.change_password,
             SetUserDisabled: self._sessions.set_disabled,
-            PruneSessions: self._sessions.prune,
+            PruneSessions: self._prune_sessions,
             AddKeyEpoch: self._add_key_epoch,
             ShredKeyEpoch: self._shred_key_epoch,
             RevokeKeyEpochs: self._revoke_key_epochs,
@@ -389,6 +390,14 @@ class Engine:
         if isinstance(result, HeraldError):
             raise result
         return result
+
+    def _prune_sessions(self, txn: Any, op: PruneSessions, now_ms: int) -> SessionsPruned:
+        """Users' expired sessions, then administrators' with what is left of `max_count`."""
+        users = self._sessions.prune(txn, op, now_ms)
+        if users.more:
+            return users
+        count, more = self._admins.prune(txn, op.max_count - users.count, now_ms)
+        return SessionsPruned(users.count + count, more)
 
     def _apply_audited(self, txn: Any, op: Audited, now_ms: int) -> Result:
         """`op.op` and its audit entry, or neither: every check (the op's kind, the actor, the

@@ -222,7 +222,8 @@ class SetUserDisabled(_Op, frozen=True, kw_only=True):
 
 
 class PruneSessions(_Op, frozen=True, kw_only=True):
-    """Delete up to `max_count` sessions that expired before the batch's `now_ms`."""
+    """Delete up to `max_count` sessions that expired before the batch's `now_ms`: users',
+    then administrators' (`admin_sessions`)."""
 
     max_count: int = 10_000
 class AddKeyEpoch(_Op, frozen=True, kw_only=True):

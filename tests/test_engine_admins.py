@@ -20,7 +20,9 @@ from engine import (
     Invalid,
     Keyring,
     NotFound,
+    PruneSessions,
     SessionCreated,
+    SessionsPruned,
     SetAdminPassword,
     Unauthenticated,
     hash_password,
@@ -168,3 +170,22 @@ def test_admin_records_are_sealed_and_their_logins_blinded_in_a_sealed_store(
         assert engine is not again and again.admin(1).login == "visible-login"
     finally:
         again.close()
+
+
+def test_pruning_sessions_deletes_expired_admin_sessions_too(
+        engine: Engine, password_hash: str) -> None:
+    engine.apply(new_admin(password_hash), NOW_MS)
+    engine.apply(CreateAdminSession(admin=1, token_hash=token(1), expires_ms=NOW_MS + 10),
+                 NOW_MS)
+    engine.apply(CreateAdminSession(admin=1, token_hash=token(2),
+                                    expires_ms=NOW_MS + HOUR_MS), NOW_MS)
+    pruned = engine.apply(PruneSessions(), NOW_MS + 10)
+    assert pruned == SessionsPruned(1, False)
+    assert engine.stats()["admin_sessions"] == 1
+    assert engine.stats()["admin_live_sessions"] == 1
+    assert engine.admin_session(token(2), NOW_MS + 10).admin == 1
+    engine.apply(CreateAdminSession(admin=1, token_hash=token(3), expires_ms=NOW_MS + 20),
+                 NOW_MS)
+    engine.apply(CreateAdminSession(admin=1, token_hash=token(4), expires_ms=NOW_MS + 20),
+                 NOW_MS)
+    assert engine.apply(PruneSessions(max_count=1), NOW_MS + HOUR_MS) == SessionsPruned(1, True)
