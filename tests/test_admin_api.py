@@ -235,6 +235,27 @@ async def test_a_peer_of_another_uid_is_closed_at_once_and_logged(
                for r in caplog.records)
 
 
+async def test_an_op_the_role_may_not_do_is_forbidden_and_audited(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No op of today is the security officer's alone: give one to it, as key ops will be.
+    monkeypatch.setitem(OP_ROLES, AdminTenantsRequest, frozenset({AdminRole.SECURITY_OFFICER}))
+    with trio.fail_after(20):
+        async with appliance(tmp_path) as app:
+            ops = await app.login("ops")
+            with pytest.raises(AdminRefused) as refused:
+                await app.ask(AdminTenantsRequest(id=2, token=ops.token), AdminTenantsData)
+            assert (refused.value.code, refused.value.message) == (
+                "forbidden", "the role operator may not do this")
+            sec = await app.login("sec")
+            listing = await app.ask(AdminTenantsRequest(id=3, token=sec.token),
+                                    AdminTenantsData)
+            assert [t.name for t in listing.tenants] == ["acme"]
+            denied = app.running.engine.audit_entries(
+                action=AuditAction.PERMISSION_DENIED).entries
+            assert [(e.actor.name, e.target, e.reason) for e in denied] == [
+                ("ops", "op:tenants", "role operator")]
+
+
 def test_every_admin_op_has_a_role_entry_and_a_handler(tmp_path: Path) -> None:
     ops = set(AdminRequest.__args__)  # type: ignore[attr-defined]
     assert ops == set(OP_ROLES), "every admin op needs a line in appliance/admin/roles.py"

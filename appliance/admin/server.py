@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
-from appliance.admin.roles import OP_ROLES, may
+from appliance.admin.roles import may
 from appliance.admin.socket_file import peer_credentials, peer_refusal
 from appliance.gateway import tokens
 from appliance.gateway.login_gate import LoginGate
@@ -194,9 +194,13 @@ class AdminServer:
         except Unauthenticated:
             await trio.sleep(self._failure_delay_s)
             raise Unauthenticated(_REFUSED_TOKEN) from None
-        if type(request) not in OP_ROLES or not may(admin.role, type(request)):
-            log.warning("admin op refused admin=%s role=%s op=%s", admin.login, admin.role,
-                        type(request).__name__)
+        if not may(admin.role, type(request)):
+            op = _op_name(type(request))
+            log.warning("admin op refused admin=%s role=%s op=%s", admin.login, admin.role, op)
+            await self._audit(RecordAudit(
+                actor=AuditActor(kind=ActorKind.ADMIN, id=session.admin, name=admin.login),
+                action=AuditAction.PERMISSION_DENIED, target=f"op:{op}",
+                reason=f"role {admin.role}"))
             raise Forbidden(f"the role {admin.role} may not do this")
         return admin
 
@@ -252,6 +256,11 @@ class AdminServer:
             AdminUser(id=user, login=record.login, display_name=record.display_name,
                       disabled=record.disabled)
             for user, record in self._store.users(tenant)])
+
+
+def _op_name(request: type) -> str:
+    """A request's `op`, its msgspec tag."""
+    return str(getattr(getattr(request, "__struct_config__", None), "tag", request.__name__))
 
 
 def _refusal(request_id: int | None, code: str, message: str) -> AdminRefusal:
