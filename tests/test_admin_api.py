@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -254,6 +255,36 @@ async def test_an_op_the_role_may_not_do_is_forbidden_and_audited(
                 action=AuditAction.PERMISSION_DENIED).entries
             assert [(e.actor.name, e.target, e.reason) for e in denied] == [
                 ("ops", "op:tenants", "role operator")]
+
+
+def _raw_exchange(path: Path, data: bytes) -> list[bytes]:
+    """Send `data` on a fresh connection, then read every line until the server closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received.splitlines()
+
+
+async def test_bad_lines_are_answered_bad_frame_and_an_overlong_one_ends_the_connection(
+        tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with appliance(tmp_path) as app:
+            answers = await trio.to_thread.run_sync(
+                _raw_exchange, app.socket_path,
+                b'garbage\n{"id": 5, "op": "nope"}\n\n{"id": 6, "op": "status", '
+                b'"token": "bad"}\n')
+            decoded = [json.loads(line) for line in answers]
+            assert [(a["id"], a["error"]["code"]) for a in decoded] == [
+                (None, "bad_frame"), (5, "bad_frame"), (6, "unauthenticated")]
+            overlong = await trio.to_thread.run_sync(
+                _raw_exchange, app.socket_path,
+                b"x" * (admin_frames.MAX_ADMIN_FRAME_BYTES + 1))  # all read before it closes
+            assert [json.loads(line)["error"]["code"] for line in overlong] == ["bad_frame"]
 
 
 def test_every_admin_op_has_a_role_entry_and_a_handler(tmp_path: Path) -> None:
