@@ -74,6 +74,17 @@ async def test_an_admin_made_offline_logs_in_and_reads_the_running_server(
                 lambda: admin("users", "--tenant", "nope"))
             assert code == 1 and err.strip().endswith("(not_found)"), err
 
+            changed = await trio.to_thread.run_sync(lambda: herald(
+                "admin", "passwd", "--data-dir", str(data), "ops", "--password-stdin",
+                stdin="a new administrator passphrase\n"))
+            assert changed.returncode == 0, changed.stderr
+            assert "password of administrator 'ops' changed; 1 session ended" in changed.stdout
+            code, out, err = await trio.to_thread.run_sync(lambda: admin("status"))
+            assert code == 1 and err.strip().endswith("(unauthenticated)"), err
+            code, out, err = await trio.to_thread.run_sync(lambda: admin(
+                "login", "ops", "--password-stdin", stdin="a new administrator passphrase\n"))
+            assert code == 0, err
+
             token.write_text("x" * 43 + "\n")
             code, out, err = await trio.to_thread.run_sync(lambda: admin("tenants"))
             assert code == 1 and err.strip().endswith("(unauthenticated)"), err

@@ -1,7 +1,8 @@
 """`herald admin ...`: the administrators' commands.
 
 `herald admin add` makes an administrator in the store itself (offline, as `herald user add`
-does for now: it is how the first one is made, before any can log in). The others are clients
+does for now: it is how the first one is made, before any can log in), and `herald admin
+passwd` gives one a new password the same way. The others are clients
 of a running server's admin API (`DATA_DIR/admin.sock`): `login` keeps the session token in a
 file of mode 0600 (`~/.config/herald/admin-token` unless `--token-file` names another), which
 `status`, `tenants` and `users` send. Each prints a table, or with `--json` the API's data as
@@ -35,10 +36,18 @@ from appliance.protocol.admin_frames import (
     AdminUsersData,
     AdminUsersRequest,
 )
-from engine import AdminRole, CreateAdmin, WeakPassword, check_password_policy, hash_password
+from engine import (
+    AdminRole,
+    AdminSessionsEnded,
+    CreateAdmin,
+    SetAdminPassword,
+    WeakPassword,
+    check_password_policy,
+    hash_password,
+)
 
 __all__ = ["DEFAULT_TOKEN_FILE", "add_admin", "admin_login", "admin_status", "admin_tenants",
-           "admin_users", "token_file"]
+           "admin_users", "set_admin_password", "token_file"]
 
 DEFAULT_TOKEN_FILE = Path("~/.config/herald/admin-token")
 T = TypeVar("T")
@@ -63,6 +72,29 @@ def add_admin(config: Config, login: str, display_name: str, role: str,
                          password_hash=hash_password(password), role=AdminRole(role))
         admin = keyed.engine.apply(op, wall_clock_ms()).admin  # type: ignore[union-attr]
         return f"administrator {login!r} created (id {admin}, role {role})"
+
+    return run_keyed(config, action)
+
+
+def set_admin_password(config: Config, login: str, password_stdin: bool) -> int:
+    """Give an administrator a new password (offline, as `add`); all of its sessions end, and
+    a running server refuses their tokens from the next request on."""
+    password = read_password(password_stdin, whose=f"administrator {login!r}")
+    try:
+        check_password_policy(password)
+    except WeakPassword as exc:
+        print(f"herald: {exc.message} ({exc.code})", file=sys.stderr)
+        return 1
+
+    def action(keyed: KeyedEngine) -> str:
+        engine = keyed.engine
+        admin = engine.find_admin(login)
+        ended = engine.apply(SetAdminPassword(admin=admin, password_hash=hash_password(password)),
+                             wall_clock_ms())
+        assert isinstance(ended, AdminSessionsEnded)
+        count = len(ended.token_hashes)
+        return (f"password of administrator {login!r} changed; {count} "
+                f"session{'' if count == 1 else 's'} ended")
 
     return run_keyed(config, action)
 

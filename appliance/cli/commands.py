@@ -313,6 +313,12 @@ def _admin_add(config: Config, args: argparse.Namespace) -> int:
                                     args.password_stdin)
 
 
+def _admin_passwd(config: Config, args: argparse.Namespace) -> int:
+    from appliance.cli import admin_commands
+
+    return admin_commands.set_admin_password(config, args.login, args.password_stdin)
+
+
 def _admin_login(config: Config, args: argparse.Namespace) -> int:
     from appliance.cli import admin_commands
 
@@ -356,6 +362,15 @@ ADMIN_COMMANDS = (
                 help="read the password from one line of standard input"),
         ), _admin_add),
     ConfiguredCommand(
+        ("admin", "passwd"), "set an administrator's password in the store (ends its sessions)",
+        "Set an administrator's password in the data directory's store itself, asked twice; "
+        "every session of that administrator ends (a running server refuses their tokens at "
+        "once).", (
+            arg("login", help="the administrator's login"),
+            arg("--password-stdin", action="store_true",
+                help="read the password from one line of standard input"),
+        ), _admin_passwd),
+    ConfiguredCommand(
         ("admin", "login"), "log in to the running server's admin API",
         "Log in as an administrator over DATA_DIR/admin.sock and keep the session token (8 "
         "hours) in --token-file for the other `herald admin` commands.", (
@@ -391,7 +406,8 @@ GROUPS = {
     "group": Group(help="manage groups", description="Manage groups."),
     "admin": Group(help="administer a running server through its admin API",
                    description="Administer the running server through its admin API "
-                               "(DATA_DIR/admin.sock); `add` makes an administrator offline."),
+                               "(DATA_DIR/admin.sock); `add` and `passwd` work on the store "
+                               "offline."),
     "escrow": Group(
         help="run Herald's key escrow service (on the escrow's own machine)",
         description="Herald's own key escrow, for sites without an HSM: a third party runs it "
