@@ -137,7 +137,9 @@ def _seed_sealed(
     from appliance.config import Config
     from appliance.gateway.tokens import new_token
     from engine import (
+        ActorKind,
         Append,
+        AuditActor,
         CreateGroup,
         CreateSession,
         CreateTenant,
@@ -155,7 +157,8 @@ def _seed_sealed(
         phc = hash_password(PASSWORD)  # once: Argon2id is slow on purpose
         tenant = engine.apply(CreateTenant(name=tenant_name), now_ms).tenant  # type: ignore[union-attr]
         assert keyed.manager is not None
-        keyed.manager.rotate(tenant)  # its first key epoch, as `herald tenant add` does
+        # Its first key epoch, as `herald tenant add` does (and audited as it is).
+        keyed.manager.rotate(tenant, actor=AuditActor(kind=ActorKind.SYSTEM, name="bench"))
         ids: list[int] = []
         for first in range(0, users, 2_000):
             ops = [CreateUser(tenant=tenant, login=f"u{i:06d}", display_name=f"User {i}",

@@ -23,7 +23,7 @@ COMMANDS = [
     ["user", "list"], ["user", "passwd"], ["user", "disable"], ["user", "enable"],
     ["user", "sessions"], ["user", "revoke-sessions"], ["group"], ["group", "add"], ["init"],
     ["keys"], ["keys", "status"], ["keys", "rotate"], ["keys", "shred"], ["keys", "revoke"],
-    ["keys", "passphrase"],
+    ["keys", "passphrase"], ["audit"], ["audit", "verify"], ["audit", "list"],
     ["cert"], ["cert", "selfsigned"], ["escrow"], ["chat"],
 ]
 

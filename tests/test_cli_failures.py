@@ -131,6 +131,11 @@ CASES = [
      "--password-stdin", "escrow"),
     ("escrow unreachable, keys", "keys rotate --config {DOWN} --tenant acme",
      "check that `herald escrow serve` runs there"),
+    ("audit on a missing data dir", "audit verify --data-dir {S}/nowhere", "has no store"),
+    ("audit, wrong passphrase", "audit list --config {S}/wrong-passphrase.toml --data-dir {K}",
+     "does not open"),
+    ("audit list, unknown tenant", "audit list --data-dir {K} --tenant nope",
+     "no tenant is named 'nope'"),
     ("escrow directory missing", "escrow keys --dir {S}/nowhere --passphrase-file "
      "{S}/wrong-passphrase", "create one first"),
     ("escrow audit of a missing directory", "escrow audit --dir {S}/nowhere", "check --dir"),
@@ -166,6 +171,17 @@ def test_a_common_failure_ends_in_one_line_saying_what_to_do_and_no_traceback(
     assert lines[0].startswith(("herald: ", "herald escrow: ", "herald chat: ")), done.stderr
     assert lines[0] == done.stderr.splitlines()[-1], done.stderr
     assert advice in lines[0], done.stderr
+
+
+def test_the_audit_commands_need_the_name_key_and_no_escrow(places: Places) -> None:
+    """The escrow is down, yet the log (sealed under the name key) verifies and lists."""
+    verified = _herald("audit", "verify", "--config", str(places.escrow_down))
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.startswith("audit log verified: ")
+    listed = _herald("audit", "list", "--config", str(places.escrow_down), "--action",
+                     "tenant.create")
+    assert listed.returncode == 0, listed.stderr
+    assert "tenant.create" in listed.stdout
 
 
 def test_output_into_a_closed_pipe_ends_quietly(places: Places) -> None:

@@ -20,6 +20,7 @@ import json, subprocess, sys
 from pathlib import Path
 from appliance.config import load_config
 from appliance.cli.unlock import open_engine
+from appliance.cli.accounts import cli_actor
 from engine import Append, KeyUnavailable
 
 data, herald = Path(sys.argv[1]), json.loads(sys.argv[2])
@@ -31,7 +32,7 @@ try:
     (group,) = [c.conv for c in engine.conversations(tenant, alice)]
     engine.apply(Append(tenant=tenant, conv=group, sender=alice, client_msg_id="m1",
                         body="under epoch 1"), 1_000)
-    manager.rotate(tenant)  # epoch 2; alice and the group are re-sealed under it
+    manager.rotate(tenant, actor=cli_actor())  # epoch 2; alice and the group are re-sealed under it
     keyring.forget(tenant, 1)  # as after its lifetime: epoch 1's DEK is not held any more
     shred = subprocess.run([*herald, "keys", "shred", "--data-dir", str(data), "--tenant",
                             "acme", "--epoch", "1", "--confirm", "acme"],

@@ -23,7 +23,7 @@ from appliance.keys.errors import HsmTokenMissing, HsmUnavailable, MasterKeyExis
 from appliance.keys.manager import KeyManager
 from appliance.keys.master import FileMasterKey
 from appliance.keys.pkcs11_master import NAME_KEY_SUFFIX, Pkcs11MasterKey
-from engine import CreateTenant, Engine, Keyring
+from engine import ActorKind, AuditActor, CreateTenant, Engine, Keyring
 
 __all__ = ["escrow_template", "shared_service", "softhsm"]  # fixtures
 
@@ -202,7 +202,7 @@ def test_a_key_object_deleted_under_a_running_manager_makes_tenants_unavailable_
         manager = KeyManager(engine, keyring, escrow, master, uuid.uuid4().hex[:16],
                              lifetime_s=300.0, now_ms=lambda: 1_000)
         tenant = engine.apply(CreateTenant(name="acme"), 1_000).tenant  # type: ignore[union-attr]
-        manager.rotate(tenant)
+        manager.rotate(tenant, actor=AuditActor(kind=ActorKind.SYSTEM, name="test"))
         assert manager.load_tenant(tenant, force=True).state == "available"
 
         session = _raw_session(softhsm)

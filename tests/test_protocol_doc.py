@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from appliance.protocol.codes import ByeCode, ErrorCode
 from appliance.protocol.frames import (
     CLIENT_OPS,
     ChangeData,
@@ -33,7 +34,6 @@ from appliance.protocol.frames import (
     decode_server_frame,
     encode_frame,
 )
-from engine import HeraldError
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -59,7 +59,6 @@ REPLY_DATA: dict[str, type[msgspec.Struct]] = {
     "leave": ChangeData,
     "join": ChangeData,
 }
-GATEWAY_CODES = {"bad_frame", "unknown_op", "throttled", "unauthenticated"}
 CLOSE_CODES = {1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1013}
 
 
@@ -84,11 +83,23 @@ def _server_types() -> set[str]:
     return {t.__struct_config__.tag for t in ServerFrame.__args__}  # type: ignore[attr-defined]
 
 
-def _codes(cls: type[HeraldError]) -> set[str]:
-    found: set[str] = set()
-    for sub in cls.__subclasses__():
-        found |= {sub.code} | _codes(sub)
-    return found
+def _section(title: str) -> str:
+    """The text of docs/protocol.md's section `## <title>`, up to the next `## `."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", _text(),
+                      flags=re.DOTALL | re.MULTILINE)
+    assert match, f"docs/protocol.md has no section '## {title}'"
+    return match.group(1)
+
+
+def _table_codes(text: str) -> set[str]:
+    """The codes of the rows of `text`'s tables that begin with a code in backquotes."""
+    return set(re.findall(r"^\| `([a-z_]+)` \|", text, flags=re.MULTILINE))
+
+
+def _bye_table() -> str:
+    section = _section("4. Frames the server sends")
+    start = section.index("`bye`: sent just before")
+    return section[start:]
 
 
 def test_every_request_example_decodes_and_uses_only_fields_the_server_reads() -> None:
@@ -141,9 +152,18 @@ def test_every_server_frame_type_has_an_example() -> None:
     assert shown == _server_types()
 
 
-@pytest.mark.parametrize("code", sorted(_codes(HeraldError) | GATEWAY_CODES))
-def test_every_error_code_has_a_row_in_the_error_table(code: str) -> None:
-    assert re.search(rf"^\| `{code}` \|", _text(), flags=re.MULTILINE), code
+@pytest.mark.parametrize("code", sorted(ErrorCode))
+def test_every_error_code_has_a_row_in_the_error_tables(code: str) -> None:
+    assert code in _table_codes(_section("5. Error codes")), code
+
+
+def test_the_error_tables_document_no_code_the_code_does_not_have() -> None:
+    documented = _table_codes(_section("5. Error codes"))
+    assert documented - set(ErrorCode) == set(), "not in appliance/protocol/codes.py"
+
+
+def test_the_bye_table_lists_exactly_the_bye_codes() -> None:
+    assert _table_codes(_bye_table()) == set(ByeCode)
 
 
 @pytest.mark.parametrize("code", sorted(CLOSE_CODES))

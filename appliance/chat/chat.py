@@ -58,6 +58,7 @@ from appliance.client import (
     open_client,
 )
 from appliance.client.display import visible
+from appliance.protocol.codes import ErrorCode
 from appliance.protocol.frames import ConvSummary, WireMessage
 from appliance.terminal import ask_secret
 
@@ -623,7 +624,7 @@ def run(url: str, tenant: str, login: str, *, password_stdin: bool,
             if outcome == 130:
                 print("", file=out or sys.stdout)
             return outcome
-        again = (on_terminal and outcome.code == "unauthenticated"
+        again = (on_terminal and outcome.code == ErrorCode.UNAUTHENTICATED
                  and attempt < PASSWORD_TRIES)
         print(f"herald chat: login refused: {visible(outcome.message)}"
               + ("; try again" if again else ""), file=sys.stderr)

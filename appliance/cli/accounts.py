@@ -2,11 +2,16 @@
 console exists. LMDB allows several processes on one store, so these work while the server runs:
 a running server closes the connections of sessions ended here within its
 `session_check_interval_s` (2 s by default).
+
+Every change is an op wrapped in `Audited`, with `cli_actor()` (the OS user who ran the
+command) as its actor: its audit entry is written in the change's own transaction.
 """
 
 from __future__ import annotations
 
 import datetime
+import getpass
+import os
 import sys
 from collections.abc import Callable
 
@@ -16,6 +21,9 @@ from appliance.gateway.writer import wall_clock_ms
 from appliance.keys.errors import KeyManagementError
 from appliance.terminal import ask_secret
 from engine import (
+    ActorKind,
+    AuditActor,
+    Audited,
     CreateGroup,
     CreateTenant,
     CreateUser,
@@ -33,6 +41,7 @@ __all__ = [
     "add_tenant",
     "add_user",
     "change_password",
+    "cli_actor",
     "list_sessions",
     "list_tenants",
     "list_users",
@@ -40,6 +49,16 @@ __all__ = [
     "revoke_sessions",
     "set_disabled",
 ]
+
+
+def cli_actor() -> AuditActor:
+    """The actor of a change made by an offline command: the system, as `cli:` and the OS user
+    who ran it (its uid when the user database has no name for it, as in some containers)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return AuditActor(kind=ActorKind.SYSTEM, name=f"cli:{user}")
 
 
 def read_password(from_stdin: bool, whose: str = "the new user") -> str:
@@ -83,10 +102,12 @@ def add_tenant(config: Config, name: str) -> int:
     """Create a tenant and, in a sealed store, its first data key (at the escrow too)."""
     def action(keyed: KeyedEngine) -> str:
         engine = keyed.engine
-        tenant = engine.apply(CreateTenant(name=name), wall_clock_ms()).tenant  # type: ignore[union-attr]
+        actor = cli_actor()
+        tenant = engine.apply(Audited(op=CreateTenant(name=name), actor=actor),
+                              wall_clock_ms()).tenant  # type: ignore[union-attr]
         if keyed.manager is None:
             return f"tenant {name!r} created (id {tenant})"
-        epoch = keyed.manager.rotate(tenant)
+        epoch = keyed.manager.rotate(tenant, actor=actor)
         return f"tenant {name!r} created (id {tenant}), its data key at epoch {epoch}"
 
     return run_keyed(config, action)
@@ -97,7 +118,7 @@ def add_user(config: Config, tenant_name: str, login: str, display_name: str, pa
         tenant = engine.find_tenant(tenant_name)
         op = CreateUser(tenant=tenant, login=login, display_name=display_name or login,
                         password_hash=hash_password(password))
-        user = engine.apply(op, wall_clock_ms()).user  # type: ignore[union-attr]
+        user = engine.apply(Audited(op=op, actor=cli_actor()), wall_clock_ms()).user  # type: ignore[union-attr]
         return f"user {login!r} created in tenant {tenant_name!r} (id {user})"
 
     return _run(config, action)
@@ -111,7 +132,7 @@ def add_group(
         creator = engine.find_user(tenant, owner)
         ids = tuple(engine.find_user(tenant, login) for login in members)
         op = CreateGroup(tenant=tenant, creator=creator, title=title, members=ids, open=open_)
-        conv = engine.apply(op, wall_clock_ms()).conv  # type: ignore[union-attr]
+        conv = engine.apply(Audited(op=op, actor=cli_actor()), wall_clock_ms()).conv  # type: ignore[union-attr]
         size = len(set(ids) | {creator})
         return f"group {title!r} created (conversation {conv}) with {size} members"
 
@@ -150,7 +171,8 @@ def change_password(config: Config, tenant_name: str, login: str, password: str)
         tenant = engine.find_tenant(tenant_name)
         user = engine.find_user(tenant, login)
         op = SetPassword(tenant=tenant, user=user, password_hash=hash_password(password))
-        return f"password of {login!r} changed; " + _ended(engine.apply(op, wall_clock_ms()), login)
+        result = engine.apply(Audited(op=op, actor=cli_actor()), wall_clock_ms())
+        return f"password of {login!r} changed; " + _ended(result, login)
 
     return _run(config, action)
 
@@ -160,8 +182,8 @@ def set_disabled(config: Config, tenant_name: str, login: str, disabled: bool) -
     def action(engine: Engine) -> str:
         tenant = engine.find_tenant(tenant_name)
         user = engine.find_user(tenant, login)
-        result = engine.apply(SetUserDisabled(tenant=tenant, user=user, disabled=disabled),
-                              wall_clock_ms())
+        op = SetUserDisabled(tenant=tenant, user=user, disabled=disabled)
+        result = engine.apply(Audited(op=op, actor=cli_actor()), wall_clock_ms())
         if not disabled:
             return f"user {login!r} enabled; it may log in again"
         return f"user {login!r} disabled; " + _ended(result, login)
@@ -174,8 +196,8 @@ def revoke_sessions(config: Config, tenant_name: str, login: str) -> int:
     def action(engine: Engine) -> str:
         tenant = engine.find_tenant(tenant_name)
         user = engine.find_user(tenant, login)
-        return _ended(engine.apply(RevokeUserSessions(tenant=tenant, user=user),
-                                   wall_clock_ms()), login)
+        op = RevokeUserSessions(tenant=tenant, user=user)
+        return _ended(engine.apply(Audited(op=op, actor=cli_actor()), wall_clock_ms()), login)
 
     return _run(config, action)
 

@@ -69,6 +69,7 @@ class ConfiguredCommand:
     logs_as_server: bool = False
 
 
+_SINCE_HELP = "a UTC date or time (2026-12-07, 2026-12-07T09:30) or an age (90s, 30m, 2h, 7d)"
 CONFIG_FLAGS = (
     arg("--config", type=Path, help="TOML configuration file (optional)"),
     arg("--data-dir", type=Path, help="where Herald keeps its data (default: ./var)"),
@@ -208,6 +209,18 @@ def _group_add(config: Config, args: argparse.Namespace) -> int:
 
     members = [m.strip() for m in args.members.split(",") if m.strip()]
     return accounts.add_group(config, args.tenant, args.title, args.owner, members, args.open)
+
+
+def _audit_verify(config: Config, args: argparse.Namespace) -> int:
+    from appliance.cli import audit_commands
+
+    return audit_commands.verify(config)
+
+
+def _audit_list(config: Config, args: argparse.Namespace) -> int:
+    from appliance.cli import audit_commands
+
+    return audit_commands.list_entries(config, args.tenant, args.action, args.since, args.json)
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -408,6 +421,12 @@ GROUPS = {
                    description="Administer the running server through its admin API "
                                "(DATA_DIR/admin.sock); `add` and `passwd` work on the store "
                                "offline."),
+    "audit": Group(
+        help="the appliance's audit log: verify its chain, list its entries",
+        description="Read the appliance's audit log (docs/admin.md, 'Audit log'): every admin "
+                    "action and security event, hash-chained. Offline and read-only: needs the "
+                    "master key's passphrase (for the name key), not the escrow, and works "
+                    "beside a running server."),
     "escrow": Group(
         help="run Herald's key escrow service (on the escrow's own machine)",
         description="Herald's own key escrow, for sites without an HSM: a third party runs it "
@@ -552,6 +571,21 @@ COMMANDS: tuple[Command | ConfiguredCommand, ...] = (
                 help="anyone in the tenant may join without being added"),
             arg("title", help="the group's title"),
         ), _group_add),
+    ConfiguredCommand(
+        ("audit", "verify"), "check the audit log's hash chain",
+        "Check every entry of the audit log in order: it opens, matches its hash, follows its "
+        "predecessor, with no gap, and the last is the one the head names. Prints the count "
+        "and the last entry's hash (note them down elsewhere), or names the first bad entry "
+        "and exits 1.", (), _audit_verify),
+    ConfiguredCommand(
+        ("audit", "list"), "list audit entries, oldest first",
+        "List the audit log's entries that match every filter given, oldest first: a table, "
+        "or with --json one JSON object a line.", (
+            arg("--tenant", help="only entries about this tenant (its name)"),
+            arg("--action", help="only this action (tenant.create, login.failed, ...)"),
+            arg("--since", metavar="WHEN", help=f"only entries from then on: {_SINCE_HELP}"),
+            arg("--json", action="store_true", help="one JSON object a line, for machines"),
+        ), _audit_list),
     Command(
         ("chat",), "chat from the terminal (a client for trying Herald)",
         "Log in to a running Herald and chat: list conversations, open one, send lines, make "

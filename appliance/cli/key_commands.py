@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from appliance.cert_expiry import CertificateUnreadable, describe_validity, read_validity
-from appliance.cli.accounts import run_keyed
+from appliance.cli.accounts import cli_actor, run_keyed
 from appliance.cli.unlock import KeyedEngine, initialize, read_passphrase
 from appliance.config import Config
 from appliance.gateway.key_refresh import KEY_REFRESH_MAX_INTERVAL_S
@@ -209,7 +209,7 @@ def rotate(config: Config, tenant_name: str) -> int:
     def action(keyed: KeyedEngine) -> str:
         manager = _manager(keyed)
         tenant = keyed.engine.find_tenant(tenant_name)
-        epoch = manager.rotate(tenant)
+        epoch = manager.rotate(tenant, actor=cli_actor())
         return (f"tenant {tenant_name!r}: new data key, epoch {epoch}; its users and groups "
                 f"are re-sealed under it, older messages stay readable under their epochs "
                 f"(a server with [keys] reseal_messages = true moves them in the background, "
@@ -242,7 +242,7 @@ def shred(config: Config, tenant_name: str, epoch: int, confirm: str) -> int:
         manager = _manager(keyed)
         _check_confirmed(confirm, tenant_name, "shredding")
         tenant = keyed.engine.find_tenant(tenant_name)
-        manager.shred(tenant, epoch)
+        manager.shred(tenant, epoch, actor=cli_actor())
         return (f"tenant {tenant_name!r}: epoch {epoch} shredded; the messages sealed under "
                 f"it can never be read again")
 
@@ -254,7 +254,7 @@ def revoke(config: Config, tenant_name: str, confirm: str) -> int:
         manager = _manager(keyed)
         _check_confirmed(confirm, tenant_name, "revoking")
         tenant = keyed.engine.find_tenant(tenant_name)
-        manager.revoke(tenant)
+        manager.revoke(tenant, actor=cli_actor())
         return (f"tenant {tenant_name!r}: escrow keys revoked; none of its stored data can be "
                 f"read again. The revocation is recorded in the store: a running server stops "
                 f"serving the tenant at its next key refresh, within "

@@ -36,6 +36,7 @@ __all__ = [
     "initialize",
     "name_key",
     "open_engine",
+    "open_name_keyed_engine",
     "read_passphrase",
 ]
 
@@ -134,6 +135,27 @@ def open_engine(config: Config, *, passphrase: str | None = None) -> KeyedEngine
         keyed.close()
         raise
     return keyed
+
+
+def open_name_keyed_engine(config: Config) -> Engine:
+    """Open the data directory's store with its name key alone (no escrow, no data key): enough
+    for what is sealed under the name key (tenant records, the audit log), and for nothing
+    sealed under a tenant's DEK. Plain for an old plain store. Raises as `open_engine`."""
+    kwargs = {"map_size": config.map_size_bytes, "limits": config.limits}
+    if config.data_dir.exists() and not config.data_dir.is_dir():
+        raise NotInitialized(f"{config.data_dir} is not a directory: give --data-dir (or "
+                             f"data_dir in the configuration) the folder of a Herald store")
+    if master_key_place(config) is None:
+        if (config.store_dir / "data.mdb").exists():
+            return Engine(config.store_dir, **kwargs)  # type: ignore[arg-type]
+        raise NotInitialized(f"{config.data_dir} has no store: give --data-dir the data "
+                             f"directory of an initialized appliance")
+    master_key = open_master(config, lambda: read_passphrase(config))
+    try:
+        keyring = Keyring(name_key=master_key.derive_name_key())
+    finally:
+        master_key.close()
+    return Engine(config.store_dir, keyring=keyring, **kwargs)  # type: ignore[arg-type]
 
 
 def _appliance_id(config: Config) -> str:

@@ -58,6 +58,7 @@ from appliance.client.transport import (
     open_stream,
     why_unreachable,
 )
+from appliance.protocol.codes import ByeCode, ErrorCode
 from appliance.protocol.frames import (
     AddRequest,
     ChangeData,
@@ -141,12 +142,12 @@ _SAFE_TO_REPEAT = frozenset({
 # A session that ends sooner than this (e.g. the server closes every new connection at once)
 # does not reset the backoff, so a client never reconnects in a tight loop.
 STABLE_SESSION_S = 10.0
-KEYS_UNAVAILABLE = "key_unavailable"  # the wire code: the server waits for its key escrow
 
 
 # `bye` codes that end the session (docs/protocol.md, section 4): after them the token is dead.
-_SESSION_ENDED = frozenset({"logged_out", "session_revoked", "password_changed",
-                            "account_disabled", "session_expired"})
+_SESSION_ENDED = frozenset({ByeCode.LOGGED_OUT, ByeCode.SESSION_REVOKED,
+                            ByeCode.PASSWORD_CHANGED, ByeCode.ACCOUNT_DISABLED,
+                            ByeCode.SESSION_EXPIRED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,9 +340,10 @@ class HeraldClient:
                 self.stats.send_retries += 1
                 continue
             except ClientError as exc:
-                if exc.code == "throttled":
+                if exc.code == ErrorCode.THROTTLED:
                     await trio.sleep(exc.retry_after or self._options.reconnect.first_delay_s)
-                elif exc.code == "engine_closed":  # the server is stopping: retry on the next
+                elif exc.code == ErrorCode.ENGINE_CLOSED:
+                    # The server is stopping: retry on the next connection.
                     await session.finished.wait()
                 else:
                     raise
@@ -624,7 +626,7 @@ class HeraldClient:
         bye = session.bye
         if bye is not None and bye.code in _SESSION_ENDED:
             self._token = ""  # never resume an ended session
-            if bye.code != "session_expired":
+            if bye.code != ByeCode.SESSION_EXPIRED:
                 # Logged out, revoked, password changed, disabled: logging straight back in
                 # with the password this client holds would undo what the user or the
                 # administrator just did. Stop, and let the application ask.
@@ -648,16 +650,16 @@ class HeraldClient:
         try:
             data = await self._log_in(session, self._password)
         except ClientError as exc:
-            if exc.code == KEYS_UNAVAILABLE:
+            if exc.code == ErrorCode.KEY_UNAVAILABLE:  # the server waits for its escrow
                 raise _KeysUnavailable(exc) from None
             doubt, self._password_in_doubt = self._password_in_doubt, None
-            if doubt is None or exc.code != "unauthenticated":
+            if doubt is None or exc.code != ErrorCode.UNAUTHENTICATED:
                 raise LoginFailed(exc.code, exc.message, exc.retry_after,
                                   exc.request_id) from None
             try:  # the change whose reply was lost was made after all
                 data = await self._log_in(session, doubt)
             except ClientError as again:
-                if again.code == KEYS_UNAVAILABLE:
+                if again.code == ErrorCode.KEY_UNAVAILABLE:  # the server waits for its escrow
                     self._password_in_doubt = doubt
                     raise _KeysUnavailable(again) from None
                 raise LoginFailed(again.code, again.message, again.retry_after,

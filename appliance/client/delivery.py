@@ -33,6 +33,7 @@ from appliance.client.errors import (
 )
 from appliance.client.messages import Message
 from appliance.client.options import ClientOptions, ClientStats
+from appliance.protocol.codes import ErrorCode
 from appliance.protocol.frames import (
     ClientFrame,
     ConvsData,
@@ -132,7 +133,7 @@ class Delivery:
                     try:
                         await self._catch_up()
                     except ClientError as refused:
-                        if refused.code != "key_unavailable":
+                        if refused.code != ErrorCode.KEY_UNAVAILABLE:
                             raise
                         # Logged in, but the tenant's keys lapsed (its escrow is down):
                         # catch up once the server can read the messages again.

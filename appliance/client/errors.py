@@ -22,7 +22,11 @@ __all__ = [
 
 class ClientError(Exception):
     """The server refused a request. `code` is its stable wire code (`not_member`, `throttled`,
-    ...), `message` its human explanation, `retry_after` (seconds) is set on `throttled`."""
+    ...), `message` its human explanation, `retry_after` (seconds) is set on `throttled`.
+
+    Compare `code` with a member of `appliance.protocol.codes.ErrorCode` (it equals its
+    string), never with a literal. It stays a `str`: a newer server may send a code that this
+    client's table does not have yet."""
 
     def __init__(
         self, code: str, message: str, retry_after: float | None = None,

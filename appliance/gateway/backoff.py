@@ -79,6 +79,11 @@ class LoginBackoff:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def lock_addresses(self) -> int:
+        """How many distinct addresses failing an account within a half-life lock it."""
+        return self._lock_addresses
+
     def _score(self, key: object, now: float) -> float:
         entry = self._entries.get(key)
         if entry is None:

@@ -17,11 +17,10 @@ import trio
 
 from appliance.gateway.outbox import Outbox
 from appliance.gateway.tls import TlsChannel, TlsFailed
-from appliance.gateway.wire import not_logged_in
+from appliance.gateway.wire import frame_refused, not_logged_in, too_deeply_nested
 from appliance.protocol.frames import (
     OPEN_OPS,
     Bye,
-    ErrorFrame,
     FrameError,
     decode_client_frame,
     encode_frame,
@@ -200,12 +199,12 @@ class Connection:
                 # As a well-formed request of that op would be: say nothing of which ops exist.
                 self.send_frame(encode_frame(not_logged_in(exc.request_id)))
             else:
-                self.send_frame(encode_frame(ErrorFrame(exc.request_id, exc.code, exc.message)))
+                self.send_frame(encode_frame(frame_refused(exc)))
             return
         except RecursionError:
             # msgspec's decoders overflow on deeply nested JSON ("[[[[..."), and
             # decode_client_frame lets that through: it must not take the server down.
-            self.send_frame(encode_frame(ErrorFrame(None, "bad_frame", "JSON nested too deeply")))
+            self.send_frame(encode_frame(too_deeply_nested()))
             return
         await self.services.router.handle(self, request)
 

@@ -126,10 +126,15 @@ class Attempt:
         """Run the password check `work(*args)` in a hashing worker; raises what it raises."""
         return await self._gate.pool.run(self._address, work, *args)
 
-    def failed(self) -> None:
-        """The password was wrong (or the login unknown): count it, and answer it late."""
-        self._gate.backoff.failed(self._account, self._address)
+    def failed(self) -> bool:
+        """The password was wrong (or the login unknown): count it, and answer it late.
+        Returns whether this failure locked the account for every address: true once per
+        lockout (the caller records it), not for the failures while it stays locked."""
+        backoff = self._gate.backoff
+        was_locked = backoff.locked(self._account)
+        backoff.failed(self._account, self._address)
         self.refused = True
+        return not was_locked and backoff.locked(self._account)
 
     def succeeded(self) -> None:
         self._gate.backoff.succeeded(self._account, self._address)

@@ -40,7 +40,7 @@ from prometheus_client.utils import floatToGoString
 from appliance.config import MetricsConfig
 from appliance.gateway.tls import is_loopback
 from appliance.protocol.version import PROTOCOL_VERSION
-from engine import Appended, HeraldError
+from engine import Appended, Audited, HeraldError
 from engine.records import SEALED_FORMAT_VERSION
 
 if TYPE_CHECKING:
@@ -181,10 +181,12 @@ class ServerMetrics:
         sent = 0
         for entry in batch:
             outcome = entry.outcome
+            # An audited op counts as the op it wraps (a login is a CreateSession).
+            op = entry.op.op if isinstance(entry.op, Audited) else entry.op
             if isinstance(outcome, HeraldError):
-                key = (type(entry.op).__name__, outcome.code)
+                key = (type(op).__name__, outcome.code)
             else:
-                key = (type(entry.op).__name__, "ok")
+                key = (type(op).__name__, "ok")
                 if isinstance(outcome, Appended):
                     latency.observe(now_s - entry.submitted_s)
                     if not outcome.duplicate:

@@ -8,6 +8,14 @@ Passwords (login, and a user's change of their own) are checked with Argon2id in
 threads through the login gate (appliance/gateway/login_gate.py: one attempt at a time per
 account and address, each after its backoff delay); they never reach a log. A refused login is
 logged with its reason, while the client gets one answer for every reason.
+
+Security events go to the audit log through the writer (docs/security.md "The appliance's
+audit log"): a login's entry in the transaction of its session, a password change's and a
+logout's in theirs (wrapped in `Audited`), and each failed password check, and the failure
+that locks an account, as a `RecordAudit` written before the refusal is answered. Only checks
+write: a request refused before its password is checked writes nothing, so the entries come
+no faster than the login gate lets checks run. What a client typed as a tenant or a login
+that names nobody never reaches an entry (it may be a password typed in the wrong field).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from appliance.gateway.wire import (
     history_data,
     members_data,
     not_logged_in,
+    retry_later,
     sync_data,
 )
 from appliance.protocol.frames import (
@@ -37,7 +46,6 @@ from appliance.protocol.frames import (
     ConvData,
     ConvsRequest,
     CreateGroupRequest,
-    ErrorFrame,
     HistoryRequest,
     JoinRequest,
     KickRequest,
@@ -66,9 +74,14 @@ from appliance.protocol.frames import (
     encode_frame,
 )
 from engine import (
+    ActorKind,
     AddMembers,
     Append,
     Appended,
+    AuditAction,
+    AuditActor,
+    Audited,
+    AuditOutcome,
     CapacityExceeded,
     ChangePassword,
     ConversationOpened,
@@ -89,6 +102,7 @@ from engine import (
     OpenDirect,
     Operation,
     PasswordChanged,
+    RecordAudit,
     RemoveMember,
     Result,
     RevokeSession,
@@ -168,6 +182,14 @@ def _log_attempt(what: str, account: tuple[str, str], conn: Connection,
     else:
         log.debug("%s attempt tenant=%s login=%s address=%s", what, _shown(account[0]),
                   _shown(account[1]), conn.address)
+
+
+def _user_actor(tenant: int, user: int, login: str) -> AuditActor:
+    return AuditActor(kind=ActorKind.USER, tenant=tenant, id=user, name=login)
+
+
+# The actor of a lockout: the login backoff decides it, not the user.
+_BACKOFF_ACTOR = AuditActor(kind=ActorKind.SYSTEM, name="login backoff")
 
 
 def _change(result: Result) -> ChangeData:
@@ -272,10 +294,9 @@ class Router:
                 # As in `handle`, but a write cannot wait in the writer: the client retries
                 # after a moment, as it does when the server is busy (never stored, so never
                 # stored twice).
-                conn.send_frame(encode_frame(ErrorFrame(
-                    request_id, "throttled", "the server is fetching this organisation's new "
-                    "data key (a key rotation); send again in a moment",
-                    retry_after=KEY_FETCH_RETRY_AFTER_S,
+                conn.send_frame(encode_frame(retry_later(
+                    request_id, "the server is fetching this organisation's new data key (a "
+                    "key rotation); send again in a moment", KEY_FETCH_RETRY_AFTER_S,
                 )))
             elif isinstance(outcome, HeraldError):
                 conn.send_frame(encode_frame(error_frame(request_id, outcome)))
@@ -285,9 +306,7 @@ class Router:
         try:
             self._s.writer.submit(op, done, origin=conn)
         except CapacityExceeded as busy:
-            conn.send_frame(encode_frame(ErrorFrame(
-                request_id, "throttled", busy.message, retry_after=BUSY_RETRY_AFTER_S
-            )))
+            conn.send_frame(encode_frame(retry_later(request_id, busy.message, BUSY_RETRY_AFTER_S)))
             return
         except EngineClosed as closing:
             conn.send_frame(encode_frame(error_frame(request_id, closing)))
@@ -436,7 +455,7 @@ class Router:
                 tenant = engine.find_tenant(req.tenant)
             except NotFound:
                 tenant = 0  # still costs a full password check: no hint which tenants exist
-            checked_hash = self._password_hash(tenant, req.login)
+            known, login_name, checked_hash = self._account_of(tenant, req.login)
             try:
                 user = await attempt.check(engine.authenticate, tenant, req.login, req.password)
             except Unauthenticated as refused:
@@ -444,28 +463,64 @@ class Router:
                 log.info("login failed tenant=%s login=%s address=%s reason=%s%s",
                          _shown(req.tenant), _shown(req.login), conn.address, reason,
                          _backoff_note(attempt))
-                attempt.failed()
+                locked = attempt.failed()
                 self._s.metrics.logins_failed += 1
+                # `known` is 0 for an unknown login or tenant: the entry then names nobody.
+                await self._audit_failure(conn, attempt, tenant, known, login_name, reason,
+                                          locked)
                 raise
             attempt.succeeded()
         token, token_hash = tokens.new_token()
         expires_ms = self._s.clock_ms() + self._s.config.gateway.session_lifetime_s * 1000
-        op = CreateSession(tenant=tenant, user=user, token_hash=token_hash,
-                           device=req.device[:MAX_DEVICE_CHARS], expires_ms=expires_ms,
-                           password_hash=checked_hash)
-        await self._s.writer.apply(op, origin=conn)  # answered once the session is durable
+        session = CreateSession(tenant=tenant, user=user, token_hash=token_hash,
+                                device=req.device[:MAX_DEVICE_CHARS], expires_ms=expires_ms,
+                                password_hash=checked_hash)
+        op = Audited(op=session, actor=_user_actor(tenant, user, login_name))
+        # Answered once the session and its audit entry are durable, in one transaction.
+        await self._s.writer.apply(op, origin=conn)
         self._s.metrics.logins_ok += 1
         return self._start_session(conn, tenant, user, req.device, token, token_hash,
                                    expires_ms)
 
-    def _password_hash(self, tenant: int, login: str) -> str:
-        """The stored hash a login is about to be checked against, read BEFORE the check: if
-        the password changes before the session is stored, `CreateSession` refuses it."""
+    def _account_of(self, tenant: int, login: str) -> tuple[int, str, str]:
+        """The user a login names (0 for none), its stored login, and the stored hash it is
+        about to be checked against, read BEFORE the check: if the password changes before
+        the session is stored, `CreateSession` refuses it."""
         engine = self._s.engine
         try:
-            return engine.user(tenant, engine.find_user(tenant, login)).password_hash
+            user = engine.find_user(tenant, login)
+            record = engine.user(tenant, user)
         except NotFound:
-            return ""  # authenticate refuses it anyway
+            return 0, "", ""  # authenticate refuses it anyway
+        return user, record.login, record.password_hash
+
+    async def _audit_failure(
+        self, conn: Connection, attempt: Attempt, tenant: int, user: int, login: str,
+        reason: str, locked: bool,
+    ) -> None:
+        """The audit entries of a failed check: its own, and the lockout it started, if it
+        did. `user` 0 (an unknown login or tenant) names nobody: neither what was typed nor
+        the tenant of a tenant that does not exist."""
+        target = f"user:{user}" if user else ""
+        details: dict[str, str | int] = {"address": _host(conn)}
+        if attempt.delay.seconds:
+            details["delayed_ms"] = round(attempt.delay.seconds * 1000)
+            details["delayed_by"] = attempt.delay.cause
+        events = [RecordAudit(
+            actor=_user_actor(tenant, user, login), action=AuditAction.LOGIN_FAILED,
+            tenant=tenant, target=target, reason=reason, details=details)]
+        if locked:
+            events.append(RecordAudit(
+                actor=_BACKOFF_ACTOR, action=AuditAction.LOGIN_LOCKED_OUT, tenant=tenant,
+                target=target, outcome=AuditOutcome.OK, reason="" if user else reason,
+                details={"address": _host(conn),
+                         "addresses": self._s.backoff.lock_addresses}))
+        for event in events:
+            try:
+                await self._s.writer.apply(event, origin=conn)
+            except HeraldError as unrecorded:  # the refusal is answered all the same
+                log.error("audit entry %s not written: %s (%s)", event.action,
+                          unrecorded.message, unrecorded.code)
 
     async def _resume(self, conn: Connection, req: ResumeRequest) -> LoginData:
         if conn.authenticated:
@@ -497,12 +552,17 @@ class Router:
     async def _logout(self, conn: Connection, req: LogoutRequest) -> None:
         """End this session (or, with `everywhere`, all of the user's sessions) durably; other
         connections of the ended sessions are closed by the session guard with a `bye`."""
-        op: Operation
+        revoke: RevokeUserSessions | RevokeSession
         if req.everywhere:
-            op = RevokeUserSessions(tenant=conn.tenant, user=conn.user,
-                                    reason=SessionEnd.LOGGED_OUT)
+            revoke = RevokeUserSessions(tenant=conn.tenant, user=conn.user,
+                                        reason=SessionEnd.LOGGED_OUT)
         else:
-            op = RevokeSession(token_hash=conn.session, reason=SessionEnd.LOGGED_OUT)
+            revoke = RevokeSession(token_hash=conn.session, reason=SessionEnd.LOGGED_OUT)
+        try:
+            login = self._s.engine.user(conn.tenant, conn.user).login
+        except NotFound:  # no such user any more: the entry names it by its id alone
+            login = ""
+        op = Audited(op=revoke, actor=_user_actor(conn.tenant, conn.user, login))
         with contextlib.suppress(NotFound):  # pruned meanwhile: logged out all the same
             await self._s.writer.apply(op, origin=conn)
         conn.send_frame(encode_frame(Reply(req.id, OkData())))
@@ -532,7 +592,9 @@ class Router:
                 log.info("password change refused tenant=%s user=%s address=%s "
                          "reason=wrong current password%s", conn.tenant, conn.user,
                          conn.address, _backoff_note(attempt))
-                attempt.failed()
+                locked = attempt.failed()
+                await self._audit_failure(conn, attempt, conn.tenant, conn.user, user.login,
+                                          "wrong current password", locked)
                 raise
             attempt.succeeded()
         new_hash = await self.login_gate.hash(host, hash_password, req.new)
@@ -540,9 +602,10 @@ class Router:
             return
         token, token_hash = tokens.new_token()
         expires_ms = self._s.clock_ms() + self._s.config.gateway.session_lifetime_s * 1000
-        op = ChangePassword(token_hash=conn.session, checked_hash=checked,
-                            password_hash=new_hash, new_token_hash=token_hash,
-                            expires_ms=expires_ms)
+        change = ChangePassword(token_hash=conn.session, checked_hash=checked,
+                                password_hash=new_hash, new_token_hash=token_hash,
+                                expires_ms=expires_ms)
+        op = Audited(op=change, actor=_user_actor(conn.tenant, conn.user, user.login))
         committed = trio.Event()
 
         def done(outcome: Result | HeraldError) -> None:
@@ -563,8 +626,7 @@ class Router:
         try:
             self._s.writer.submit(op, done, origin=conn)  # EngineClosed: answered by handle
         except CapacityExceeded as busy:
-            conn.send_frame(encode_frame(ErrorFrame(
-                req.id, "throttled", busy.message, retry_after=BUSY_RETRY_AFTER_S)))
+            conn.send_frame(encode_frame(retry_later(req.id, busy.message, BUSY_RETRY_AFTER_S)))
             return
         conn.changing_session = True
         await committed.wait()  # this connection reads its next frame after the change

@@ -25,8 +25,8 @@ from appliance.gateway.router import Router
 from appliance.gateway.sessions import SessionGuard
 from appliance.gateway.tls import TlsChannel, plaintext_refusal, server_context
 from appliance.gateway.tokens import retire_legacy_secret
+from appliance.gateway.wire import LOGIN_TIMED_OUT, SHUTTING_DOWN
 from appliance.gateway.writer import Committed, SendFanout, Writer, wall_clock_ms
-from appliance.protocol.frames import Bye
 from engine import Engine
 
 if TYPE_CHECKING:
@@ -196,9 +196,8 @@ class Server:
                 await writer_done.wait()
                 log.info("shutting down: writes committed; closing %d connections",
                          len(self._connections))
-                bye = Bye("shutdown", "the server is shutting down; reconnect shortly")
                 for conn in list(self._connections):
-                    conn.close(CLOSE_GOING_AWAY, bye)
+                    conn.close(CLOSE_GOING_AWAY, SHUTTING_DOWN)
                 with trio.move_on_after(SHUTDOWN_GRACE_S):
                     while self._connections:
                         await trio.sleep(0.01)
@@ -244,7 +243,7 @@ class Server:
             for conn in list(self._connections):
                 quiet = now - conn.last_seen
                 if not conn.authenticated and now - conn.opened_at > gateway.login_timeout_s:
-                    conn.close(CLOSE_POLICY, Bye("login_timeout", "log in sooner after connecting"))
+                    conn.close(CLOSE_POLICY, LOGIN_TIMED_OUT)
                 elif quiet > 2 * interval:
                     conn.abort()
                 elif quiet >= interval:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from appliance.gateway.connection import CLOSE_POLICY
+from appliance.gateway.wire import session_end_code
 from appliance.gateway.writer import Committed
 from appliance.protocol.frames import Bye
 from engine import (
@@ -61,7 +62,7 @@ class SessionGuard:
         """Close `conns` with a `bye` saying why, then close code 1008."""
         if not conns:
             return
-        bye = Bye(reason.value, BYE_MESSAGES[reason])
+        bye = Bye(session_end_code(reason), BYE_MESSAGES[reason])
         for conn in conns:
             conn.close(CLOSE_POLICY, bye)
         self.closed += len(conns)

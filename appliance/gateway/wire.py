@@ -1,11 +1,19 @@
-"""Engine values to wire frames, and refusals to error frames: one table for both."""
+"""Engine values to wire frames, and refusals to error frames and `bye`s.
+
+Every error frame the gateway sends is built here, and every `bye` code it sends is chosen
+here: an engine refusal keeps its class's code (`error_frame`), and the gateway's own refusals
+and closes name their member of the one table of codes (appliance/protocol/codes.py).
+"""
 
 from __future__ import annotations
 
+from appliance.protocol.codes import ByeCode, ErrorCode
 from appliance.protocol.frames import (
+    Bye,
     ConvsData,
     ConvSummary,
     ErrorFrame,
+    FrameError,
     HistoryData,
     MembersData,
     SyncConv,
@@ -19,16 +27,24 @@ from engine import (
     MemberList,
     Message,
     Page,
+    SessionEnd,
     SyncResult,
 )
 
 __all__ = [
+    "LOGIN_TIMED_OUT",
+    "SHUTTING_DOWN",
     "convs_data",
+    "error_code",
     "error_frame",
+    "frame_refused",
     "history_data",
     "members_data",
     "not_logged_in",
+    "retry_later",
+    "session_end_code",
     "sync_data",
+    "too_deeply_nested",
     "wire_message",
 ]
 
@@ -70,7 +86,25 @@ def convs_data(summaries: list[ConversationSummary]) -> ConvsData:
 def not_logged_in(request_id: int | None) -> ErrorFrame:
     """The refusal of any op but login, resume and ping before a connection logs in: one
     answer whether the op exists or is well formed, so that it tells nothing more."""
-    return ErrorFrame(request_id, "unauthenticated", "log in first (op 'login' or 'resume')")
+    return ErrorFrame(request_id, ErrorCode.UNAUTHENTICATED,
+                      "log in first (op 'login' or 'resume')")
+
+
+def frame_refused(refusal: FrameError) -> ErrorFrame:
+    """A frame the codec could not read: its code (`bad_frame` or `unknown_op`) and why."""
+    return ErrorFrame(refusal.request_id, refusal.code, refusal.message)
+
+
+def too_deeply_nested() -> ErrorFrame:
+    """JSON nested deeper than the decoder can go: a frame no client sends by mistake."""
+    return ErrorFrame(None, ErrorCode.BAD_FRAME, "JSON nested too deeply")
+
+
+def retry_later(request_id: int, message: str, retry_after_s: float) -> ErrorFrame:
+    """Too much at once (the writer's queue is full, or a data key is being fetched): the
+    client resends the same frame after `retry_after_s`. Not the refusal's own code: a full
+    queue is a `CapacityExceeded` inside the server, but nothing the client must report."""
+    return ErrorFrame(request_id, ErrorCode.THROTTLED, message, retry_after=retry_after_s)
 
 
 # What a client is told instead of the refusal's own message: the details of an internal
@@ -81,7 +115,30 @@ _CLIENT_MESSAGES: dict[type[HeraldError], str] = {
 }
 
 
+def error_code(refusal: HeraldError) -> ErrorCode:
+    """The wire code of an engine refusal: its class's own `code`, unchanged. Every class's
+    code is a member of `ErrorCode` (tests/test_wire_codes.py walks the class tree)."""
+    return ErrorCode(refusal.code)
+
+
 def error_frame(request_id: int | None, refusal: HeraldError) -> ErrorFrame:
     """Engine refusals keep their stable codes on the wire, unchanged."""
     message = _CLIENT_MESSAGES.get(type(refusal), refusal.message)
-    return ErrorFrame(request_id, refusal.code, message)
+    return ErrorFrame(request_id, error_code(refusal), message)
+
+
+SHUTTING_DOWN = Bye(ByeCode.SHUTDOWN, "the server is shutting down; reconnect shortly")
+LOGIN_TIMED_OUT = Bye(ByeCode.LOGIN_TIMEOUT, "log in sooner after connecting")
+
+_SESSION_END_CODES: dict[SessionEnd, ByeCode] = {
+    SessionEnd.LOGGED_OUT: ByeCode.LOGGED_OUT,
+    SessionEnd.REVOKED: ByeCode.SESSION_REVOKED,
+    SessionEnd.PASSWORD_CHANGED: ByeCode.PASSWORD_CHANGED,
+    SessionEnd.ACCOUNT_DISABLED: ByeCode.ACCOUNT_DISABLED,
+    SessionEnd.EXPIRED: ByeCode.SESSION_EXPIRED,
+}
+
+
+def session_end_code(reason: SessionEnd) -> ByeCode:
+    """The `bye` code that tells a connection why its session ended."""
+    return _SESSION_END_CODES[reason]

@@ -25,6 +25,8 @@ from appliance.keys.escrow import Escrow
 from appliance.keys.master import MasterKey
 from engine import (
     AddKeyEpoch,
+    AuditActor,
+    Audited,
     Engine,
     EpochState,
     Keyring,
@@ -171,7 +173,10 @@ class KeyManager:
 
     # -- changes ------------------------------------------------------------------------------
 
-    def rotate(self, tenant: int) -> int:
+    # Each change is an audited op: `actor` is who asked for it, recorded in the audit log in
+    # the transaction of the change (docs/security.md "The appliance's audit log").
+
+    def rotate(self, tenant: int, *, actor: AuditActor) -> int:
         """Start a new key epoch for `tenant` (its first, for a new tenant): a fresh DEK,
         wrapped under the master key and the tenant's escrow key. Old epochs stay readable.
         Returns the new epoch."""
@@ -187,7 +192,8 @@ class KeyManager:
         self._keyring.install(tenant, epoch, dek, expires_at=expires_at)
         self._expiry[tenant, epoch] = expires_at
         self._engine.apply(
-            AddKeyEpoch(tenant=tenant, epoch=epoch, wrapped_dek=wrapped, key_id=key_id),
+            Audited(op=AddKeyEpoch(tenant=tenant, epoch=epoch, wrapped_dek=wrapped,
+                                   key_id=key_id), actor=actor),
             self._now_ms(),
         )
         installed = len(self._keyring.installed(tenant))
@@ -228,16 +234,17 @@ class KeyManager:
             resealed += done
         return resealed
 
-    def shred(self, tenant: int, epoch: int) -> None:
+    def shred(self, tenant: int, epoch: int, *, actor: AuditActor) -> None:
         """Destroy the DEK of one epoch: its records can never be read again. The engine
         deletes its wrapped DEK, and the escrow destroys the epoch's escrow key."""
         key_id = next((e.key_id for e in self._engine.key_epochs(tenant) if e.epoch == epoch), "")
-        self._engine.apply(ShredKeyEpoch(tenant=tenant, epoch=epoch), self._now_ms())
+        self._engine.apply(Audited(op=ShredKeyEpoch(tenant=tenant, epoch=epoch), actor=actor),
+                           self._now_ms())
         if key_id:
             with contextlib.suppress(EscrowRefused):  # revoked already: the outcome holds
                 self._escrow.revoke(key_id)
 
-    def revoke(self, tenant: int) -> None:
+    def revoke(self, tenant: int, *, actor: AuditActor) -> None:
         """Destroy the tenant's escrow key: none of its stored data can be read again."""
         for entry in self._engine.key_epochs(tenant):
             if entry.key_id:
@@ -245,7 +252,8 @@ class KeyManager:
                     self._escrow.revoke(entry.key_id)
         # Then the store says so, for every server on it to forget the keys at its next key
         # refresh (within 5 s) instead of when it next asks the escrow (half a DEK lifetime).
-        self._engine.apply(RevokeKeyEpochs(tenant=tenant), self._now_ms())
+        self._engine.apply(Audited(op=RevokeKeyEpochs(tenant=tenant), actor=actor),
+                           self._now_ms())
         self._keyring.forget(tenant)
         self._expiry = {k: v for k, v in self._expiry.items() if k[0] != tenant}
         self._note(TenantKeyStatus(tenant, "revoked", 0, 0, "escrow keys revoked"))

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from appliance.protocol.codes import ErrorCode
+
 __all__ = [
     "OPEN_OPS",
     "OPEN_REQUESTS",
@@ -355,7 +357,9 @@ class Reply(msgspec.Struct, tag_field="type", tag="reply", frozen=True):
 
 
 class ErrorFrame(msgspec.Struct, tag_field="type", tag="error", frozen=True, omit_defaults=True):
-    """A refusal. `id` is null when the frame it answers had no readable id."""
+    """A refusal. `id` is null when the frame it answers had no readable id. The server sends
+    an `ErrorCode` as `code`; the field is a `str` so that a client reads codes it does not
+    know yet (a newer server's)."""
 
     id: int | None
     code: str
@@ -374,7 +378,8 @@ class ReadPush(msgspec.Struct, tag_field="type", tag="read", frozen=True):
 
 
 class Bye(msgspec.Struct, tag_field="type", tag="bye", frozen=True):
-    """Sent just before the server closes a connection, saying why."""
+    """Sent just before the server closes a connection, saying why: a `ByeCode` (a `str` on
+    the client's side, as `ErrorFrame.code`)."""
 
     code: str
     message: str
@@ -389,7 +394,7 @@ class FrameError(Exception):
     frame's `op` when it is a string (known or not), else None."""
 
     def __init__(
-        self, code: str, message: str, request_id: int | None, op: str | None = None
+        self, code: ErrorCode, message: str, request_id: int | None, op: str | None = None
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -414,7 +419,8 @@ def decode_client_frame(data: bytes | str) -> ClientFrame:
     except msgspec.DecodeError as exc:
         raise _explain(data, exc) from None
     if not 0 <= frame.id <= MAX_REQUEST_ID:
-        raise FrameError("bad_frame", f"id must be an integer from 0 to {MAX_REQUEST_ID}", None,
+        raise FrameError(ErrorCode.BAD_FRAME,
+                         f"id must be an integer from 0 to {MAX_REQUEST_ID}", None,
                          type(frame).__struct_config__.tag)  # type: ignore[arg-type]
     return frame
 
@@ -423,15 +429,16 @@ def _explain(data: bytes | str, exc: msgspec.DecodeError) -> FrameError:
     try:
         loose = msgspec.json.decode(data)
     except msgspec.DecodeError:
-        return FrameError("bad_frame", f"not valid JSON: {exc}", None)
+        return FrameError(ErrorCode.BAD_FRAME, f"not valid JSON: {exc}", None)
     if not isinstance(loose, dict):
-        return FrameError("bad_frame", "a frame must be a JSON object with 'op' and 'id'", None)
+        return FrameError(ErrorCode.BAD_FRAME, "a frame must be a JSON object with 'op' and 'id'",
+                          None)
     raw_id = loose.get("id")
     request_id = raw_id if type(raw_id) is int and 0 <= raw_id <= MAX_REQUEST_ID else None
     op = loose.get("op")
     if isinstance(op, str) and op not in CLIENT_OPS:
-        return FrameError("unknown_op", f"unknown op {op[:40]!r}", request_id, op)
-    return FrameError("bad_frame", f"malformed {op!r} frame: {exc}", request_id,
+        return FrameError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:40]!r}", request_id, op)
+    return FrameError(ErrorCode.BAD_FRAME, f"malformed {op!r} frame: {exc}", request_id,
                       op if isinstance(op, str) else None)
 
 
