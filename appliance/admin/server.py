@@ -26,7 +26,6 @@ from appliance.admin.socket_file import peer_credentials, peer_refusal
 from appliance.gateway import tokens
 from appliance.gateway.login_gate import LoginGate
 from appliance.protocol.admin_frames import (
-    ADMIN_ERROR_BAD_FRAME,
     AdminError,
     AdminFrameError,
     AdminLoginData,
@@ -46,6 +45,7 @@ from appliance.protocol.admin_frames import (
     decode_admin_request,
     encode_admin_frame,
 )
+from appliance.protocol.codes import ErrorCode
 from engine import (
     ActorKind,
     AdminRecord,
@@ -158,7 +158,7 @@ class AdminServer:
             try:
                 received = lines.receive_data(data)
             except AdminFrameError as exc:
-                await stream.send_all(encode_admin_frame(_refusal(None, ADMIN_ERROR_BAD_FRAME,
+                await stream.send_all(encode_admin_frame(_refusal(None, ErrorCode.BAD_FRAME,
                                                                   exc.message)))
                 return  # the stream is out of step: no later line can be trusted
             for line in received:
@@ -170,7 +170,7 @@ class AdminServer:
         try:
             request = decode_admin_request(line)
         except AdminFrameError as exc:
-            return _refusal(exc.request_id, ADMIN_ERROR_BAD_FRAME, exc.message)
+            return _refusal(exc.request_id, ErrorCode.BAD_FRAME, exc.message)
         try:
             if isinstance(request, AdminLoginRequest):
                 return AdminReply(request.id, await self._login(request, peer))

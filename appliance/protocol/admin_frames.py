@@ -21,9 +21,6 @@ from typing import Any
 import msgspec
 
 __all__ = [
-    "ADMIN_ERROR_BAD_FRAME",
-    "ADMIN_ERROR_FORBIDDEN",
-    "ADMIN_ERROR_UNAUTHENTICATED",
     "MAX_ADMIN_FRAME_BYTES",
     "AdminError",
     "AdminFrameError",
@@ -47,10 +44,9 @@ __all__ = [
 ]
 
 MAX_ADMIN_FRAME_BYTES = 1 << 20
-# The admin API's own refusals (the engine's keep their codes: not_found, invalid, ...).
-ADMIN_ERROR_BAD_FRAME = "bad_frame"
-ADMIN_ERROR_UNAUTHENTICATED = "unauthenticated"  # the same code as any bad token on the gateway
-ADMIN_ERROR_FORBIDDEN = "forbidden"  # the admin's role may not do this op
+# Refusals carry the codes of appliance/protocol/codes.py, as the gateway's do: `bad_frame`
+# for a line that is no frame, `unauthenticated` for any bad token (the same as the gateway's),
+# `forbidden` for an op the admin's role may not do, and the engine's own (not_found, ...).
 
 
 class AdminFrameError(Exception):
