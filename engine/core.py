@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from engine.admins import Admins
 from engine.audit import (
     MAX_AUDIT_PAGE_ENTRIES,
     AuditLog,
@@ -44,6 +45,8 @@ from engine.ops import (
     Append,
     Audited,
     ChangePassword,
+    CreateAdmin,
+    CreateAdminSession,
     CreateGroup,
     CreateSession,
     CreateTenant,
@@ -65,6 +68,8 @@ from engine.ops import (
     RevokeKeyEpochs,
     RevokeSession,
     RevokeUserSessions,
+    SessionsPruned,
+    SetAdminPassword,
     SetPassword,
     SetRole,
     SetUserDisabled,
@@ -73,6 +78,8 @@ from engine.ops import (
 from engine.passwords import verify_password
 from engine.records import (
     ActorKind,
+    AdminRecord,
+    AdminSessionRecord,
     AuditAction,
     AuditEntry,
     ConversationKind,
@@ -116,6 +123,9 @@ _DECOY_HASH = (
 _ATOMIC_ALONE = frozenset({
     Append, MarkRead, MarkDelivered, AddKeyEpoch, ShredKeyEpoch, RevokeKeyEpochs,
     CreateSession, RevokeSession, RevokeUserSessions, PruneSessions, RecordAudit,
+    # Sealed, if at all, under the name key, which no expiry takes away; checked before any
+    # write.
+    CreateAdmin, SetAdminPassword, CreateAdminSession,
 })
 
 
@@ -236,6 +246,7 @@ class Engine:
         if keyring is not None and keyring.audit_record_aead() is not None:
             audit_sealer = NameKeySealer(keyring, audit=True)
         self._audit = AuditLog(self._store, audit_sealer)
+        self._admins = Admins(self._store, tenant_sealer, blind_login)
         self._handlers: dict[type, Callable[[Any, Any, int], Result]] = {
             CreateTenant: m.create_tenant,
             CreateUser: m.create_user,
@@ -255,12 +266,15 @@ class Engine:
             SetPassword: self._sessions.set_password,
             ChangePassword: self._sessions.change_password,
             SetUserDisabled: self._sessions.set_disabled,
-            PruneSessions: self._sessions.prune,
+            PruneSessions: self._prune_sessions,
             AddKeyEpoch: self._add_key_epoch,
             ShredKeyEpoch: self._shred_key_epoch,
             RevokeKeyEpochs: self._revoke_key_epochs,
             Audited: self._apply_audited,
             RecordAudit: self._audit.record,
+            CreateAdmin: self._admins.create,
+            SetAdminPassword: self._admins.set_password,
+            CreateAdminSession: self._admins.create_session,
         }
 
     @property
@@ -376,6 +390,14 @@ class Engine:
         if isinstance(result, HeraldError):
             raise result
         return result
+
+    def _prune_sessions(self, txn: Any, op: PruneSessions, now_ms: int) -> SessionsPruned:
+        """Users' expired sessions, then administrators' with what is left of `max_count`."""
+        users = self._sessions.prune(txn, op, now_ms)
+        if users.more:
+            return users
+        count, more = self._admins.prune(txn, op.max_count - users.count, now_ms)
+        return SessionsPruned(users.count + count, more)
 
     def _apply_audited(self, txn: Any, op: Audited, now_ms: int) -> Result:
         """`op.op` and its audit entry, or neither: every check (the op's kind, the actor, the
@@ -570,6 +592,54 @@ class Engine:
         server's periodic check of its connected sessions)."""
         with self._store.read() as txn:
             return self._sessions.ended(txn, token_hashes, now_ms)
+
+    # -- administrators of the appliance ------------------------------------------------------
+
+    def admin(self, admin: int) -> AdminRecord:
+        """Raises `NotFound` for an unknown administrator."""
+        with self._store.read() as txn:
+            return self._admins.admin(txn, admin)
+
+    def find_admin(self, login: str) -> int:
+        """Raises `NotFound` when no administrator has `login`."""
+        with self._store.read() as txn:
+            return self._admins.find(txn, login)
+
+    def admins(self) -> list[tuple[int, AdminRecord]]:
+        with self._store.read() as txn:
+            return self._admins.admins(txn)
+
+    def authenticate_admin(self, login: str, password: str) -> tuple[int, str]:
+        """(the administrator's id, the stored hash the password was verified against, for
+        `CreateAdminSession.password_hash`). Slow by design (Argon2id).
+
+        Raises `Unauthenticated` for an unknown login, a wrong password or a disabled account,
+        with one message for all three; its `reason` says which (for a log, never a client).
+        """
+        with self._store.read() as txn:
+            try:
+                admin = self._admins.find(txn, login)
+                record: AdminRecord | None = self._admins.admin(txn, admin)
+            except NotFound:
+                admin, record = 0, None
+        phc = record.password_hash if record is not None else _DECOY_HASH
+        matches = verify_password(phc, password)
+        if record is None:
+            reason = "unknown login"
+        elif not matches:
+            reason = "wrong password"
+        elif record.disabled:
+            reason = "disabled"
+        else:
+            return admin, record.password_hash
+        raise Unauthenticated("wrong login or password", reason=reason)
+
+    def admin_session(self, token_hash: bytes, now_ms: int) -> AdminSessionRecord:
+        """The live administrator's session under `token_hash`. Raises `Unauthenticated` (one
+        message for all) when there is none (a user's token is none: it is in another table),
+        it ended or expired by `now_ms`, or its administrator is disabled."""
+        with self._store.read() as txn:
+            return self._admins.session(txn, token_hash, now_ms)
 
     # -- conversations ------------------------------------------------------------------------
 

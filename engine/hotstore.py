@@ -68,6 +68,12 @@ class Databases:
     # seq -> AuditEntry, sealed under the name key's audit subkey (engine/audit.py). Created
     # when a store made before it is opened: no format change, an old store just has none yet.
     audit: Any
+    # The administrators of the appliance (engine/admins.py), of no tenant. Created, like
+    # `audit`, when an older store is opened: no format change.
+    admins: Any  # admin -> AdminRecord (sealed under the name key, as tenants are)
+    admin_logins: Any  # login (blinded as a login of tenant 0) -> admin
+    admin_sessions: Any  # sha256(token) -> AdminSessionRecord
+    admin_live_sessions: Any  # admin|sha256(token) -> b"" (an admin's live sessions)
 
 
 _DB_NAMES = tuple(Databases.__dataclass_fields__)

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.records import AuditAction, AuditActor, AuditOutcome, MessageKind, Role, SessionEnd
+from engine.records import (
+    AdminRole,
+    AuditAction,
+    AuditActor,
+    AuditOutcome,
+    MessageKind,
+    Role,
+    SessionEnd,
+)
 
 __all__ = [
     "AddKeyEpoch",
     "AddMembers",
+    "AdminCreated",
+    "AdminSessionsEnded",
     "Append",
     "Appended",
     "AuditRecorded",
@@ -21,6 +31,8 @@ __all__ = [
     "AuditedOperation",
     "ChangePassword",
     "ConversationOpened",
+    "CreateAdmin",
+    "CreateAdminSession",
     "CreateGroup",
     "CreateSession",
     "CreateTenant",
@@ -47,6 +59,7 @@ __all__ = [
     "SessionCreated",
     "SessionsPruned",
     "SessionsRevoked",
+    "SetAdminPassword",
     "SetPassword",
     "SetRole",
     "SetUserDisabled",
@@ -209,7 +222,8 @@ class SetUserDisabled(_Op, frozen=True, kw_only=True):
 
 
 class PruneSessions(_Op, frozen=True, kw_only=True):
-    """Delete up to `max_count` sessions that expired before the batch's `now_ms`."""
+    """Delete up to `max_count` sessions that expired before the batch's `now_ms`: users',
+    then administrators' (`admin_sessions`)."""
 
     max_count: int = 10_000
 class AddKeyEpoch(_Op, frozen=True, kw_only=True):
@@ -240,6 +254,35 @@ class RevokeKeyEpochs(_Op, frozen=True, kw_only=True):
     expire. Nothing to do for a tenant revoked already."""
 
     tenant: int
+
+
+# -- administrators of the appliance (engine/admins.py) ----------------------------------------
+
+
+class CreateAdmin(_Op, frozen=True, kw_only=True):
+    login: str
+    display_name: str
+    password_hash: str  # from engine.passwords.hash_password, computed outside the writer
+    role: AdminRole
+
+
+class SetAdminPassword(_Op, frozen=True, kw_only=True):
+    """Replace an administrator's password hash and end all of its sessions, in one
+    transaction."""
+
+    admin: int
+    password_hash: str
+
+
+class CreateAdminSession(_Op, frozen=True, kw_only=True):
+    """Store an administrator's session under `token_hash` (in `admin_sessions`, never in the
+    users' `sessions`). Refused if the admin is disabled, or its password is no longer
+    `password_hash` (the one the login was checked against), as `CreateSession` is."""
+
+    admin: int
+    token_hash: bytes
+    expires_ms: int
+    password_hash: str = ""
 
 
 # -- the audit log (engine/audit.py) -----------------------------------------------------------
@@ -316,6 +359,9 @@ Operation = (
     | AddKeyEpoch
     | ShredKeyEpoch
     | RevokeKeyEpochs
+    | CreateAdmin
+    | SetAdminPassword
+    | CreateAdminSession
     | Audited
     | RecordAudit
 )
@@ -395,6 +441,17 @@ class KeyEpochsRevoked(msgspec.Struct, frozen=True):
     epochs: tuple[int, ...]  # those this op revoked (none when revoked already)
 
 
+class AdminCreated(msgspec.Struct, frozen=True):
+    admin: int
+
+
+class AdminSessionsEnded(msgspec.Struct, frozen=True):
+    """The sessions of an administrator an op ended (a new password ends them all)."""
+
+    admin: int
+    token_hashes: tuple[bytes, ...]
+
+
 class AuditRecorded(msgspec.Struct, frozen=True):
     seq: int  # of the entry `RecordAudit` appended
 
@@ -403,4 +460,5 @@ Result = (
     TenantCreated | UserCreated | ConversationOpened | MembershipChanged | Appended | CursorMoved
     | SessionCreated | SessionsRevoked | PasswordChanged | SessionsPruned
     | KeyEpochAdded | KeyEpochShredded | KeyEpochsRevoked | AuditRecorded
+    | AdminCreated | AdminSessionsEnded
 )

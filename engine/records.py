@@ -20,6 +20,9 @@ __all__ = [
     "FORMAT_VERSION",
     "SEALED_FORMAT_VERSION",
     "ActorKind",
+    "AdminRecord",
+    "AdminRole",
+    "AdminSessionRecord",
     "AuditAction",
     "AuditActor",
     "AuditEntry",
@@ -264,6 +267,40 @@ class SessionRecord(msgspec.Struct, array_like=True, frozen=True):
     created_ms: int
     expires_ms: int
     ended: str = ""  # a SessionEnd value once revoked
+
+
+# -- administrators of the appliance (engine/admins.py) ----------------------------------------
+
+
+class AdminRole(enum.StrEnum):
+    """What an administrator may do (the admin API's role table, appliance/admin/roles.py,
+    says it op by op). Never rename one: they are stored."""
+
+    OPERATOR = "operator"  # views and manages accounts and groups
+    SECURITY_OFFICER = "security_officer"  # alone handles keys and reads the audit log
+
+
+class AdminRecord(msgspec.Struct, array_like=True, frozen=True):
+    """An administrator of the appliance: of no tenant, in its own table, sealed like tenant
+    records (under the name key: it is read before any tenant's DEK is unwrapped)."""
+
+    login: str
+    display_name: str
+    password_hash: str  # Argon2id, from engine.passwords.hash_password
+    role: str  # an AdminRole value
+    created_ms: int
+    disabled: bool = False
+
+
+class AdminSessionRecord(msgspec.Struct, array_like=True, frozen=True):
+    """An administrator's session, under the SHA-256 of its token in `admin_sessions`: a table
+    of its own, so that a user's token is never found where an admin's is looked up, nor the
+    reverse."""
+
+    admin: int
+    created_ms: int
+    expires_ms: int
+    ended: str = ""  # a SessionEnd value once ended
 
 
 # -- the audit log (engine/audit.py) -----------------------------------------------------------

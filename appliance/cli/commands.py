@@ -311,6 +311,100 @@ def _user_action(action: str, help_: str, description: str,
     return ConfiguredCommand(("user", action), help_, description, arguments, run)
 
 
+# -- herald admin ... (appliance/cli/admin_commands.py) ----------------------------------------
+
+TOKEN_FILE = arg("--token-file", type=Path, metavar="FILE",
+                 help="where the admin session token is kept (default: "
+                      "~/.config/herald/admin-token, mode 0600)")
+AS_JSON = arg("--json", action="store_true", help="print the answer as JSON, for scripts")
+
+
+def _admin_add(config: Config, args: argparse.Namespace) -> int:
+    from appliance.cli import admin_commands
+
+    return admin_commands.add_admin(config, args.login, args.display_name, args.role,
+                                    args.password_stdin)
+
+
+def _admin_passwd(config: Config, args: argparse.Namespace) -> int:
+    from appliance.cli import admin_commands
+
+    return admin_commands.set_admin_password(config, args.login, args.password_stdin)
+
+
+def _admin_login(config: Config, args: argparse.Namespace) -> int:
+    from appliance.cli import admin_commands
+
+    return admin_commands.admin_login(config, args.login, args.password_stdin,
+                                      admin_commands.token_file(args.token_file))
+
+
+def _admin_status(config: Config, args: argparse.Namespace) -> int:
+    from appliance.cli import admin_commands
+
+    return admin_commands.admin_status(config, admin_commands.token_file(args.token_file),
+                                       args.json)
+
+
+def _admin_tenants(config: Config, args: argparse.Namespace) -> int:
+    from appliance.cli import admin_commands
+
+    return admin_commands.admin_tenants(config, admin_commands.token_file(args.token_file),
+                                        args.json)
+
+
+def _admin_users(config: Config, args: argparse.Namespace) -> int:
+    from appliance.cli import admin_commands
+
+    return admin_commands.admin_users(config, admin_commands.token_file(args.token_file),
+                                      args.tenant, args.json)
+
+
+ADMIN_COMMANDS = (
+    ConfiguredCommand(
+        ("admin", "add"), "create an administrator in the store (asks for a password)",
+        "Create an administrator of the appliance (of no tenant) in the data directory's store "
+        "itself, as `herald user add` does: how the first one is made. The password is asked "
+        "for twice.", (
+            arg("login", help="login name: a-z, 0-9, '.', '_', '-'"),
+            arg("--role", required=True, choices=["operator", "security_officer"],
+                help="operator: views and manages accounts and groups; security_officer: "
+                     "also keys and the audit log"),
+            arg("--display-name", default="", help="the administrator's name"),
+            arg("--password-stdin", action="store_true",
+                help="read the password from one line of standard input"),
+        ), _admin_add),
+    ConfiguredCommand(
+        ("admin", "passwd"), "set an administrator's password in the store (ends its sessions)",
+        "Set an administrator's password in the data directory's store itself, asked twice; "
+        "every session of that administrator ends (a running server refuses their tokens at "
+        "once).", (
+            arg("login", help="the administrator's login"),
+            arg("--password-stdin", action="store_true",
+                help="read the password from one line of standard input"),
+        ), _admin_passwd),
+    ConfiguredCommand(
+        ("admin", "login"), "log in to the running server's admin API",
+        "Log in as an administrator over DATA_DIR/admin.sock and keep the session token (8 "
+        "hours) in --token-file for the other `herald admin` commands.", (
+            arg("login", help="the administrator's login"),
+            arg("--password-stdin", action="store_true",
+                help="read the password from one line of standard input"),
+            TOKEN_FILE,
+        ), _admin_login),
+    ConfiguredCommand(
+        ("admin", "status"), "the running server's status",
+        "Version, uptime, store format, connections, online users, tenants and store size, "
+        "from the running server.", (TOKEN_FILE, AS_JSON), _admin_status),
+    ConfiguredCommand(("admin", "tenants"), "list tenants (through the running server)",
+                      "List the tenants, from the running server.", (TOKEN_FILE, AS_JSON),
+                      _admin_tenants),
+    ConfiguredCommand(("admin", "users"), "list a tenant's users (through the running server)",
+                      "List a tenant's users, from the running server.",
+                      (TENANT, TOKEN_FILE, AS_JSON), _admin_users),
+)
+
+
 GROUPS = {
     "keys": Group(
         help="tenant data keys: status, rotate, reseal, revoke, shred; the master key's "
@@ -323,6 +417,10 @@ GROUPS = {
                     description="Manage tenants (organisations)."),
     "user": Group(help="manage users", description="Manage users."),
     "group": Group(help="manage groups", description="Manage groups."),
+    "admin": Group(help="administer a running server through its admin API",
+                   description="Administer the running server through its admin API "
+                               "(DATA_DIR/admin.sock); `add` and `passwd` work on the store "
+                               "offline."),
     "audit": Group(
         help="the appliance's audit log: verify its chain, list its entries",
         description="Read the appliance's audit log (docs/admin.md, 'Audit log'): every admin "
@@ -587,4 +685,5 @@ COMMANDS: tuple[Command | ConfiguredCommand, ...] = (
         ("escrow", "audit"), "print the audit log and verify its hash chain",
         "Print every audited operation and check that no line was edited, added or removed. "
         "Exits 1 when the chain does not verify.", (ESCROW_DIR,), _escrow_audit),
+    *ADMIN_COMMANDS,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import signal
 import socket
@@ -15,11 +16,20 @@ from typing import Any
 
 import trio
 
+from appliance.admin.server import AdminServer
+from appliance.admin.socket_file import (
+    ADMIN_SOCKET,
+    AdminSocketError,
+    bind_admin_socket,
+    remove_admin_socket,
+)
+from appliance.admin.status import server_status
 from appliance.cert_expiry import WatchedCertificate, pin_in_use
 from appliance.cli.demo import ensure_demo
 from appliance.cli.demo_keys import prepare_demo_keys
 from appliance.cli.unlock import open_engine
 from appliance.config import Config, ConfigError
+from appliance.gateway.backoff import LoginBackoff
 from appliance.gateway.cert_watch import (
     check_now,
     expired_gateway_refusal,
@@ -30,6 +40,7 @@ from appliance.gateway.cert_watch import (
 from appliance.gateway.file_limit import raise_open_file_limit
 from appliance.gateway.key_refresh import KEY_REFRESH_MAX_INTERVAL_S, KeyRefresh, run_key_refresh
 from appliance.gateway.listen_sockets import ListenError, open_listen_sockets
+from appliance.gateway.login_gate import LoginGate
 from appliance.gateway.message_reseal import MessageResealer
 from appliance.gateway.metrics import metrics_refusal, metrics_url, serve_metrics
 from appliance.gateway.server import Server
@@ -40,7 +51,7 @@ from appliance.keys.manager import KeyManager, TenantKeyStatus
 from appliance.lock_file import HeldLock, LockHeld, hold_exclusively
 from engine import Engine, HeraldError
 
-__all__ = ["DATA_DIR_LOCK", "describe_store", "herald_command", "serve"]
+__all__ = ["DATA_DIR_LOCK", "admin_api", "describe_store", "herald_command", "serve"]
 
 log = logging.getLogger("herald")
 
@@ -97,11 +108,18 @@ def serve(config: Config, *, demo: bool = False) -> int:
                 metrics.host, metrics.port, "--metrics-listen") if metrics.enabled else []
             for sock in metrics_sockets:
                 held.callback(sock.close)
-        except (StartRefused, ListenError) as exc:
+            if lock is not None:  # the admin socket lives in the data directory it locks
+                admin_path = config.data_dir / ADMIN_SOCKET
+                admin_sockets = [bind_admin_socket(admin_path)]
+                held.callback(remove_admin_socket, admin_path)
+                held.callback(admin_sockets[0].close)
+            else:
+                admin_sockets = []
+        except (StartRefused, ListenError, AdminSocketError) as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 1
         _raise_open_file_limit(config)
-        return _open_and_serve(config, demo, sockets, metrics_sockets)
+        return _open_and_serve(config, demo, sockets, metrics_sockets, admin_sockets)
 
 
 def _raise_open_file_limit(config: Config) -> None:
@@ -146,7 +164,8 @@ def _hold_data_dir(config: Config, demo: bool) -> HeldLock | None:
 
 
 def _open_and_serve(config: Config, demo: bool, sockets: list[socket.socket],
-                    metrics_sockets: list[socket.socket]) -> int:
+                    metrics_sockets: list[socket.socket],
+                    admin_sockets: list[socket.socket]) -> int:
     # Before the keys are unwrapped: an expired escrow certificate explains what follows.
     # Pinned: the files are loaded once, now, so the daily checks judge what is in use.
     watched = pin_in_use(watched_certificates(config))
@@ -178,7 +197,8 @@ def _open_and_serve(config: Config, demo: bool, sockets: list[socket.socket],
             if created:
                 print(created, flush=True)
         try:
-            trio.run(_run, config, engine, manager, demo, watched, sockets, metrics_sockets)
+            trio.run(_run, config, engine, manager, demo, watched, sockets, metrics_sockets,
+                     admin_sockets)
         except ConfigError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
@@ -210,7 +230,7 @@ def describe_keys(statuses: list[TenantKeyStatus]) -> str:
 
 async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool,
                watched: list[WatchedCertificate], sockets: list[socket.socket],
-               metrics_sockets: list[socket.socket]) -> None:
+               metrics_sockets: list[socket.socket], admin_sockets: list[socket.socket]) -> None:
     server = Server(config, engine, key_status=manager.status)
     interval_s = min(KEY_REFRESH_MAX_INTERVAL_S, config.escrow.cache_lifetime_s / 4)
     early = KeyRefresh()
@@ -233,15 +253,42 @@ async def _run(config: Config, engine: Engine, manager: KeyManager, demo: bool,
                     engine, batch_blocks=config.keys.reseal_batch_blocks,
                     pause_s=config.keys.reseal_pause_s, check_interval_s=interval_s)
                 keys.start_soon(resealer.run)
-            await _serve_until_signal(config, server, sockets, signals, demo)
+            await _serve_until_signal(config, server, sockets, signals, demo,
+                                      admin_api(config, server, engine), admin_sockets)
             keys.cancel_scope.cancel()
 
 
+def admin_api(config: Config, server: Server, engine: Engine) -> AdminServer:
+    """The admin API of `server`: its writer, its figures, and a login gate of its own with the
+    gateway's backoff settings (administrators' failures count apart from users')."""
+    gateway = config.gateway
+    backoff = LoginBackoff(base_s=gateway.login_failure_delay_s,
+                           max_s=min(gateway.login_backoff_max_s, gateway.login_timeout_s / 2),
+                           clock_s=lambda: wall_clock_ms() / 1000)
+    return AdminServer(
+        store=engine, writes=server.services.writer,
+        login_gate=LoginGate(backoff, failure_delay_s=gateway.login_failure_delay_s),
+        status=server_status(server.metrics, engine), clock_ms=wall_clock_ms,
+        own_uid=os.getuid(), failure_delay_s=gateway.login_failure_delay_s)
+
+
 async def _serve_until_signal(
-    config: Config, server: Server, sockets: list[socket.socket], signals: Any, demo: bool
+    config: Config, server: Server, sockets: list[socket.socket], signals: Any, demo: bool,
+    admin: AdminServer, admin_sockets: list[socket.socket],
 ) -> None:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(partial(server.run, sockets=sockets))
+        admin_scope = trio.CancelScope()
+        if admin_sockets:
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(admin_sockets[0]))
+
+            async def run_admin(task_status: trio.TaskStatus[None]) -> None:
+                with admin_scope:
+                    await admin.serve(listener, task_status=task_status)
+
+            await nursery.start(run_admin)
+            print(f"Admin API at {config.data_dir / ADMIN_SOCKET} (herald admin ...)",
+                  flush=True)
         url = config.url_for_port(port)
         print(f"Herald is listening at {url}", flush=True)
         trust = " --ca CA_FILE" if config.tls.enabled else ""
@@ -254,5 +301,6 @@ async def _serve_until_signal(
         print("Press Ctrl-C to stop.", flush=True)
         async for signum in signals:
             log.info("signal=%s: stopping", signal.Signals(signum).name)
+            admin_scope.cancel()  # before the gateway's writer closes: no admin write is lost
             server.request_stop()
             break

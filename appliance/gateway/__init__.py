@@ -7,5 +7,6 @@ the background re-encrypt and the daily certificate check.
 
 It may import `appliance.protocol`, `appliance.keys`, the shared modules at `appliance/`'s top
 and the names `engine` exports; never `appliance.cli`, `appliance.escrow`, `appliance.client`
-or `appliance.chat`. Only `appliance.cli` (which builds it) and tests import it.
+or `appliance.chat`. `appliance.cli` (which builds it), `appliance.admin` (which shares its
+writer, login gate, tokens and metrics) and tests import it.
 """

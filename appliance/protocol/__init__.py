@@ -3,7 +3,7 @@
 This package does no I/O: no sockets, no Trio, no threads, no clock. It takes bytes and
 returns events and bytes, every buffer bounded by a constructor argument. It imports nothing
 of ours outside `appliance.protocol`, and both sides of the wire import it: the gateway, the
-client library and `herald chat`.
+client library and `herald chat`; the admin API and `herald admin` (`admin_frames.py`).
 """
 
 from __future__ import annotations
