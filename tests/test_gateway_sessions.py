@@ -325,3 +325,16 @@ def test_every_way_a_session_ends_is_a_documented_bye_code(reason: SessionEnd) -
     doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
     assert re.search(rf"^\| `{reason.value}` \| .* \| close 1008 \|$", doc, flags=re.MULTILINE)
     assert BYE_MESSAGES[reason]
+
+
+async def test_a_connection_ended_twice_is_closed_and_counted_once(tmp_path: Path) -> None:
+    """A sweep can meet a connection that a commit closed while the sweep read the store: the
+    second end of it sends no second bye and is not counted (or logged) again."""
+    async with org_server(tmp_path) as (running, _), open_ws(running.port) as ws:
+        await login(ws, "acme", "alice")
+        (conn,) = [c for c in running.server.connections if c.session]
+        guard = running.server.services.sessions
+        guard.end([conn], SessionEnd.REVOKED)
+        guard.end([conn], SessionEnd.REVOKED)
+        assert guard.closed == 1
+        await expect_bye(ws, "session_revoked")

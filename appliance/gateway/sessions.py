@@ -59,7 +59,10 @@ class SessionGuard:
         self.closed = 0
 
     def end(self, conns: Sequence[Connection], reason: SessionEnd) -> None:
-        """Close `conns` with a `bye` saying why, then close code 1008."""
+        """Close `conns` with a `bye` saying why, then close code 1008. Those closing already
+        are left out: a sweep may meet connections that a commit closed while it read the
+        store, and counting (and logging) them twice would overstate what it did."""
+        conns = [conn for conn in conns if not conn.closing]
         if not conns:
             return
         bye = Bye(session_end_code(reason), BYE_MESSAGES[reason])
