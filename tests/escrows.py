@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +40,78 @@ def new_key_id() -> str:
 def herald(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([*HERALD, *args], input=stdin, capture_output=True, text=True,
                           timeout=120, check=False)
+
+
+# -- an escrow service as a child process, for servers that meet it down and back ------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_escrow_service(files: EscrowFiles, port: int) -> subprocess.Popen[str]:
+    """`herald escrow serve` on 127.0.0.1:`port`, returned once it says it serves."""
+    process = subprocess.Popen(
+        [*HERALD, "escrow", "serve", "--dir", str(files.escrow_dir), "--listen",
+         f"127.0.0.1:{port}", "--passphrase-file", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(ESCROW_PASSPHRASE + "\n")
+    process.stdin.close()
+    process.stdin = None  # so that communicate() does not flush it
+    assert process.stdout.readline().startswith("escrow serving on")
+    return process
+
+
+def stop_escrow_service(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+
+
+@dataclass(frozen=True)
+class StoreBehindEscrow:
+    """A keyed data directory whose escrow service (stopped now) answers at `port`."""
+
+    files: EscrowFiles
+    port: int
+    data: Path
+
+
+def store_behind_a_stopped_escrow(tmp_path: Path, user: str, password: str
+                                  ) -> StoreBehindEscrow:
+    """`herald init`, tenant acme and its `user` on a store keyed by an escrow service with
+    short timeouts and DEK lifetimes; the service is stopped again on return, so that a server
+    started next meets it down (start it again with `start_escrow_service`)."""
+    files = init_escrow(tmp_path / "escrow-root")
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "passphrase").write_text("a master key passphrase for tests\n")
+    (data / "herald.toml").write_text(
+        "[escrow]\n"
+        'backend = "service"\n'
+        f'address = "127.0.0.1:{port}"\n'
+        f'ca_file = "{files.client_dir / "ca.crt"}"\n'
+        f'cert_file = "{files.client_dir / "client.crt"}"\n'
+        f'key_file = "{files.client_dir / "client.key"}"\n'
+        "timeout_s = 2.0\n"
+        "cache_lifetime_s = 2.0\n"
+        "[keys]\n"
+        f'passphrase_file = "{tmp_path / "passphrase"}"\n'
+    )
+    escrow = start_escrow_service(files, port)
+    try:
+        for args in (("init",), ("tenant", "add", "acme")):
+            result = herald(*args, "--data-dir", str(data))
+            assert result.returncode == 0, result.stderr
+        result = herald("user", "add", "--data-dir", str(data), "--tenant", "acme", user,
+                        "--password-stdin", stdin=password + "\n")
+        assert result.returncode == 0, result.stderr
+    finally:
+        stop_escrow_service(escrow)
+    return StoreBehindEscrow(files, port, data)
 
 
 # -- SoftHSM2 -------------------------------------------------------------------------------

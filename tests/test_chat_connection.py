@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 import trio
 from conftest import PASSWORD
-from escrows import ESCROW_PASSPHRASE, HERALD, EscrowFiles, herald, init_escrow
+from escrows import (
+    free_port,
+    start_escrow_service,
+    stop_escrow_service,
+    store_behind_a_stopped_escrow,
+)
 from processes import herald as herald_process
 from servers import running_server, seed_org
 from tls_certs import CertAuthority
@@ -21,12 +24,6 @@ from appliance.client import open_client
 from appliance.client.transport import Target, why_unreachable
 
 CONNECT_TIMEOUT_S = 3.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _chat_fails(url: str, *flags: str) -> tuple[int, str, float]:
@@ -56,7 +53,7 @@ def _resolver_refuses_invalid_names_locally() -> bool:
 async def test_a_server_that_is_not_there_is_said_at_once_with_the_reason(
     tmp_path: Path,
 ) -> None:
-    port = _free_port()  # nothing listens there any more
+    port = free_port()  # nothing listens there any more
     url = f"ws://127.0.0.1:{port}/ws"
     with trio.fail_after(30):
         status, err, took = await _chat_fails(url)
@@ -114,7 +111,7 @@ async def test_ws_against_a_wss_server_and_wss_against_a_ws_server_say_which_to_
 async def test_a_lost_server_is_said_and_so_is_its_return_and_the_chat_goes_on(
     tmp_path: Path,
 ) -> None:
-    data, port = tmp_path / "data", _free_port()
+    data, port = tmp_path / "data", free_port()
     serve = ("serve", "--demo", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}")
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery, herald_process(nursery, *serve) as server:
@@ -146,57 +143,13 @@ async def test_a_lost_server_is_said_and_so_is_its_return_and_the_chat_goes_on(
             assert alice.out.decode().count("after the crash") == 1
 
 
-def _start_escrow(files: EscrowFiles, port: int) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [*HERALD, "escrow", "serve", "--dir", str(files.escrow_dir), "--listen",
-         f"127.0.0.1:{port}", "--passphrase-file", "-"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(ESCROW_PASSPHRASE + "\n")
-    process.stdin.close()
-    process.stdin = None  # so that communicate() does not flush it
-    assert process.stdout.readline().startswith("escrow serving on")
-    return process
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=30)
-
-
 async def test_a_server_waiting_for_its_keys_is_said_and_the_chat_logs_in_once_they_come(
     tmp_path: Path,
 ) -> None:
-    files = init_escrow(tmp_path / "escrow-root")
-    escrow_port = _free_port()
-    data = tmp_path / "data"
-    data.mkdir()
-    (tmp_path / "passphrase").write_text("a master key passphrase for tests\n")
-    (data / "herald.toml").write_text(
-        "[escrow]\n"
-        'backend = "service"\n'
-        f'address = "127.0.0.1:{escrow_port}"\n'
-        f'ca_file = "{files.client_dir / "ca.crt"}"\n'
-        f'cert_file = "{files.client_dir / "client.crt"}"\n'
-        f'key_file = "{files.client_dir / "client.key"}"\n'
-        "timeout_s = 2.0\n"
-        "cache_lifetime_s = 2.0\n"
-        "[keys]\n"
-        f'passphrase_file = "{tmp_path / "passphrase"}"\n'
-    )
-    escrow = _start_escrow(files, escrow_port)
-    try:
-        for args in (("init",), ("tenant", "add", "acme")):
-            result = herald(*args, "--data-dir", str(data))
-            assert result.returncode == 0, result.stderr
-        result = herald("user", "add", "--data-dir", str(data), "--tenant", "acme", "alice",
-                        "--password-stdin", stdin=PASSWORD + "\n")
-        assert result.returncode == 0, result.stderr
-    finally:
-        _stop(escrow)
+    store = store_behind_a_stopped_escrow(tmp_path, "alice", PASSWORD)
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery, herald_process(
-            nursery, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"
+            nursery, "serve", "--data-dir", str(store.data), "--listen", "127.0.0.1:0"
         ) as server:
             await server.expect(r"Keys: tenants 1 unavailable")
             url = (await server.expect(r"listening at (ws://\S+)")).group(1)
@@ -204,13 +157,13 @@ async def test_a_server_waiting_for_its_keys_is_said_and_the_chat_logs_in_once_t
                                       "--login", "alice", "--password-stdin") as alice:
                 await alice.type(PASSWORD)
                 await alice.expect(r"^! the server is waiting for its keys; retrying in [\d.]+ s")
-                escrow = _start_escrow(files, escrow_port)
+                escrow = start_escrow_service(store.files, store.port)
                 try:
                     await alice.expect(r"^Logged in to acme as alice")
                     await alice.end_input()
                     await alice.process.wait()
                 finally:
-                    _stop(escrow)
+                    stop_escrow_service(escrow)
             assert alice.process.returncode == 0, alice.err.decode()
             assert "Traceback" not in alice.err.decode()
             server.process.send_signal(signal.SIGINT)

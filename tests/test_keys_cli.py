@@ -5,14 +5,12 @@ SoftHSM2 escrow, and `herald serve` answering clients while keys rotate and get 
 from __future__ import annotations
 
 import signal
-import socket
 import stat
-import subprocess
 from pathlib import Path
 
 import trio
 from clients import login, only_conversation, open_ws, request
-from escrows import ESCROW_PASSPHRASE, HERALD, EscrowFiles, init_escrow
+from escrows import start_escrow_service, stop_escrow_service, store_behind_a_stopped_escrow
 from keyed_dirs import herald, keyed_data_dir
 from processes import herald as herald_process
 from processes import served_port
@@ -141,74 +139,24 @@ async def test_the_server_serves_sealed_data_and_a_revoked_tenant_goes_dark_alon
         assert server.process.returncode == 0, server.err.decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _start_escrow(files: EscrowFiles, port: int) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [*HERALD, "escrow", "serve", "--dir", str(files.escrow_dir), "--listen",
-         f"127.0.0.1:{port}", "--passphrase-file", "-"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(ESCROW_PASSPHRASE + "\n")
-    process.stdin.close()
-    process.stdin = None  # so that communicate() does not flush it
-    assert process.stdout.readline().startswith("escrow serving on")
-    return process
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=30)
-
-
 async def test_a_server_started_while_the_escrow_is_down_serves_the_tenant_once_it_is_back(
     tmp_path: Path,
 ) -> None:
     """Escrow unreachable at start: the tenant is unavailable (a clear error to its clients),
     not a crash; when the escrow answers again, the next key refresh brings it back."""
-    files = init_escrow(tmp_path / "escrow-root")
-    port = _free_port()
-    data = tmp_path / "data"
-    data.mkdir()
-    (tmp_path / "passphrase").write_text("a master key passphrase for tests\n")
-    (data / "herald.toml").write_text(
-        "[escrow]\n"
-        'backend = "service"\n'
-        f'address = "127.0.0.1:{port}"\n'
-        f'ca_file = "{files.client_dir / "ca.crt"}"\n'
-        f'cert_file = "{files.client_dir / "client.crt"}"\n'
-        f'key_file = "{files.client_dir / "client.key"}"\n'
-        "timeout_s = 2.0\n"
-        "cache_lifetime_s = 2.0\n"
-        "[keys]\n"
-        f'passphrase_file = "{tmp_path / "passphrase"}"\n'
-    )
-    escrow = _start_escrow(files, port)
-    try:
-        for args in (("init",), ("tenant", "add", "acme")):
-            result = herald(*args, "--data-dir", str(data))
-            assert result.returncode == 0, result.stderr
-        result = herald("user", "add", "--data-dir", str(data), "--tenant", "acme", "alice",
-                        "--password-stdin", stdin="correct horse battery\n")
-        assert result.returncode == 0, result.stderr
-    finally:
-        _stop(escrow)
+    store = store_behind_a_stopped_escrow(tmp_path, "alice", "correct horse battery")
     alice = {"op": "login", "id": 1, "tenant": "acme", "login": "alice",
              "password": "correct horse battery"}
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery, herald_process(
-            nursery, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"
+            nursery, "serve", "--data-dir", str(store.data), "--listen", "127.0.0.1:0"
         ) as server:
             await server.expect(r"Keys: tenants 1 unavailable")
             served = await served_port(server)
             async with open_ws(served) as ws:
                 refused = await request(ws, alice)
             assert refused["type"] == "error" and refused["code"] == "key_unavailable", refused
-            escrow = _start_escrow(files, port)
+            escrow = start_escrow_service(store.files, store.port)
             try:
                 for attempt in range(60):
                     async with open_ws(served) as ws:
@@ -220,5 +168,5 @@ async def test_a_server_started_while_the_escrow_is_down_serves_the_tenant_once_
             finally:
                 server.process.send_signal(signal.SIGINT)
                 await server.expect(r"Herald stopped\.")
-                _stop(escrow)
+                stop_escrow_service(escrow)
         assert server.process.returncode == 0, server.err.decode()
