@@ -29,10 +29,13 @@ from engine.hotstore import HotStore
 from engine.ops import (
     AddKeyEpoch,
     AddMembers,
+    AdminCreated,
+    AdminSessionsEnded,
     AuditedOperation,
     AuditRecorded,
     ChangePassword,
     ConversationOpened,
+    CreateAdmin,
     CreateGroup,
     CreateSession,
     CreateTenant,
@@ -49,6 +52,7 @@ from engine.ops import (
     RevokeSession,
     RevokeUserSessions,
     SessionsRevoked,
+    SetAdminPassword,
     SetPassword,
     SetRole,
     SetUserDisabled,
@@ -290,6 +294,17 @@ def _epochs_revoked(op: RevokeKeyEpochs, result: KeyEpochsRevoked) -> _Described
             {"epochs": ",".join(map(str, result.epochs))})
 
 
+def _admin_created(op: CreateAdmin, result: AdminCreated) -> _Described:
+    # Administrators belong to no tenant: the entry's tenant is 0.
+    return (AuditAction.ADMIN_CREATE, 0, f"admin:{result.admin}",
+            {"login": op.login, "role": op.role.value})
+
+
+def _admin_password_set(op: SetAdminPassword, result: AdminSessionsEnded) -> _Described:
+    return (AuditAction.ADMIN_SET_PASSWORD, 0, f"admin:{op.admin}",
+            {"sessions_ended": len(result.token_hashes)})
+
+
 _DESCRIBE: dict[type, Callable[[Any, Any], _Described]] = {
     CreateTenant: _tenant_created,
     CreateUser: _user_created,
@@ -306,6 +321,8 @@ _DESCRIBE: dict[type, Callable[[Any, Any], _Described]] = {
     AddKeyEpoch: _epoch_added,
     ShredKeyEpoch: _epoch_shredded,
     RevokeKeyEpochs: _epochs_revoked,
+    CreateAdmin: _admin_created,
+    SetAdminPassword: _admin_password_set,
 }
 
 

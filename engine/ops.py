@@ -305,6 +305,8 @@ AuditedOperation = (
     | AddKeyEpoch
     | ShredKeyEpoch
     | RevokeKeyEpochs
+    | CreateAdmin
+    | SetAdminPassword
 )
 
 

@@ -347,6 +347,8 @@ class AuditAction(enum.StrEnum):
     KEYS_ROTATE = "keys.rotate"  # a new key epoch
     KEYS_SHRED = "keys.shred"
     KEYS_REVOKE = "keys.revoke"
+    ADMIN_CREATE = "admin.create"
+    ADMIN_SET_PASSWORD = "admin.set_password"
     # Events that change nothing else, recorded with `RecordAudit`.
     LOGIN_FAILED = "login.failed"
     LOGIN_LOCKED_OUT = "login.locked_out"

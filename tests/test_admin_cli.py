@@ -95,6 +95,19 @@ async def test_an_admin_made_offline_logs_in_and_reads_the_running_server(
     assert ADMIN_PASSWORD not in server.err.decode() + server.out.decode()
     code, out, err = admin("status")
     assert code == 1 and "no herald serve answers" in err, err
+    # Making an administrator and changing its password are in the audit log, by the OS user.
+    listed = herald("audit", "list", "--data-dir", str(data), "--json")
+    assert listed.returncode == 0, listed.stderr
+    entries = [json.loads(line) for line in listed.stdout.splitlines()]
+    made_and_changed = [(e["action"], e["target"], e["details"], e["actor"]["kind"])
+                        for e in entries
+                        if e["action"] in ("admin.create", "admin.set_password")]
+    assert made_and_changed == [
+        ("admin.create", "admin:1", {"login": "ops", "role": "operator"}, "system"),
+        ("admin.set_password", "admin:1", {"sessions_ended": 1}, "system"),
+    ]
+    assert all(e["actor"]["name"].startswith("cli:") for e in entries
+               if e["action"] in ("admin.create", "admin.set_password"))
 
 
 def test_herald_serve_refuses_to_start_when_the_admin_socket_path_is_taken(

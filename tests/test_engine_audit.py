@@ -25,6 +25,7 @@ from engine import (
     ActorKind,
     AddKeyEpoch,
     AddMembers,
+    AdminRole,
     Append,
     AuditAction,
     AuditActor,
@@ -36,6 +37,7 @@ from engine import (
     ChangePassword,
     Conflict,
     CorruptData,
+    CreateAdmin,
     CreateGroup,
     CreateSession,
     CreateTenant,
@@ -52,6 +54,7 @@ from engine import (
     RevokeKeyEpochs,
     RevokeSession,
     RevokeUserSessions,
+    SetAdminPassword,
     SetPassword,
     SetRole,
     SetUserDisabled,
@@ -195,6 +198,10 @@ def test_every_audited_op_leaves_exactly_one_entry_naming_what_it_did(
         (lambda: sealed.add_epoch(tenant), AuditAction.KEYS_ROTATE, "epoch:2"),
         (lambda: ShredKeyEpoch(tenant=tenant, epoch=1), AuditAction.KEYS_SHRED, "epoch:1"),
         (lambda: RevokeKeyEpochs(tenant=tenant), AuditAction.KEYS_REVOKE, "tenant:1"),
+        (lambda: CreateAdmin(login="root", display_name="Root", password_hash=password_hash,
+                             role=AdminRole.SECURITY_OFFICER), AuditAction.ADMIN_CREATE, "admin:1"),
+        (lambda: SetAdminPassword(admin=1, password_hash=password_hash),
+         AuditAction.ADMIN_SET_PASSWORD, "admin:1"),
     ]
     # Every op an Audited may wrap is exercised.
     assert {type(make()) for make, _, _ in steps} == set(AuditedOperation.__args__)  # type: ignore[attr-defined]
@@ -212,7 +219,10 @@ def test_every_audited_op_leaves_exactly_one_entry_naming_what_it_did(
         assert (entry.seq, entry.action, entry.target, entry.time_ms) == (
             seq, action, target, NOW_MS + seq)
         assert entry.actor == ADMIN and entry.outcome is AuditOutcome.OK
-        assert entry.tenant == (2 if action is AuditAction.TENANT_CREATE else tenant)
+        # Administrators belong to no tenant: their entries name tenant 0.
+        expected_tenant = {AuditAction.TENANT_CREATE: 2, AuditAction.ADMIN_CREATE: 0,
+                           AuditAction.ADMIN_SET_PASSWORD: 0}.get(action, tenant)
+        assert entry.tenant == expected_tenant
     assert engine.verify_audit().count == len(steps)
 
 

@@ -22,7 +22,7 @@ import msgspec
 
 from appliance.admin.client import AdminClient, AdminRefused, AdminUnreachable
 from appliance.admin.socket_file import ADMIN_SOCKET
-from appliance.cli.accounts import read_password, run_keyed
+from appliance.cli.accounts import cli_actor, read_password, run_keyed
 from appliance.cli.unlock import KeyedEngine
 from appliance.config import Config
 from appliance.gateway.writer import wall_clock_ms
@@ -39,6 +39,7 @@ from appliance.protocol.admin_frames import (
 from engine import (
     AdminRole,
     AdminSessionsEnded,
+    Audited,
     CreateAdmin,
     SetAdminPassword,
     WeakPassword,
@@ -70,7 +71,9 @@ def add_admin(config: Config, login: str, display_name: str, role: str,
     def action(keyed: KeyedEngine) -> str:
         op = CreateAdmin(login=login, display_name=display_name or login,
                          password_hash=hash_password(password), role=AdminRole(role))
-        admin = keyed.engine.apply(op, wall_clock_ms()).admin  # type: ignore[union-attr]
+        # Audited: the entry and the new administrator are written together (docs/security.md).
+        admin = keyed.engine.apply(Audited(op=op, actor=cli_actor()),
+                                   wall_clock_ms()).admin  # type: ignore[union-attr]
         return f"administrator {login!r} created (id {admin}, role {role})"
 
     return run_keyed(config, action)
@@ -89,8 +92,8 @@ def set_admin_password(config: Config, login: str, password_stdin: bool) -> int:
     def action(keyed: KeyedEngine) -> str:
         engine = keyed.engine
         admin = engine.find_admin(login)
-        ended = engine.apply(SetAdminPassword(admin=admin, password_hash=hash_password(password)),
-                             wall_clock_ms())
+        op = SetAdminPassword(admin=admin, password_hash=hash_password(password))
+        ended = engine.apply(Audited(op=op, actor=cli_actor()), wall_clock_ms())
         assert isinstance(ended, AdminSessionsEnded)
         count = len(ended.token_hashes)
         return (f"password of administrator {login!r} changed; {count} "
